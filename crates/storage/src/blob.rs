@@ -1,0 +1,80 @@
+//! The blob-storage boundary: content-addressed bytes and upload sessions.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use berth_proto::Digest;
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::io::AsyncRead;
+
+use crate::StorageResult;
+
+/// A client body, chunk by chunk.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// Identifier of an upload session (a UUID string; validated before it reaches a path).
+pub type UploadId = String;
+
+/// A readable blob or byte range of a blob.
+pub struct BlobReader {
+    /// Bytes of the requested range (or the whole blob).
+    pub reader: Pin<Box<dyn AsyncRead + Send>>,
+    /// Number of bytes `reader` will yield.
+    pub len: u64,
+    /// Size of the whole blob.
+    pub total: u64,
+}
+
+/// What is known about an upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadState {
+    pub id: UploadId,
+    /// Bytes received so far.
+    pub size: u64,
+}
+
+/// Content-addressed blob storage with resumable uploads.
+///
+/// Implementations must never expose a blob before its bytes are complete, verified and
+/// durable, and must never overwrite a stored blob.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Size of the blob, or `None` if it is not stored.
+    async fn stat(&self, digest: &Digest) -> StorageResult<Option<u64>>;
+
+    /// Read the blob, or the inclusive byte range `start..=end` of it.
+    /// Errors: `BlobUnknown`; `SizeInvalid` when the range is outside the blob.
+    async fn open(&self, digest: &Digest, range: Option<(u64, u64)>) -> StorageResult<BlobReader>;
+
+    /// Start a new upload session and return its id.
+    async fn start_upload(&self) -> StorageResult<UploadId>;
+
+    /// Current state of an upload; `UploadUnknown` if there is none with that id.
+    /// Must work after a process restart (state is re-derived from what is on disk).
+    async fn upload_state(&self, id: &str) -> StorageResult<UploadState>;
+
+    /// Append `body` to the upload. `offset`, when given, must equal the bytes already
+    /// received (`OutOfOrder` otherwise). At most `limit` bytes are accepted in total
+    /// for the session (`SizeInvalid` past that). Returns the new state.
+    async fn append(
+        &self,
+        id: &str,
+        offset: Option<u64>,
+        body: ByteStream,
+        limit: u64,
+    ) -> StorageResult<UploadState>;
+
+    /// Verify the upload against `expected` (any supported algorithm) and commit it.
+    /// On mismatch: `DigestMismatch`, and the session and its bytes are removed.
+    /// If the blob already exists the verified upload is discarded, the stored one kept.
+    /// Returns the size of the committed blob.
+    async fn finish_upload(&self, id: &str, expected: &Digest) -> StorageResult<u64>;
+
+    /// Abandon an upload and delete its bytes; `UploadUnknown` if there is none.
+    async fn cancel_upload(&self, id: &str) -> StorageResult<()>;
+
+    /// Delete a stored blob (garbage collection / content management);
+    /// `BlobUnknown` if absent.
+    async fn delete(&self, digest: &Digest) -> StorageResult<()>;
+}

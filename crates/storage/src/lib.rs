@@ -1,0 +1,27 @@
+//! Storage behind two narrow async traits:
+//!
+//! - [`BlobStore`]: content-addressed bytes (layers, configs) and resumable upload sessions.
+//!   [`fs::FsBlobStore`] keeps them on the local filesystem; an S3 backend can implement
+//!   the same trait later.
+//! - [`MetadataStore`]: repositories, manifests, tags, referrers and which blobs each
+//!   repository may serve. [`sqlite::SqliteMetadata`] keeps them in an embedded SQLite
+//!   database (WAL); a PostgreSQL backend can implement the same trait later.
+//!
+//! Both traits come with one conformance suite ([`conformance`]) that every backend runs.
+//!
+//! Invariants every backend keeps:
+//! - a blob is visible only once its bytes are complete, verified against their digest
+//!   and durable (fsync + atomic rename on the filesystem);
+//! - a stored blob is never overwritten;
+//! - a manifest, its tag and its references are written in one transaction.
+
+pub mod blob;
+pub mod conformance;
+pub mod error;
+pub mod fs;
+pub mod metadata;
+pub mod sqlite;
+
+pub use blob::{BlobReader, BlobStore, ByteStream, UploadId, UploadState};
+pub use error::{StorageError, StorageResult};
+pub use metadata::{ManifestRecord, MetadataStore, NewManifest, Referrer, UploadSession};

@@ -1,0 +1,119 @@
+//! The metadata boundary: repositories, manifests, tags, referrers, blob links, uploads.
+
+use async_trait::async_trait;
+use berth_proto::Digest;
+
+use crate::StorageResult;
+
+/// A stored manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    /// The exact bytes the client pushed (at most the server's manifest limit, 4 MiB).
+    pub content: Vec<u8>,
+}
+
+/// A manifest to store, with everything extracted from it by the server.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub repository: String,
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Vec<u8>,
+    /// Tag to point at this manifest (None when pushed by digest).
+    pub tag: Option<String>,
+    /// Blobs (config, layers) it references; they stay readable in the repository.
+    pub blobs: Vec<Digest>,
+    /// Child manifests (index / manifest list entries).
+    pub children: Vec<Digest>,
+    /// `subject` digest, for the referrers API.
+    pub subject: Option<Digest>,
+    /// `artifactType`, or for image manifests without one, the config media type.
+    pub artifact_type: Option<String>,
+    /// The manifest's `annotations`, as a JSON object string (None if absent).
+    pub annotations_json: Option<String>,
+}
+
+/// One entry of a referrers listing (an OCI descriptor of the referring manifest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations_json: Option<String>,
+}
+
+/// An upload session's owner and start time, kept so uploads survive a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSession {
+    pub id: String,
+    pub repository: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: i64,
+}
+
+/// Registry metadata. Every write that touches several rows is one transaction.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Repositories in lexical order, after `last` (exclusive), at most `limit`.
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> StorageResult<Vec<String>>;
+
+    /// Whether the repository has ever received a manifest or a blob and still exists.
+    async fn repository_exists(&self, repository: &str) -> StorageResult<bool>;
+
+    /// Record that `repository` may serve blob `digest` of `size` bytes (after an upload
+    /// or a mount). Creates the repository if needed. Idempotent.
+    async fn link_blob(&self, repository: &str, digest: &Digest, size: u64) -> StorageResult<()>;
+
+    /// Size of the blob if `repository` may serve it.
+    async fn blob_link(&self, repository: &str, digest: &Digest) -> StorageResult<Option<u64>>;
+
+    /// Remove the link; `NotFound` if there was none. Returns whether any repository
+    /// still links the blob (the caller deletes the bytes when none does).
+    async fn unlink_blob(&self, repository: &str, digest: &Digest) -> StorageResult<bool>;
+
+    /// Store a manifest (and its tag, references, subject) in one transaction.
+    /// Re-putting the same digest is idempotent; a tag moves to the new digest.
+    async fn put_manifest(&self, manifest: NewManifest) -> StorageResult<()>;
+
+    /// A manifest by digest in `repository`.
+    async fn manifest_by_digest(&self, repository: &str, digest: &Digest)
+    -> StorageResult<Option<ManifestRecord>>;
+
+    /// A manifest by tag in `repository`.
+    async fn manifest_by_tag(&self, repository: &str, tag: &str) -> StorageResult<Option<ManifestRecord>>;
+
+    /// Whether `repository` has a manifest with this digest (for index children checks).
+    async fn manifest_exists(&self, repository: &str, digest: &Digest) -> StorageResult<bool>;
+
+    /// Delete a manifest and every tag pointing at it; `NotFound` if absent.
+    async fn delete_manifest(&self, repository: &str, digest: &Digest) -> StorageResult<()>;
+
+    /// Delete one tag (the manifest stays); `NotFound` if absent.
+    async fn delete_tag(&self, repository: &str, tag: &str) -> StorageResult<()>;
+
+    /// Tags of `repository` in lexical order after `last`, at most `limit`.
+    /// `NotFound` if the repository does not exist.
+    async fn list_tags(&self, repository: &str, last: Option<&str>, limit: u32)
+    -> StorageResult<Vec<String>>;
+
+    /// Manifests in `repository` whose subject is `subject`, optionally only those of
+    /// `artifact_type`, ordered by digest.
+    async fn referrers(
+        &self,
+        repository: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> StorageResult<Vec<Referrer>>;
+
+    /// Record a new upload session.
+    async fn create_upload(&self, session: UploadSession) -> StorageResult<()>;
+
+    /// The upload session, if it exists.
+    async fn upload(&self, id: &str) -> StorageResult<Option<UploadSession>>;
+
+    /// Forget an upload session (after finish or cancel). Idempotent.
+    async fn delete_upload(&self, id: &str) -> StorageResult<()>;
+}

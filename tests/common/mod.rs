@@ -1,0 +1,153 @@
+//! Test harness: start the real `berth serve` binary on 127.0.0.1 with TLS, on an
+//! ephemeral port, with its own temporary data directory; stop it by PID on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `berth serve` process.
+pub struct Berth {
+    child: Child,
+    /// The address it listens on (127.0.0.1:PORT).
+    pub addr: SocketAddr,
+    /// Its data directory (removed on drop).
+    pub data: tempfile::TempDir,
+    /// `https` or `http`.
+    pub scheme: &'static str,
+}
+
+impl Berth {
+    /// `berth serve` with an auto-generated CA, on 127.0.0.1:0.
+    pub fn start() -> Berth {
+        Berth::start_with(&[])
+    }
+
+    /// `berth serve --listen 127.0.0.1:0 --data TMP` plus `extra` arguments.
+    pub fn start_with(extra: &[&str]) -> Berth {
+        let data = tempfile::tempdir().expect("temp data dir");
+        Berth::start_in(data, extra)
+    }
+
+    /// Start on an existing data directory (e.g. to test restarts).
+    pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Berth {
+        let mut cmd = Command::new(berth_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data.path())
+            .args(extra)
+            .env("RUST_LOG", "berth=info,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn berth serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        // The server prints `berth listening on SCHEME://ADDR` once it accepts connections.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("berth listening on ") {
+                        let (scheme, addr) = url.split_once("://").expect("url");
+                        let scheme = if scheme == "https" { "https" } else { "http" };
+                        return Berth {
+                            child,
+                            addr: addr.trim().parse().expect("listen address"),
+                            data,
+                            scheme,
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("berth serve did not report its address within 60 s");
+                }
+            }
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `https://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The CA certificate the server generated on first start.
+    pub fn ca_path(&self) -> PathBuf {
+        self.data.path().join("tls").join("ca.crt")
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.ca_path()).expect("read ca.crt")
+    }
+
+    /// A directory holding only `ca.crt`, as `skopeo --cert-dir` and Docker `certs.d` expect.
+    pub fn cert_dir(&self) -> PathBuf {
+        let dir = self.data.path().join("client-certs");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(self.ca_path(), dir.join("ca.crt")).unwrap();
+        dir
+    }
+
+    /// An HTTP client that trusts this server's CA (and nothing else).
+    pub fn client(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(120));
+        if self.scheme == "https" {
+            let certs = reqwest::Certificate::from_pem_bundle(&self.ca_pem()).expect("ca pem");
+            b = b.tls_certs_only(certs);
+        }
+        b.build().expect("client")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kill the server abruptly (SIGKILL) and hand back its data directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+        data
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path of the `berth` binary under test.
+pub fn berth_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_berth"))
+}
+
+/// Whether a command exists on PATH.
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd} >/dev/null 2>&1"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
