@@ -1,1 +1,205 @@
-fn main() {}
+//! `berth`: the registry server and its tools, one binary. This file only parses the
+//! command line and hands off to the library crates.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth_server::ServerConfig;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "HTTPS-first container image registry and image fetcher"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "BERTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry over HTTPS (creates a CA and certificate on first start).
+    Serve(ServeArgs),
+    /// Certificates: create a CA and server certificate, and show how to trust them.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:5443].
+    #[arg(long, env = "BERTH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory: blobs, metadata database, generated certificates [default: ./berth-data].
+    #[arg(long, env = "BERTH_DATA")]
+    data: Option<PathBuf>,
+    /// PEM certificate chain to serve (instead of Berth's own CA).
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP; only behind a TLS-terminating proxy.
+    #[arg(long, env = "BERTH_INSECURE_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_http: bool,
+    /// Extra DNS name for the auto-generated certificate (repeatable).
+    #[arg(long = "host", env = "BERTH_TLS_HOSTS", value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Extra IP address for the auto-generated certificate (repeatable).
+    #[arg(long = "ip", env = "BERTH_TLS_IPS", value_delimiter = ',')]
+    ips: Vec<IpAddr>,
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Create (or reuse) a CA in DIR and issue a server certificate for the given names.
+    Init {
+        /// Directory for ca.crt, ca.key, server.crt, server.key.
+        #[arg(long, default_value = "berth-certs")]
+        out: PathBuf,
+        /// DNS name the registry is reached by (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// IP address the registry is reached by (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        /// Port clients use, for the trust instructions.
+        #[arg(long, default_value_t = 5443)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let config = serve_config(args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(berth_server::serve::run(config))?;
+            Ok(())
+        }
+        Command::Cert(CertCommand::Init {
+            out,
+            hosts,
+            ips,
+            port,
+        }) => cert_init(out, hosts, ips, port),
+    }
+}
+
+/// Defaults, then the config file, then environment variables and flags.
+fn serve_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            ServerConfig::from_toml(&text)
+                .with_context(|| format!("in config file {}", path.display()))?
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data) = args.data {
+        config.data = data;
+    }
+    if args.tls_cert.is_some() {
+        config.tls.cert = args.tls_cert;
+        config.tls.key = args.tls_key;
+    }
+    if args.insecure_http {
+        config.tls.insecure_http = true;
+    }
+    config.tls.hosts.extend(args.hosts);
+    config.tls.ips.extend(args.ips);
+    Ok(config)
+}
+
+fn cert_init(
+    out: PathBuf,
+    mut hosts: Vec<String>,
+    ips: Vec<IpAddr>,
+    port: u16,
+) -> anyhow::Result<()> {
+    if hosts.is_empty() && ips.is_empty() {
+        let (default_hosts, _) = berth_pki::default_names();
+        hosts = default_hosts;
+        eprintln!("berth: no --host or --ip given; using {}", hosts.join(", "));
+    }
+    let files = berth_pki::init_dir(&out, &hosts, &ips)?;
+    println!("CA certificate:      {}", files.ca_crt.display());
+    println!(
+        "CA private key:      {}  (keep it secret)",
+        files.ca_key.display()
+    );
+    println!("Server certificate:  {}", files.server_crt.display());
+    println!("Server private key:  {}", files.server_key.display());
+    println!();
+    println!(
+        "Serve with: berth serve --tls-cert {} --tls-key {}",
+        files.server_crt.display(),
+        files.server_key.display()
+    );
+    let names: Vec<String> = hosts
+        .iter()
+        .cloned()
+        .chain(ips.iter().map(|ip| match ip {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        }))
+        .collect();
+    for name in names {
+        println!();
+        println!(
+            "{}",
+            berth_pki::trust_instructions(&files.ca_crt, &format!("{name}:{port}"))
+        );
+    }
+    Ok(())
+}

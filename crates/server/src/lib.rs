@@ -1,1 +1,27 @@
-//! placeholder
+//! The Berth registry server: an OCI Distribution v1.1 HTTP API over HTTPS.
+//!
+//! Layering (each module only calls the ones below it):
+//! - [`serve`]: TLS, listening socket, graceful shutdown.
+//! - [`routes`]: the router — one wildcard route under `/v2/` parsed by
+//!   [`berth_proto::route`], dispatched by method to a handler.
+//! - handlers ([`blobs`], [`uploads`], [`manifests`], [`listing`]): parse the request,
+//!   call storage, build the response; errors are [`error::ApiError`] and `?`.
+//! - storage: [`berth_storage::BlobStore`] and [`berth_storage::MetadataStore`] in
+//!   [`state::AppState`].
+//!
+//! [`app`] builds the router from a state so tests can drive it in-process.
+
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod serve;
+pub mod state;
+
+mod blobs;
+mod listing;
+mod manifests;
+mod uploads;
+
+pub use config::ServerConfig;
+pub use routes::app;
+pub use state::AppState;

@@ -10,13 +10,17 @@ pub enum StorageError {
     #[error("blob {0} is not known to this registry")]
     BlobUnknown(Digest),
     /// No upload session with this id (never started, finished, cancelled or expired).
-    #[error("upload {0} is not known (it may have finished, been cancelled or expired); start a new upload")]
+    #[error(
+        "upload {0} is not known (it may have finished, been cancelled or expired); start a new upload"
+    )]
     UploadUnknown(String),
     /// The uploaded bytes do not hash to the digest the client claimed.
     #[error("uploaded content has digest {actual}, not the {expected} the client gave")]
     DigestMismatch { expected: Digest, actual: Digest },
     /// A chunk did not start where the previous one ended.
-    #[error("chunk starts at byte {given} but the upload has {expected} bytes; resume from {expected}")]
+    #[error(
+        "chunk starts at byte {given} but the upload has {expected} bytes; resume from {expected}"
+    )]
     OutOfOrder { expected: u64, given: u64 },
     /// The client sent more bytes than a size limit allows, or a size it declared was wrong.
     #[error("{0}")]

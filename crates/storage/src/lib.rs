@@ -11,7 +11,8 @@
 //!
 //! Invariants every backend keeps:
 //! - a blob is visible only once its bytes are complete, verified against their digest
-//!   and durable (fsync + atomic rename on the filesystem);
+//!   and durable (on the filesystem: fsync, then an atomic `hard_link` into place, which
+//!   never replaces an existing blob, then fsync of the directory);
 //! - a stored blob is never overwritten;
 //! - a manifest, its tag and its references are written in one transaction.
 

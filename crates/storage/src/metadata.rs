@@ -58,7 +58,8 @@ pub struct UploadSession {
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     /// Repositories in lexical order, after `last` (exclusive), at most `limit`.
-    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> StorageResult<Vec<String>>;
+    async fn list_repositories(&self, last: Option<&str>, limit: u32)
+    -> StorageResult<Vec<String>>;
 
     /// Whether the repository has ever received a manifest or a blob and still exists.
     async fn repository_exists(&self, repository: &str) -> StorageResult<bool>;
@@ -79,11 +80,18 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn put_manifest(&self, manifest: NewManifest) -> StorageResult<()>;
 
     /// A manifest by digest in `repository`.
-    async fn manifest_by_digest(&self, repository: &str, digest: &Digest)
-    -> StorageResult<Option<ManifestRecord>>;
+    async fn manifest_by_digest(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> StorageResult<Option<ManifestRecord>>;
 
     /// A manifest by tag in `repository`.
-    async fn manifest_by_tag(&self, repository: &str, tag: &str) -> StorageResult<Option<ManifestRecord>>;
+    async fn manifest_by_tag(
+        &self,
+        repository: &str,
+        tag: &str,
+    ) -> StorageResult<Option<ManifestRecord>>;
 
     /// Whether `repository` has a manifest with this digest (for index children checks).
     async fn manifest_exists(&self, repository: &str, digest: &Digest) -> StorageResult<bool>;
@@ -96,8 +104,12 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Tags of `repository` in lexical order after `last`, at most `limit`.
     /// `NotFound` if the repository does not exist.
-    async fn list_tags(&self, repository: &str, last: Option<&str>, limit: u32)
-    -> StorageResult<Vec<String>>;
+    async fn list_tags(
+        &self,
+        repository: &str,
+        last: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<String>>;
 
     /// Manifests in `repository` whose subject is `subject`, optionally only those of
     /// `artifact_type`, ordered by digest.

@@ -1,0 +1,106 @@
+//! `GET/HEAD/DELETE /v2/<name>/blobs/<digest>`: reading blobs, with `Range`.
+//!
+//! A blob is served from a repository only if that repository links it (it was uploaded
+//! or mounted there, or a manifest there references it), as in CNCF Distribution.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_proto::Digest;
+use berth_proto::error::ErrorCode;
+use berth_proto::range::{RangeError, parse_range};
+use tokio_util::io::ReaderStream;
+
+use crate::error::{ApiError, ApiResult};
+use crate::routes::Ctx;
+
+/// Read buffer for blob bodies: large enough to keep TLS records full.
+const READ_CHUNK: usize = 512 * 1024;
+
+/// Parse a digest from a path or query, mapping errors to `DIGEST_INVALID`.
+pub(crate) fn parse_digest(s: &str) -> ApiResult<Digest> {
+    s.parse::<Digest>()
+        .map_err(|e| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))
+}
+
+pub(crate) fn digest_header(d: &Digest) -> HeaderValue {
+    HeaderValue::from_str(&d.to_string()).expect("digests are ASCII")
+}
+
+fn blob_unknown(name: &str, digest: &Digest) -> ApiError {
+    ApiError::new(
+        ErrorCode::BlobUnknown,
+        format!("blob {digest} is not in repository {name}"),
+    )
+}
+
+pub(crate) async fn get(ctx: Ctx, name: &str, digest: &str) -> ApiResult<Response> {
+    let digest = parse_digest(digest)?;
+    let state = &ctx.state;
+    let size = state
+        .meta
+        .blob_link(name, &digest)
+        .await?
+        .ok_or_else(|| blob_unknown(name, &digest))?;
+
+    let range = match ctx.header("range") {
+        Some(h) => Some(parse_range(h, size).map_err(|e| {
+            let err = ApiError::new(
+                ErrorCode::RangeInvalid,
+                format!("{e}; the blob has {size} bytes"),
+            )
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE);
+            match e {
+                RangeError::Unsatisfiable => err.with_header(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
+                ),
+                _ => err,
+            }
+        })?),
+        None => None,
+    };
+
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("docker-content-digest", digest_header(&digest))
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, format!("\"{digest}\""))
+        .header(header::CACHE_CONTROL, "max-age=31536000");
+    let len = match range {
+        Some((start, end)) => {
+            builder = builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+            end - start + 1
+        }
+        None => size,
+    };
+    builder = builder.header(header::CONTENT_LENGTH, len);
+
+    if ctx.is_head() {
+        // HEAD never opens the file: the link's size is authoritative.
+        return Ok(builder.body(Body::empty()).unwrap());
+    }
+    let reader = match state.blobs.open(&digest, range).await {
+        Ok(r) => r,
+        // Linked in metadata but bytes gone (e.g. deleted by an operator): say so plainly.
+        Err(berth_storage::StorageError::BlobUnknown(_)) => {
+            return Err(blob_unknown(name, &digest));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let body = Body::from_stream(ReaderStream::with_capacity(reader.reader, READ_CHUNK));
+    Ok(builder.body(body).unwrap())
+}
+
+pub(crate) async fn delete(ctx: Ctx, name: &str, digest: &str) -> ApiResult<Response> {
+    let digest = parse_digest(digest)?;
+    // Only the link is removed: bytes shared with other repositories stay, and
+    // unreferenced bytes are reclaimed by garbage collection, never under a reader.
+    match ctx.state.meta.unlink_blob(name, &digest).await {
+        Ok(_) => Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response()),
+        Err(berth_storage::StorageError::NotFound(_)) => Err(blob_unknown(name, &digest)),
+        Err(e) => Err(e.into()),
+    }
+}

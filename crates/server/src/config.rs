@@ -1,0 +1,111 @@
+//! Server configuration: one struct, loadable from TOML, every field also settable by
+//! flag and environment variable in the CLI (flags win over the file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Everything `berth serve` needs. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on (`0.0.0.0:5443`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Data directory: blobs, uploads, the metadata database and generated certificates.
+    pub data: PathBuf,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// Limits on what clients control.
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Without `cert`/`key`, Berth creates a CA and a certificate
+    /// in `DATA/tls/` on first start.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Serve plain HTTP (only behind a TLS-terminating proxy).
+    pub insecure_http: bool,
+    /// Extra DNS names for the auto-generated certificate.
+    pub hosts: Vec<String>,
+    /// Extra IP addresses for the auto-generated certificate.
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest manifest accepted, in bytes (the OCI spec suggests 4 MiB).
+    pub max_manifest_bytes: usize,
+    /// Largest blob accepted, in bytes.
+    pub max_blob_bytes: u64,
+    /// Largest `n` on tag and catalog listings; also the page size when `n` is absent.
+    pub max_page_size: u32,
+    /// Abandoned upload sessions are removed after this many hours.
+    pub upload_ttl_hours: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: berth_proto::manifest::MAX_MANIFEST_SIZE,
+            max_blob_bytes: 64 << 30,
+            max_page_size: 10_000,
+            upload_ttl_hours: 24 * 7,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5443)),
+            data: PathBuf::from("berth-data"),
+            tls: TlsConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Parse a TOML configuration file's text.
+    pub fn from_toml(text: &str) -> Result<ServerConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Where the auto-generated certificates live.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data.join("tls")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_configs_load() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).expect("examples/ directory") {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                ServerConfig::from_toml(&text)
+                    .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no example configs found in {dir}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = ServerConfig::from_toml("lisen = \"0.0.0.0:1\"").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}

@@ -1,0 +1,176 @@
+//! `GET/HEAD/PUT/DELETE /v2/<name>/manifests/<reference>`.
+//!
+//! A manifest is accepted only when it parses, its digest matches a digest reference, and
+//! every blob and child manifest it names is already in the repository. Manifests are
+//! served byte for byte as pushed, with the media type they were pushed with.
+
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_proto::error::ErrorCode;
+use berth_proto::manifest::parse_manifest;
+use berth_proto::name::Reference;
+use berth_proto::{Algorithm, Digest};
+use berth_storage::{NewManifest, StorageError};
+
+use crate::blobs::digest_header;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::Ctx;
+
+fn parse_reference(reference: &str) -> ApiResult<Reference> {
+    reference.parse::<Reference>().map_err(|e| {
+        let code = if e.is_digest_error() {
+            ErrorCode::DigestInvalid
+        } else {
+            ErrorCode::TagInvalid
+        };
+        ApiError::new(code, e.to_string())
+    })
+}
+
+fn manifest_unknown(name: &str, reference: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ManifestUnknown,
+        format!("manifest {reference} is not in repository {name}"),
+    )
+}
+
+pub(crate) async fn get(ctx: Ctx, name: &str, reference: &str) -> ApiResult<Response> {
+    let meta = &ctx.state.meta;
+    let record = match parse_reference(reference)? {
+        Reference::Tag(tag) => meta.manifest_by_tag(name, &tag).await?,
+        Reference::Digest(d) => meta.manifest_by_digest(name, &d).await?,
+    }
+    .ok_or_else(|| manifest_unknown(name, reference))?;
+
+    let len = record.content.len();
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, &record.media_type)
+        .header(header::CONTENT_LENGTH, len)
+        .header("docker-content-digest", digest_header(&record.digest))
+        .header(header::ETAG, format!("\"{}\"", record.digest));
+    let body = if ctx.is_head() {
+        Body::empty()
+    } else {
+        Body::from(record.content)
+    };
+    Ok(builder.body(body).unwrap())
+}
+
+pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> ApiResult<Response> {
+    let reference = parse_reference(reference)?;
+    let limit = ctx.state.limits.max_manifest_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::SizeInvalid,
+            format!("manifest is larger than the {limit}-byte limit; split it or raise limits.max_manifest_bytes"),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    if ctx
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let bytes = to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let content_type = ctx.header("content-type").map(str::to_owned);
+    let parsed = parse_manifest(content_type.as_deref(), &bytes).map_err(|e| {
+        if e.is_size_error() {
+            too_large()
+        } else {
+            ApiError::new(ErrorCode::ManifestInvalid, e.to_string())
+        }
+    })?;
+
+    let (digest, tag) = match reference {
+        Reference::Digest(claimed) => {
+            let actual = Digest::of(claimed.algorithm(), &bytes);
+            if actual != claimed {
+                return Err(ApiError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("manifest content has digest {actual}, not {claimed} named in the URL"),
+                ));
+            }
+            (actual, None)
+        }
+        Reference::Tag(tag) => (Digest::of(Algorithm::Sha256, &bytes), Some(tag)),
+    };
+
+    let meta = &ctx.state.meta;
+    for blob in &parsed.blobs {
+        if meta.blob_link(name, blob).await?.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!(
+                    "blob {blob} referenced by the manifest is not in repository {name}; push it first"
+                ),
+            ));
+        }
+    }
+    for child in &parsed.children {
+        if !meta.manifest_exists(name, child).await? {
+            return Err(ApiError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!(
+                    "manifest {child} referenced by the index is not in repository {name}; push it first"
+                ),
+            ));
+        }
+    }
+
+    let subject = parsed.subject.clone();
+    meta.put_manifest(NewManifest {
+        repository: name.to_string(),
+        digest: digest.clone(),
+        media_type: parsed.media_type,
+        content: bytes.to_vec(),
+        tag,
+        blobs: parsed.blobs,
+        children: parsed.children,
+        subject: parsed.subject,
+        artifact_type: parsed.artifact_type,
+        annotations_json: parsed.annotations_json,
+    })
+    .await?;
+    tracing::info!(repository = name, %digest, "manifest pushed");
+
+    let mut resp = (
+        StatusCode::CREATED,
+        [
+            (
+                header::LOCATION,
+                HeaderValue::from_str(&format!("/v2/{name}/manifests/{digest}")).unwrap(),
+            ),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                digest_header(&digest),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
+        ],
+    )
+        .into_response();
+    if let Some(subject) = subject {
+        resp.headers_mut()
+            .insert("oci-subject", digest_header(&subject));
+    }
+    Ok(resp)
+}
+
+pub(crate) async fn delete(ctx: Ctx, name: &str, reference: &str) -> ApiResult<Response> {
+    let meta = &ctx.state.meta;
+    let result = match parse_reference(reference)? {
+        Reference::Digest(d) => meta.delete_manifest(name, &d).await,
+        Reference::Tag(t) => meta.delete_tag(name, &t).await,
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(repository = name, reference, "manifest deleted");
+            Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+        }
+        Err(StorageError::NotFound(_)) => Err(manifest_unknown(name, reference)),
+        Err(e) => Err(e.into()),
+    }
+}

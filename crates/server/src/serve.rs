@@ -1,0 +1,193 @@
+//! Running the server: open storage, set up TLS (auto CA, given files, or explicit plain
+//! HTTP), bind, print the address, serve until SIGINT/SIGTERM, then drain in-flight
+//! requests for up to 30 seconds.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use berth_storage::fs::FsBlobStore;
+use berth_storage::sqlite::SqliteMetadata;
+
+use crate::config::ServerConfig;
+use crate::state::AppState;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "cannot create data directory {path}: {source}; pass --data DIR with a writable directory"
+    )]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open storage in {path}: {source}")]
+    Storage {
+        path: String,
+        source: berth_storage::StorageError,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error(
+        "cannot listen on {addr}: {source}; choose another --listen address or stop what uses it"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Open the stores named by the configuration.
+pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
+    std::fs::create_dir_all(&config.data).map_err(|source| ServeError::DataDir {
+        path: config.data.display().to_string(),
+        source,
+    })?;
+    let storage_err = |source| ServeError::Storage {
+        path: config.data.display().to_string(),
+        source,
+    };
+    let blobs = FsBlobStore::open(config.data.clone())
+        .await
+        .map_err(storage_err)?;
+    let meta = SqliteMetadata::open(&config.data.join("metadata.db"))
+        .await
+        .map_err(storage_err)?;
+    let blobs = Arc::new(blobs);
+    let ttl = Duration::from_secs(config.limits.upload_ttl_hours * 3600);
+    let purger = blobs.clone();
+    tokio::spawn(async move {
+        match purger.purge_stale_uploads(ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed abandoned uploads"),
+            Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),
+        }
+    });
+    Ok(AppState {
+        blobs,
+        meta: Arc::new(meta),
+        limits: config.limits.clone(),
+    })
+}
+
+/// TLS material to serve with, creating a CA and certificate on first start if needed.
+async fn tls_config(config: &ServerConfig) -> Result<Option<RustlsConfig>, ServeError> {
+    let tls = &config.tls;
+    if tls.insecure_http {
+        if tls.cert.is_some() || tls.key.is_some() {
+            return Err(ServeError::Tls(
+                "--insecure-http cannot be combined with --tls-cert/--tls-key; choose one".into(),
+            ));
+        }
+        tracing::warn!("serving plain HTTP: only do this behind a TLS-terminating proxy");
+        return Ok(None);
+    }
+    let (cert, key) = match (&tls.cert, &tls.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => {
+            let (mut names, mut ips) = berth_pki::default_names();
+            names.extend(tls.hosts.iter().cloned());
+            ips.extend(tls.ips.iter().copied());
+            let files = berth_pki::ensure_dir(&config.tls_dir(), &names, &ips)
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+            tracing::info!(
+                ca = %files.ca_crt.display(),
+                "using Berth's own CA; clients must trust it (berth cert init prints how)"
+            );
+            (files.server_crt, files.server_key)
+        }
+        _ => {
+            return Err(ServeError::Tls(
+                "give both --tls-cert and --tls-key, or neither to use Berth's own CA".into(),
+            ));
+        }
+    };
+    let rustls = RustlsConfig::from_pem_file(&cert, &key)
+        .await
+        .map_err(|e| {
+            ServeError::Tls(format!(
+                "cannot load certificate {} / key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+    Ok(Some(rustls))
+}
+
+/// Serve until a shutdown signal. Prints `berth listening on SCHEME://ADDR` on stdout once
+/// the socket accepts connections (tests and scripts wait for that line).
+pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
+    // One crypto provider everywhere (aws-lc-rs); ignore "already installed".
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let state = open_state(&config).await?;
+    let tls = tls_config(&config).await?;
+    let listener = TcpListener::bind(config.listen).map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr()?;
+    let handle: Handle<SocketAddr> = Handle::new();
+    let app = crate::app(state).into_make_service();
+
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        shutdown.graceful_shutdown(Some(DRAIN));
+    });
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("berth listening on {scheme}://{addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, scheme, data = %config.data.display(), "registry ready");
+
+    match tls {
+        Some(tls) => {
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+            tune(server.http_builder());
+            server.serve(app).await?;
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener)?.handle(handle);
+            tune(server.http_builder());
+            server.serve(app).await?;
+        }
+    }
+    Ok(())
+}
+
+/// HTTP/2 flow-control windows sized for multi-GiB layers; bounded header sizes.
+fn tune(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    builder
+        .http1()
+        .max_buf_size(256 * 1024)
+        .http2()
+        .adaptive_window(true)
+        .max_frame_size(1 << 20)
+        .max_header_list_size(64 * 1024);
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

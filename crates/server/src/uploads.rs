@@ -1,0 +1,255 @@
+//! Blob uploads: `POST /v2/<name>/blobs/uploads/` (start, monolithic, mount),
+//! `PATCH`/`PUT`/`GET`/`DELETE /v2/<name>/blobs/uploads/<id>`.
+//!
+//! Bytes stream straight from the request body into the blob store, which hashes them on
+//! the fly; nothing is buffered whole. An upload session belongs to one repository.
+
+use std::io;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_proto::Digest;
+use berth_proto::error::ErrorCode;
+use berth_proto::range::parse_content_range;
+use berth_storage::{ByteStream, UploadSession, UploadState};
+use futures_util::TryStreamExt;
+
+use crate::blobs::{digest_header, parse_digest};
+use crate::error::{ApiError, ApiResult};
+use crate::routes::Ctx;
+
+fn body_stream(body: Body) -> ByteStream {
+    Box::pin(body.into_data_stream().map_err(io::Error::other))
+}
+
+fn upload_location(name: &str, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+/// `Range` header value for `size` bytes received (`0-0` when empty, as Distribution does).
+fn range_value(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+/// 202 Accepted for a session in progress.
+fn in_progress(name: &str, state: &UploadState) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [
+            (header::LOCATION, upload_location(name, &state.id)),
+            (header::RANGE, range_value(state.size)),
+            (
+                header::HeaderName::from_static("docker-upload-uuid"),
+                state.id.clone(),
+            ),
+            (header::CONTENT_LENGTH, "0".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+/// 201 Created for a committed blob.
+fn created(name: &str, digest: &Digest) -> Response {
+    (
+        StatusCode::CREATED,
+        [
+            (
+                header::LOCATION,
+                HeaderValue::from_str(&format!("/v2/{name}/blobs/{digest}")).unwrap(),
+            ),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                digest_header(digest),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
+        ],
+    )
+        .into_response()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) async fn start(ctx: Ctx, body: Body, name: &str) -> ApiResult<Response> {
+    let state = ctx.state.clone();
+
+    if let Some(mount) = ctx.query("mount") {
+        let digest = parse_digest(mount)?;
+        if let Some(size) = mountable_size(&ctx, &digest).await? {
+            state.meta.link_blob(name, &digest, size).await?;
+            return Ok(created(name, &digest));
+        }
+        // Not mountable: fall through to an ordinary upload session, as the spec says.
+    }
+
+    let id = state.blobs.start_upload().await?;
+    state
+        .meta
+        .create_upload(UploadSession {
+            id: id.clone(),
+            repository: name.to_string(),
+            started_at: now(),
+        })
+        .await?;
+
+    if let Some(digest) = ctx.query("digest").map(str::to_owned) {
+        // Monolithic upload in a single POST.
+        let digest = parse_digest(&digest)?;
+        return commit(&ctx, name, &id, Some(body_stream(body)), &digest).await;
+    }
+    Ok(in_progress(name, &UploadState { id, size: 0 }))
+}
+
+/// The size of a blob that may be mounted into the target repository, if any.
+async fn mountable_size(ctx: &Ctx, digest: &Digest) -> ApiResult<Option<u64>> {
+    let state = &ctx.state;
+    let linked = match ctx.query("from") {
+        Some(from) if berth_proto::name::validate_repository(from).is_ok() => {
+            state.meta.blob_link(from, digest).await?
+        }
+        Some(_) => None,
+        // Without `from` the spec lets a registry mount any blob it already has.
+        None => state.blobs.stat(digest).await?,
+    };
+    // The link alone is not enough: the bytes must still be there.
+    match linked {
+        Some(_) => Ok(state.blobs.stat(digest).await?),
+        None => Ok(None),
+    }
+}
+
+/// Check the session exists and belongs to `name`.
+async fn session(ctx: &Ctx, name: &str, id: &str) -> ApiResult<UploadState> {
+    let unknown = || {
+        ApiError::new(
+            ErrorCode::BlobUploadUnknown,
+            format!(
+                "upload {id} is not in progress for {name}; start a new one with POST /v2/{name}/blobs/uploads/"
+            ),
+        )
+    };
+    match ctx.state.meta.upload(id).await? {
+        Some(s) if s.repository == name => {}
+        _ => return Err(unknown()),
+    }
+    match ctx.state.blobs.upload_state(id).await {
+        Ok(s) => Ok(s),
+        Err(berth_storage::StorageError::UploadUnknown(_)) => Err(unknown()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn status(ctx: Ctx, name: &str, id: &str) -> ApiResult<Response> {
+    let st = session(&ctx, name, id).await?;
+    let mut resp = in_progress(name, &st);
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+pub(crate) async fn patch(ctx: Ctx, body: Body, name: &str, id: &str) -> ApiResult<Response> {
+    let st = session(&ctx, name, id).await?;
+    let offset = match ctx.header("content-range") {
+        Some(h) => {
+            let (start, end) = parse_content_range(h).map_err(|e| {
+                ApiError::new(ErrorCode::RangeInvalid, format!("Content-Range {h:?}: {e}"))
+                    .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+            })?;
+            if let Some(len) = content_length(&ctx) {
+                if len != end - start + 1 {
+                    return Err(ApiError::new(
+                        ErrorCode::SizeInvalid,
+                        format!(
+                            "Content-Range {h:?} covers {} bytes but Content-Length is {len}",
+                            end - start + 1
+                        ),
+                    ));
+                }
+            }
+            Some(start)
+        }
+        None => None,
+    };
+    if let Some(off) = offset {
+        if off != st.size {
+            return Err(berth_storage::StorageError::OutOfOrder {
+                expected: st.size,
+                given: off,
+            }
+            .into());
+        }
+    }
+    let limit = ctx.state.limits.max_blob_bytes;
+    let st = ctx
+        .state
+        .blobs
+        .append(id, offset, body_stream(body), limit)
+        .await?;
+    Ok(in_progress(name, &st))
+}
+
+fn content_length(ctx: &Ctx) -> Option<u64> {
+    ctx.header("content-length").and_then(|v| v.parse().ok())
+}
+
+pub(crate) async fn finish(ctx: Ctx, body: Body, name: &str, id: &str) -> ApiResult<Response> {
+    let digest = ctx
+        .query("digest")
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::DigestInvalid,
+                "the final PUT of an upload needs ?digest=<algorithm:hex> of the whole blob",
+            )
+        })
+        .and_then(parse_digest)?;
+    session(&ctx, name, id).await?;
+    let has_body = content_length(&ctx).is_some_and(|n| n > 0)
+        || ctx.headers.contains_key(header::TRANSFER_ENCODING);
+    let body = has_body.then(|| body_stream(body));
+    commit(&ctx, name, id, body, &digest).await
+}
+
+/// Append an optional last chunk, verify against `digest`, commit and link the blob.
+async fn commit(
+    ctx: &Ctx,
+    name: &str,
+    id: &str,
+    body: Option<ByteStream>,
+    digest: &Digest,
+) -> ApiResult<Response> {
+    let state = &ctx.state;
+    if let Some(body) = body {
+        if let Err(e) = state
+            .blobs
+            .append(id, None, body, state.limits.max_blob_bytes)
+            .await
+        {
+            // A failed body leaves the session usable only for retry; a size overrun ends it.
+            return Err(e.into());
+        }
+    }
+    match state.blobs.finish_upload(id, digest).await {
+        Ok(size) => {
+            state.meta.link_blob(name, digest, size).await?;
+            state.meta.delete_upload(id).await?;
+            Ok(created(name, digest))
+        }
+        Err(e @ berth_storage::StorageError::DigestMismatch { .. }) => {
+            // The store already discarded the bytes; forget the session too.
+            state.meta.delete_upload(id).await?;
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn cancel(ctx: Ctx, name: &str, id: &str) -> ApiResult<Response> {
+    session(&ctx, name, id).await?;
+    ctx.state.blobs.cancel_upload(id).await?;
+    ctx.state.meta.delete_upload(id).await?;
+    Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
+}

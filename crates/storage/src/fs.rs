@@ -1,0 +1,803 @@
+//! [`BlobStore`] on the local filesystem.
+//!
+//! ```text
+//! ROOT/
+//! ├── blobs/                        committed blobs: complete, verified, fsynced, immutable
+//! │   ├── sha256/
+//! │   │   └── e3/                   first two hex characters of the digest
+//! │   │       └── e3b0c442…b855     the blob, named by its full hex digest
+//! │   └── sha512/
+//! │       └── cf/
+//! │           └── cf83e135…927e
+//! └── uploads/                      upload sessions in progress
+//!     └── 3f2b9c1e-…-…              bytes received so far (name = UUID v4 session id)
+//! ```
+//!
+//! Upload flow:
+//! - `start_upload` creates an empty `uploads/<id>` file.
+//! - `append` streams the body into that file in 1 MiB writes, hashing (SHA-256) as it
+//!   writes. The running `(size, hasher)` of every session lives in memory; when it is
+//!   missing (after a restart, or after an append was abandoned mid-write) it is re-derived
+//!   by re-hashing the file, so the state never disagrees with the bytes on disk.
+//! - `finish_upload` fsyncs the file, checks the digest and commits it with
+//!   `hard_link(uploads/<id>, blobs/<alg>/<xx>/<hex>)`: atomic, and it never replaces an
+//!   existing blob (if the digest is already stored, the stored blob wins). The upload file
+//!   is then removed and the blob's directory fsynced.
+//!
+//! Session ids are validated (`[A-Za-z0-9-]{1,64}`) before they touch a path.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use berth_proto::{Algorithm, Digest, Hasher};
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::OwnedMutexGuard;
+use tokio::task::JoinHandle;
+
+use crate::blob::{BlobReader, BlobStore, ByteStream, UploadId, UploadState};
+use crate::{StorageError, StorageResult};
+
+/// Size of one write to an upload file (bytes are gathered up to this before writing).
+const WRITE_BUFFER: usize = 1 << 20;
+/// Read buffer when re-hashing an upload file.
+const HASH_BUFFER: usize = 1 << 20;
+/// Longest accepted upload id.
+const MAX_ID_LEN: usize = 64;
+
+/// Bytes received by a session and the SHA-256 state over exactly those bytes.
+struct Progress {
+    size: u64,
+    hasher: Hasher,
+}
+
+/// Per-session lock; `None` means "not known in memory: re-derive from the file".
+type Slot = Arc<tokio::sync::Mutex<Option<Progress>>>;
+type SlotGuard = OwnedMutexGuard<Option<Progress>>;
+
+/// Content-addressed blobs and resumable uploads in a directory tree (see the module docs).
+pub struct FsBlobStore {
+    root: PathBuf,
+    blobs: PathBuf,
+    uploads: PathBuf,
+    sessions: Mutex<HashMap<String, Slot>>,
+}
+
+impl std::fmt::Debug for FsBlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsBlobStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FsBlobStore {
+    /// Open (creating if needed) a blob store rooted at `root`.
+    pub async fn open(root: impl Into<PathBuf>) -> StorageResult<FsBlobStore> {
+        let root = root.into();
+        let blobs = root.join("blobs");
+        let uploads = root.join("uploads");
+        let (b, u, r) = (blobs.clone(), uploads.clone(), root.clone());
+        blocking(move || {
+            for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+                std::fs::create_dir_all(b.join(alg.as_str()))?;
+            }
+            std::fs::create_dir_all(&u)?;
+            sync_dir(&b)?;
+            sync_dir(&r)?;
+            Ok(())
+        })
+        .await?;
+        Ok(FsBlobStore {
+            root,
+            blobs,
+            uploads,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The directory this store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Delete upload sessions whose file has not been written for `older_than`.
+    /// Sessions busy with a request are skipped. Returns how many were removed.
+    pub async fn purge_stale_uploads(&self, older_than: Duration) -> StorageResult<usize> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let dir = self.uploads.clone();
+        let candidates = blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if !valid_id(&name) {
+                    continue;
+                }
+                match entry.metadata().and_then(|m| m.modified()) {
+                    Ok(modified) if modified < cutoff => out.push(name),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+
+        let mut removed = 0;
+        for id in candidates {
+            let slot = self.slot(&id);
+            let Ok(mut guard) = slot.clone().try_lock_owned() else {
+                continue; // a request is using it right now
+            };
+            let path = self.upload_path(&id);
+            // Re-check under the session lock: an append may have just touched it.
+            let gone = blocking(move || match std::fs::metadata(&path) {
+                Ok(meta) if meta.modified()? < cutoff => match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(Some(true)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(false)),
+                    Err(e) => Err(e.into()),
+                },
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(false)),
+                Err(e) => Err(e.into()),
+            })
+            .await?;
+            if let Some(removed_now) = gone {
+                *guard = None;
+                drop(guard);
+                self.forget(&id, &slot);
+                if removed_now {
+                    removed += 1;
+                    tracing::debug!(upload = %id, "purged stale upload");
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn upload_path(&self, id: &str) -> PathBuf {
+        self.uploads.join(id)
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    /// The lock of session `id` (created empty if not in memory).
+    fn slot(&self, id: &str) -> Slot {
+        let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Drop the in-memory entry of a session that no longer exists on disk.
+    fn forget(&self, id: &str, slot: &Slot) {
+        let mut map = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            map.remove(id);
+        }
+    }
+
+    /// Lock session `id` and make sure its progress is known (re-hashing the file if needed).
+    async fn lock_session(&self, id: &str) -> StorageResult<(Slot, SlotGuard)> {
+        if !valid_id(id) {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        }
+        let slot = self.slot(id);
+        let mut guard = slot.clone().lock_owned().await;
+        if guard.is_none() {
+            let path = self.upload_path(id);
+            match blocking(move || Ok(hash_file(&path, Algorithm::Sha256)?)).await {
+                Ok((size, hasher)) => *guard = Some(Progress { size, hasher }),
+                Err(StorageError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    drop(guard);
+                    self.forget(id, &slot);
+                    return Err(StorageError::UploadUnknown(id.to_owned()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((slot, guard))
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn stat(&self, digest: &Digest) -> StorageResult<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn open(&self, digest: &Digest, range: Option<(u64, u64)>) -> StorageResult<BlobReader> {
+        let path = self.blob_path(digest);
+        let unknown = digest.clone();
+        // One blocking hop: open, fstat (for the total size), seek.
+        let (file, start, len, total) = blocking(move || {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::BlobUnknown(unknown));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let total = file.metadata()?.len();
+            let (start, len) = match range {
+                None => (0, total),
+                Some((start, end)) => {
+                    if start > end || end >= total {
+                        return Err(StorageError::SizeInvalid(format!(
+                            "range {start}-{end} is outside the blob of {total} bytes"
+                        )));
+                    }
+                    (start, end - start + 1)
+                }
+            };
+            if start > 0 {
+                file.seek(SeekFrom::Start(start))?;
+            }
+            Ok((file, start, len, total))
+        })
+        .await?;
+        debug_assert!(start + len <= total);
+        let reader = tokio::fs::File::from_std(file).take(len);
+        Ok(BlobReader {
+            reader: Box::pin(reader),
+            len,
+            total,
+        })
+    }
+
+    async fn start_upload(&self) -> StorageResult<UploadId> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let path = self.upload_path(&id);
+        blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            Ok(())
+        })
+        .await?;
+        let progress = Progress {
+            size: 0,
+            hasher: Hasher::new(Algorithm::Sha256),
+        };
+        let slot = Arc::new(tokio::sync::Mutex::new(Some(progress)));
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), slot);
+        Ok(id)
+    }
+
+    async fn upload_state(&self, id: &str) -> StorageResult<UploadState> {
+        let (_slot, guard) = self.lock_session(id).await?;
+        let size = guard.as_ref().map_or(0, |p| p.size);
+        Ok(UploadState {
+            id: id.to_owned(),
+            size,
+        })
+    }
+
+    async fn append(
+        &self,
+        id: &str,
+        offset: Option<u64>,
+        mut body: ByteStream,
+        limit: u64,
+    ) -> StorageResult<UploadState> {
+        let (slot, mut guard) = self.lock_session(id).await?;
+        // Taken out: if this future is dropped mid-way the state is re-derived from disk.
+        let Some(progress) = guard.take() else {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        };
+        if let Some(given) = offset
+            && given != progress.size
+        {
+            let expected = progress.size;
+            *guard = Some(progress);
+            return Err(StorageError::OutOfOrder { expected, given });
+        }
+        let path = self.upload_path(id);
+        let start = progress.size;
+        let opened = blocking(move || {
+            let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            file.seek(SeekFrom::Start(start))?;
+            Ok(file)
+        })
+        .await;
+        let file = match opened {
+            Ok(file) => file,
+            Err(StorageError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                drop(guard);
+                self.forget(id, &slot);
+                return Err(StorageError::UploadUnknown(id.to_owned()));
+            }
+            Err(e) => {
+                *guard = Some(progress);
+                return Err(e);
+            }
+        };
+
+        let mut pipeline = Pipeline::Idle(Box::new(SessionWriter {
+            file,
+            progress,
+            consistent: true,
+            guard,
+        }));
+        let mut accepted = start; // written + in flight + buffered
+        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
+        let outcome: StorageResult<()> = 'recv: loop {
+            let chunk = match body.next().await {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(StorageError::Body(e.to_string())),
+                Some(Ok(chunk)) => chunk,
+            };
+            let len = chunk.len() as u64;
+            if len > limit.saturating_sub(accepted) {
+                break Err(StorageError::SizeInvalid(format!(
+                    "upload exceeds the limit of {limit} bytes"
+                )));
+            }
+            accepted += len;
+            let mut data = &chunk[..];
+            while !data.is_empty() {
+                let n = (WRITE_BUFFER - buf.len()).min(data.len());
+                buf.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                if buf.len() == WRITE_BUFFER {
+                    match pipeline.submit(std::mem::take(&mut buf)).await {
+                        Ok(next) => buf = next,
+                        Err(e) => break 'recv Err(e),
+                    }
+                }
+            }
+        };
+        // Bytes received before a client-side failure are kept (the state stays consistent
+        // with the file, and the client can resume from `upload_state`).
+        let outcome = match outcome {
+            Ok(()) | Err(StorageError::Body(_) | StorageError::SizeInvalid(_)) => {
+                let flushed = if buf.is_empty() {
+                    Ok(())
+                } else {
+                    pipeline.submit(buf).await.map(drop)
+                };
+                let settled = pipeline.settle().await.map(drop);
+                outcome.and(flushed).and(settled)
+            }
+            Err(e) => {
+                let _ = pipeline.settle().await;
+                Err(e)
+            }
+        };
+        let Pipeline::Idle(mut writer) = pipeline else {
+            // The writer task died: its lock was released with the state unknown, so the
+            // next request re-derives it from disk.
+            return Err(outcome.err().unwrap_or_else(|| {
+                StorageError::Io(std::io::Error::other("upload writer task failed"))
+            }));
+        };
+        let size = writer.progress.size;
+        if writer.consistent {
+            let SessionWriter {
+                progress,
+                mut guard,
+                ..
+            } = *writer;
+            *guard = Some(progress);
+        } else {
+            writer.guard.take();
+        }
+        outcome.map(|()| UploadState {
+            id: id.to_owned(),
+            size,
+        })
+    }
+
+    async fn finish_upload(&self, id: &str, expected: &Digest) -> StorageResult<u64> {
+        let (slot, mut guard) = self.lock_session(id).await?;
+        let Some(progress) = guard.take() else {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        };
+        let upload = self.upload_path(id);
+        let blob = self.blob_path(expected);
+        let expected = expected.clone();
+        let result = blocking(move || commit(&upload, &blob, progress, &expected)).await;
+        match result {
+            Ok(_) | Err(StorageError::DigestMismatch { .. }) => {
+                // The session is over either way (its file is gone).
+                drop(guard);
+                self.forget(id, &slot);
+            }
+            // Anything else: the file is still there and the state is re-derived next time.
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn cancel_upload(&self, id: &str) -> StorageResult<()> {
+        if !valid_id(id) {
+            return Err(StorageError::UploadUnknown(id.to_owned()));
+        }
+        let slot = self.slot(id);
+        let mut guard = slot.clone().lock_owned().await;
+        let path = self.upload_path(id);
+        let removed = tokio::fs::remove_file(&path).await;
+        *guard = None;
+        drop(guard);
+        match removed {
+            Ok(()) => {
+                self.forget(id, &slot);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget(id, &slot);
+                Err(StorageError::UploadUnknown(id.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete(&self, digest: &Digest) -> StorageResult<()> {
+        match tokio::fs::remove_file(self.blob_path(digest)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::BlobUnknown(digest.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// An open upload file with the session lock held; moved into blocking write tasks, so
+/// the lock is held until the last write has finished even if the request is abandoned.
+struct SessionWriter {
+    file: std::fs::File,
+    progress: Progress,
+    /// False if a failed write could not be rolled back (state must be re-derived).
+    consistent: bool,
+    guard: SlotGuard,
+}
+
+impl SessionWriter {
+    /// Write `data` at the end of the consistent prefix and hash it; on failure roll the
+    /// file back so that `progress` still describes it exactly.
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self.file.write_all(data) {
+            Ok(()) => {
+                self.progress.hasher.update(data);
+                self.progress.size += data.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let size = self.progress.size;
+                let rolled_back = self
+                    .file
+                    .set_len(size)
+                    .and_then(|()| self.file.seek(SeekFrom::Start(size)));
+                if rolled_back.is_err() {
+                    self.consistent = false;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+type WriteResult = (Box<SessionWriter>, Vec<u8>, std::io::Result<()>);
+
+/// One write (and its hashing) in flight while the next buffer is being received.
+enum Pipeline {
+    Idle(Box<SessionWriter>),
+    Busy(JoinHandle<WriteResult>),
+    Lost,
+}
+
+impl Pipeline {
+    /// Wait for the write in flight; returns its buffer for reuse.
+    async fn settle(&mut self) -> StorageResult<Option<Vec<u8>>> {
+        match std::mem::replace(self, Pipeline::Lost) {
+            Pipeline::Idle(w) => {
+                *self = Pipeline::Idle(w);
+                Ok(None)
+            }
+            Pipeline::Busy(handle) => match handle.await {
+                Ok((w, buf, result)) => {
+                    *self = Pipeline::Idle(w);
+                    result?;
+                    Ok(Some(buf))
+                }
+                Err(e) => Err(StorageError::Io(std::io::Error::other(format!(
+                    "upload writer task failed: {e}"
+                )))),
+            },
+            Pipeline::Lost => Err(StorageError::Io(std::io::Error::other(
+                "upload writer task failed",
+            ))),
+        }
+    }
+
+    /// Start writing `buf`; returns an empty buffer for the next bytes.
+    async fn submit(&mut self, buf: Vec<u8>) -> StorageResult<Vec<u8>> {
+        let recycled = self.settle().await?;
+        let Pipeline::Idle(mut writer) = std::mem::replace(self, Pipeline::Lost) else {
+            return Err(StorageError::Io(std::io::Error::other(
+                "upload writer task failed",
+            )));
+        };
+        *self = Pipeline::Busy(tokio::task::spawn_blocking(move || {
+            let result = writer.write(&buf);
+            (writer, buf, result)
+        }));
+        let mut next = recycled.unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
+        next.clear();
+        Ok(next)
+    }
+}
+
+/// Verify an upload and move it into place (blocking).
+fn commit(upload: &Path, blob: &Path, progress: Progress, expected: &Digest) -> StorageResult<u64> {
+    let file = std::fs::File::open(upload)?;
+    file.sync_all()?;
+    let actual = match expected.algorithm() {
+        Algorithm::Sha256 => progress.hasher.finish(),
+        alg => hash_reader(file, alg)?.1.finish(),
+    };
+    if actual != *expected {
+        std::fs::remove_file(upload)?;
+        return Err(StorageError::DigestMismatch {
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    let parent = blob
+        .parent()
+        .ok_or_else(|| std::io::Error::other("blob path has no parent directory"))?;
+    match std::fs::create_dir(parent) {
+        Ok(()) => {
+            if let Some(alg_dir) = parent.parent() {
+                sync_dir(alg_dir)?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    match std::fs::hard_link(upload, blob) {
+        Ok(()) => {}
+        // Already stored: the stored blob (same verified digest) wins.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    sync_dir(parent)?;
+    std::fs::remove_file(upload)?;
+    Ok(progress.size)
+}
+
+fn hash_file(path: &Path, algorithm: Algorithm) -> std::io::Result<(u64, Hasher)> {
+    hash_reader(std::fs::File::open(path)?, algorithm)
+}
+
+fn hash_reader(mut reader: impl Read, algorithm: Algorithm) -> std::io::Result<(u64, Hasher)> {
+    let mut hasher = Hasher::new(algorithm);
+    let mut buf = vec![0u8; HASH_BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok((size, hasher)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether `id` may name an upload file: `[A-Za-z0-9-]{1,64}`.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Run blocking filesystem work off the async threads.
+async fn blocking<T, F>(f: F) -> StorageResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> StorageResult<T> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(StorageError::Io(std::io::Error::other(format!(
+            "blocking filesystem task failed: {e}"
+        )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance;
+    use bytes::Bytes;
+
+    fn leftovers(root: &Path) -> impl Fn() -> Vec<String> + Sync + use<> {
+        let dir = root.join("uploads");
+        move || {
+            std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    }
+
+    fn body(chunks: Vec<Vec<u8>>) -> ByteStream {
+        Box::pin(futures_util::stream::iter(
+            chunks.into_iter().map(|c| Ok(Bytes::from(c))),
+        ))
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn conformance_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsBlobStore::open(dir.path()).await.expect("open");
+        conformance::blob_store_suite(&store, &leftovers(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn upload_resumes_after_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = data(3 * WRITE_BUFFER + 17);
+        let (first, rest) = all.split_at(WRITE_BUFFER + 5);
+        let id = {
+            let store = FsBlobStore::open(dir.path()).await.expect("open");
+            let id = store.start_upload().await.expect("start");
+            let state = store
+                .append(&id, Some(0), body(vec![first.to_vec()]), u64::MAX)
+                .await
+                .expect("append");
+            assert_eq!(state.size, first.len() as u64);
+            id
+        };
+        // "Restart": a new store over the same directory, with no in-memory state.
+        let store = FsBlobStore::open(dir.path()).await.expect("reopen");
+        let state = store.upload_state(&id).await.expect("state after restart");
+        assert_eq!(state.size, first.len() as u64);
+        let err = store
+            .append(&id, Some(0), body(vec![rest.to_vec()]), u64::MAX)
+            .await
+            .expect_err("stale offset");
+        assert!(matches!(err, StorageError::OutOfOrder { .. }), "{err:?}");
+        store
+            .append(
+                &id,
+                Some(first.len() as u64),
+                body(vec![rest.to_vec()]),
+                u64::MAX,
+            )
+            .await
+            .expect("resume");
+        let digest = Digest::sha256(&all);
+        let size = store.finish_upload(&id, &digest).await.expect("finish");
+        assert_eq!(size, all.len() as u64);
+        let mut reader = store.open(&digest, None).await.expect("open blob");
+        let mut read = Vec::new();
+        reader.reader.read_to_end(&mut read).await.expect("read");
+        assert_eq!(read, all);
+        assert!(leftovers(dir.path())().is_empty());
+    }
+
+    #[tokio::test]
+    async fn killed_upload_never_becomes_visible() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let all = data(2 * WRITE_BUFFER + 3);
+        let digest = Digest::sha256(&all);
+        {
+            let store = FsBlobStore::open(dir.path()).await.expect("open");
+            let id = store.start_upload().await.expect("start");
+            // A body that stalls forever after its first chunk: the request is "killed" by
+            // dropping the append future mid-stream.
+            let head = Bytes::from(all[..WRITE_BUFFER + 100].to_vec());
+            let stalled: ByteStream = Box::pin(
+                futures_util::stream::iter([Ok(head)]).chain(futures_util::stream::pending()),
+            );
+            let append = store.append(&id, None, stalled, u64::MAX);
+            let timed_out = tokio::time::timeout(Duration::from_millis(200), append).await;
+            assert!(
+                timed_out.is_err(),
+                "append should still be waiting for the body"
+            );
+            assert_eq!(store.stat(&digest).await.expect("stat"), None);
+            // The session is still consistent: re-derived from disk.
+            let state = store.upload_state(&id).await.expect("state");
+            assert!(state.size <= all.len() as u64);
+            // Then the whole process goes away.
+        }
+        let store = FsBlobStore::open(dir.path()).await.expect("reopen");
+        assert_eq!(store.stat(&digest).await.expect("stat"), None);
+        assert!(matches!(
+            store.open(&digest, None).await,
+            Err(StorageError::BlobUnknown(_))
+        ));
+        let blobs: Vec<_> = walk(&dir.path().join("blobs"));
+        assert!(blobs.is_empty(), "no blob files expected: {blobs:?}");
+        // Abandoned upload files are purged.
+        assert_eq!(leftovers(dir.path())().len(), 1);
+        assert_eq!(
+            store
+                .purge_stale_uploads(Duration::ZERO)
+                .await
+                .expect("purge"),
+            1
+        );
+        assert!(leftovers(dir.path())().is_empty());
+    }
+
+    #[tokio::test]
+    async fn purge_keeps_recent_uploads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsBlobStore::open(dir.path()).await.expect("open");
+        let id = store.start_upload().await.expect("start");
+        assert_eq!(
+            store
+                .purge_stale_uploads(Duration::from_secs(3600))
+                .await
+                .expect("purge"),
+            0
+        );
+        assert_eq!(store.upload_state(&id).await.expect("state").size, 0);
+        assert_eq!(
+            store
+                .purge_stale_uploads(Duration::ZERO)
+                .await
+                .expect("purge"),
+            1
+        );
+        assert!(matches!(
+            store.upload_state(&id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    out.extend(walk(&path));
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,671 @@
+//! [`MetadataStore`] in an embedded SQLite database.
+//!
+//! - WAL journal, `synchronous=FULL` (an acknowledged write survives power loss),
+//!   foreign keys on, a busy timeout.
+//! - Two pools: one writer connection (SQLite allows one writer at a time; a single
+//!   connection avoids lock upgrades failing with `SQLITE_BUSY`) and several readers,
+//!   which WAL lets run concurrently with the writer.
+//! - Every hot lookup (manifest by tag / digest, blob link) is one indexed query.
+//! - The schema is created at open (`CREATE … IF NOT EXISTS`), see [`SCHEMA`].
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use berth_proto::Digest;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::metadata::{ManifestRecord, MetadataStore, NewManifest, Referrer, UploadSession};
+use crate::{StorageError, StorageResult};
+
+/// Concurrent read connections of a file database.
+const READERS: u32 = 8;
+/// How long a connection waits for a lock held by another connection (or process).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database schema (idempotent).
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS repositories (
+    name        TEXT    NOT NULL PRIMARY KEY COLLATE BINARY,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS blob_links (
+    repository  TEXT    NOT NULL REFERENCES repositories(name) ON DELETE CASCADE,
+    digest      TEXT    NOT NULL,
+    size        INTEGER NOT NULL,
+    PRIMARY KEY (repository, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blob_links_by_digest ON blob_links(digest);
+
+CREATE TABLE IF NOT EXISTS manifests (
+    repository    TEXT    NOT NULL REFERENCES repositories(name) ON DELETE CASCADE,
+    digest        TEXT    NOT NULL,
+    media_type    TEXT    NOT NULL,
+    content       BLOB    NOT NULL,
+    size          INTEGER NOT NULL,
+    subject       TEXT,
+    artifact_type TEXT,
+    annotations   TEXT,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (repository, digest)
+);
+CREATE INDEX IF NOT EXISTS manifests_by_subject ON manifests(repository, subject);
+
+CREATE TABLE IF NOT EXISTS manifest_blobs (
+    repository  TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    blob        TEXT NOT NULL,
+    PRIMARY KEY (repository, manifest, blob),
+    FOREIGN KEY (repository, manifest) REFERENCES manifests(repository, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifest_blobs_by_blob ON manifest_blobs(blob);
+
+CREATE TABLE IF NOT EXISTS manifest_children (
+    repository  TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    child       TEXT NOT NULL,
+    PRIMARY KEY (repository, manifest, child),
+    FOREIGN KEY (repository, manifest) REFERENCES manifests(repository, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifest_children_by_child ON manifest_children(repository, child);
+
+CREATE TABLE IF NOT EXISTS tags (
+    repository  TEXT    NOT NULL,
+    tag         TEXT    NOT NULL COLLATE BINARY,
+    digest      TEXT    NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (repository, tag),
+    FOREIGN KEY (repository, digest) REFERENCES manifests(repository, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_by_digest ON tags(repository, digest);
+
+CREATE TABLE IF NOT EXISTS uploads (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    repository  TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Registry metadata in SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteMetadata {
+    reader: SqlitePool,
+    writer: SqlitePool,
+}
+
+impl SqliteMetadata {
+    /// Open (creating if missing) the database file at `path`.
+    pub async fn open(path: &Path) -> StorageResult<SqliteMetadata> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .pragma("temp_store", "MEMORY");
+        // WAL is a property of the database file: set once, by the writer, before any
+        // reader connects.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone().journal_mode(SqliteJournalMode::Wal))
+            .await?;
+        sqlx::raw_sql(SCHEMA).execute(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteMetadata { reader, writer })
+    }
+
+    /// A fresh private in-memory database (tests). One connection, kept open forever,
+    /// because every `:memory:` connection is a database of its own.
+    pub async fn in_memory() -> StorageResult<SqliteMetadata> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        Ok(SqliteMetadata {
+            reader: pool.clone(),
+            writer: pool,
+        })
+    }
+
+    /// Close every connection (checkpointing the WAL); call on shutdown.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn to_i64(v: u64) -> StorageResult<i64> {
+    i64::try_from(v).map_err(|_| StorageError::SizeInvalid(format!("size {v} is too large")))
+}
+
+fn to_u64(v: i64) -> StorageResult<u64> {
+    u64::try_from(v).map_err(|_| StorageError::Database(format!("negative size {v} in database")))
+}
+
+fn parse_digest(s: &str) -> StorageResult<Digest> {
+    s.parse()
+        .map_err(|e| StorageError::Database(format!("invalid digest in database: {e}")))
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadata {
+    async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<String>> {
+        let rows = match last {
+            Some(last) => {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2",
+                )
+                .bind(last)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+            None => {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT name FROM repositories ORDER BY name LIMIT ?1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    async fn repository_exists(&self, repository: &str) -> StorageResult<bool> {
+        let exists = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS(SELECT 1 FROM repositories WHERE name = ?1)",
+        )
+        .bind(repository)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(exists)
+    }
+
+    async fn link_blob(&self, repository: &str, digest: &Digest, size: u64) -> StorageResult<()> {
+        let size = to_i64(size)?;
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?1, ?2)")
+            .bind(repository)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO blob_links (repository, digest, size) VALUES (?1, ?2, ?3)",
+        )
+        .bind(repository)
+        .bind(digest.to_string())
+        .bind(size)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn blob_link(&self, repository: &str, digest: &Digest) -> StorageResult<Option<u64>> {
+        let size = sqlx::query_scalar::<_, i64>(
+            "SELECT size FROM blob_links WHERE repository = ?1 AND digest = ?2",
+        )
+        .bind(repository)
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        size.map(to_u64).transpose()
+    }
+
+    async fn unlink_blob(&self, repository: &str, digest: &Digest) -> StorageResult<bool> {
+        let digest = digest.to_string();
+        let mut tx = self.writer.begin().await?;
+        let deleted = sqlx::query("DELETE FROM blob_links WHERE repository = ?1 AND digest = ?2")
+            .bind(repository)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StorageError::NotFound(format!(
+                "blob {digest} in repository {repository}"
+            )));
+        }
+        // Still needed if another repository links it or any manifest references it.
+        let still = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS(SELECT 1 FROM blob_links WHERE digest = ?1)
+                 OR EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = ?1)",
+        )
+        .bind(&digest)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(still)
+    }
+
+    async fn put_manifest(&self, manifest: NewManifest) -> StorageResult<()> {
+        let now = now();
+        let digest = manifest.digest.to_string();
+        let size = to_i64(manifest.content.len() as u64)?;
+        let repository = manifest.repository.as_str();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?1, ?2)")
+            .bind(repository)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        // Same digest = same bytes: re-putting changes nothing.
+        sqlx::query(
+            "INSERT INTO manifests
+                 (repository, digest, media_type, content, size, subject, artifact_type,
+                  annotations, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (repository, digest) DO NOTHING",
+        )
+        .bind(repository)
+        .bind(&digest)
+        .bind(&manifest.media_type)
+        .bind(&manifest.content)
+        .bind(size)
+        .bind(manifest.subject.as_ref().map(Digest::to_string))
+        .bind(manifest.artifact_type.as_deref())
+        .bind(manifest.annotations_json.as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(tag) = &manifest.tag {
+            sqlx::query(
+                "INSERT INTO tags (repository, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (repository, tag)
+                 DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(repository)
+            .bind(tag)
+            .bind(&digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for blob in &manifest.blobs {
+            let blob = blob.to_string();
+            sqlx::query(
+                "INSERT OR IGNORE INTO manifest_blobs (repository, manifest, blob) VALUES (?1, ?2, ?3)",
+            )
+            .bind(repository)
+            .bind(&digest)
+            .bind(&blob)
+            .execute(&mut *tx)
+            .await?;
+            // Link the blob to this repository (its size is known from any existing link).
+            sqlx::query(
+                "INSERT OR IGNORE INTO blob_links (repository, digest, size)
+                 SELECT ?1, digest, size FROM blob_links WHERE digest = ?2 LIMIT 1",
+            )
+            .bind(repository)
+            .bind(&blob)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for child in &manifest.children {
+            sqlx::query(
+                "INSERT OR IGNORE INTO manifest_children (repository, manifest, child)
+                 VALUES (?1, ?2, ?3)",
+            )
+            .bind(repository)
+            .bind(&digest)
+            .bind(child.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> StorageResult<Option<ManifestRecord>> {
+        let row = sqlx::query_as::<_, (String, Vec<u8>)>(
+            "SELECT media_type, content FROM manifests WHERE repository = ?1 AND digest = ?2",
+        )
+        .bind(repository)
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|(media_type, content)| ManifestRecord {
+            digest: digest.clone(),
+            media_type,
+            content,
+        }))
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        repository: &str,
+        tag: &str,
+    ) -> StorageResult<Option<ManifestRecord>> {
+        let row = sqlx::query_as::<_, (String, String, Vec<u8>)>(
+            "SELECT m.digest, m.media_type, m.content
+             FROM tags t
+             JOIN manifests m ON m.repository = t.repository AND m.digest = t.digest
+             WHERE t.repository = ?1 AND t.tag = ?2",
+        )
+        .bind(repository)
+        .bind(tag)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|(digest, media_type, content)| {
+            Ok(ManifestRecord {
+                digest: parse_digest(&digest)?,
+                media_type,
+                content,
+            })
+        })
+        .transpose()
+    }
+
+    async fn manifest_exists(&self, repository: &str, digest: &Digest) -> StorageResult<bool> {
+        let exists = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS(SELECT 1 FROM manifests WHERE repository = ?1 AND digest = ?2)",
+        )
+        .bind(repository)
+        .bind(digest.to_string())
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(exists)
+    }
+
+    async fn delete_manifest(&self, repository: &str, digest: &Digest) -> StorageResult<()> {
+        let digest = digest.to_string();
+        let mut tx = self.writer.begin().await?;
+        for statement in [
+            "DELETE FROM tags WHERE repository = ?1 AND digest = ?2",
+            "DELETE FROM manifest_blobs WHERE repository = ?1 AND manifest = ?2",
+            "DELETE FROM manifest_children WHERE repository = ?1 AND manifest = ?2",
+        ] {
+            sqlx::query(statement)
+                .bind(repository)
+                .bind(&digest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let deleted = sqlx::query("DELETE FROM manifests WHERE repository = ?1 AND digest = ?2")
+            .bind(repository)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            // Dropping `tx` rolls back.
+            return Err(StorageError::NotFound(format!(
+                "manifest {digest} in repository {repository}"
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_tag(&self, repository: &str, tag: &str) -> StorageResult<()> {
+        let deleted = sqlx::query("DELETE FROM tags WHERE repository = ?1 AND tag = ?2")
+            .bind(repository)
+            .bind(tag)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StorageError::NotFound(format!(
+                "tag {tag} in repository {repository}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn list_tags(
+        &self,
+        repository: &str,
+        last: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<String>> {
+        let mut conn = self.reader.acquire().await?;
+        let tags =
+            match last {
+                Some(last) => sqlx::query_scalar::<_, String>(
+                    "SELECT tag FROM tags WHERE repository = ?1 AND tag > ?2 ORDER BY tag LIMIT ?3",
+                )
+                .bind(repository)
+                .bind(last)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?,
+                None => {
+                    sqlx::query_scalar::<_, String>(
+                        "SELECT tag FROM tags WHERE repository = ?1 ORDER BY tag LIMIT ?2",
+                    )
+                    .bind(repository)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?
+                }
+            };
+        if tags.is_empty() {
+            let exists = sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS(SELECT 1 FROM repositories WHERE name = ?1)",
+            )
+            .bind(repository)
+            .fetch_one(&mut *conn)
+            .await?;
+            if !exists {
+                return Err(StorageError::NotFound(format!("repository {repository}")));
+            }
+        }
+        Ok(tags)
+    }
+
+    async fn referrers(
+        &self,
+        repository: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> StorageResult<Vec<Referrer>> {
+        type Row = (String, String, i64, Option<String>, Option<String>);
+        let rows = match artifact_type {
+            Some(artifact_type) => {
+                sqlx::query_as::<_, Row>(
+                    "SELECT digest, media_type, size, artifact_type, annotations FROM manifests
+                     WHERE repository = ?1 AND subject = ?2 AND artifact_type = ?3
+                     ORDER BY digest",
+                )
+                .bind(repository)
+                .bind(subject.to_string())
+                .bind(artifact_type)
+                .fetch_all(&self.reader)
+                .await?
+            }
+            None => {
+                sqlx::query_as::<_, Row>(
+                    "SELECT digest, media_type, size, artifact_type, annotations FROM manifests
+                     WHERE repository = ?1 AND subject = ?2
+                     ORDER BY digest",
+                )
+                .bind(repository)
+                .bind(subject.to_string())
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
+        rows.into_iter()
+            .map(
+                |(digest, media_type, size, artifact_type, annotations_json)| {
+                    Ok(Referrer {
+                        digest: parse_digest(&digest)?,
+                        media_type,
+                        size: to_u64(size)?,
+                        artifact_type,
+                        annotations_json,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    async fn create_upload(&self, session: UploadSession) -> StorageResult<()> {
+        sqlx::query("INSERT INTO uploads (id, repository, started_at) VALUES (?1, ?2, ?3)")
+            .bind(&session.id)
+            .bind(&session.repository)
+            .bind(session.started_at)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn upload(&self, id: &str) -> StorageResult<Option<UploadSession>> {
+        let row = sqlx::query_as::<_, (String, i64)>(
+            "SELECT repository, started_at FROM uploads WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|(repository, started_at)| UploadSession {
+            id: id.to_owned(),
+            repository,
+            started_at,
+        }))
+    }
+
+    async fn delete_upload(&self, id: &str) -> StorageResult<()> {
+        sqlx::query("DELETE FROM uploads WHERE id = ?1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance;
+
+    #[tokio::test]
+    async fn conformance_suite_in_memory() {
+        let store = SqliteMetadata::in_memory()
+            .await
+            .expect("in-memory database");
+        conformance::metadata_suite(&store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_suite_on_disk_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta").join("berth.db");
+        let store = SqliteMetadata::open(&path).await.expect("open");
+        conformance::metadata_suite(&store).await;
+        let repos = store.list_repositories(None, 100).await.expect("list");
+        store.close().await;
+
+        let reopened = SqliteMetadata::open(&path).await.expect("reopen");
+        assert_eq!(
+            reopened.list_repositories(None, 100).await.expect("list"),
+            repos
+        );
+        let mode = sqlx::query_scalar::<_, String>("PRAGMA journal_mode")
+            .fetch_one(&reopened.reader)
+            .await
+            .expect("journal_mode");
+        assert_eq!(mode, "wal");
+        let sync = sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+            .fetch_one(&reopened.reader)
+            .await
+            .expect("synchronous");
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let fk = sqlx::query_scalar::<_, i64>("PRAGMA foreign_keys")
+            .fetch_one(&reopened.writer)
+            .await
+            .expect("foreign_keys");
+        assert_eq!(fk, 1);
+    }
+
+    #[tokio::test]
+    async fn by_tag_lookup_uses_indexes() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+            "EXPLAIN QUERY PLAN SELECT m.digest, m.media_type, m.content
+             FROM tags t
+             JOIN manifests m ON m.repository = t.repository AND m.digest = t.digest
+             WHERE t.repository = ?1 AND t.tag = ?2",
+        )
+        .bind("r")
+        .bind("t")
+        .fetch_all(&store.reader)
+        .await
+        .expect("plan");
+        for (_, _, _, detail) in &plan {
+            assert!(!detail.starts_with("SCAN"), "full scan in {plan:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_reads_and_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteMetadata::open(&dir.path().join("db"))
+            .await
+            .expect("open");
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let content = format!("{{\"n\":{i}}}");
+                let manifest = NewManifest {
+                    repository: format!("repo{}", i % 3),
+                    digest: Digest::sha256(content.as_bytes()),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+                    content: content.into_bytes(),
+                    tag: Some(format!("t{i}")),
+                    blobs: Vec::new(),
+                    children: Vec::new(),
+                    subject: None,
+                    artifact_type: None,
+                    annotations_json: None,
+                };
+                store.put_manifest(manifest.clone()).await.expect("put");
+                let got = store
+                    .manifest_by_tag(&manifest.repository, &format!("t{i}"))
+                    .await
+                    .expect("get");
+                assert_eq!(got.map(|m| m.digest), Some(manifest.digest));
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        assert_eq!(
+            store.list_repositories(None, 10).await.expect("list"),
+            ["repo0", "repo1", "repo2"]
+        );
+    }
+}
