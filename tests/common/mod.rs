@@ -151,3 +151,202 @@ pub fn have(cmd: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+// ---------------------------------------------------------------------------
+// Appended for tests/registry_api.rs: run the suite against another server
+// binary that speaks the same CLI (`serve --listen ADDR --data DIR`, prints
+// `berth listening on SCHEME://ADDR`). Used to sanity-check the tests against a
+// reference registry; by default the tests run against Berth.
+// ---------------------------------------------------------------------------
+
+/// The server binary the registry API tests start: `$BERTH_TEST_SERVER_BIN`
+/// if set, otherwise the `berth` binary under test.
+pub fn server_bin() -> PathBuf {
+    std::env::var_os("BERTH_TEST_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| berth_bin().to_path_buf())
+}
+
+impl Berth {
+    /// Like [`Berth::start_in`], but runs `bin` instead of `berth`.
+    pub fn start_bin_in(bin: &Path, data: tempfile::TempDir, extra: &[&str]) -> Berth {
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data.path())
+            .args(extra)
+            .env("RUST_LOG", "berth=info,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("berth listening on ") {
+                        let (scheme, addr) = url.split_once("://").expect("url");
+                        let scheme = if scheme == "https" { "https" } else { "http" };
+                        return Berth {
+                            child,
+                            addr: addr.trim().parse().expect("listen address"),
+                            data,
+                            scheme,
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("server did not report its address within 60 s");
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Appended for the interop tests (tests/interop_*.rs): running real peers
+// (skopeo, ctr, containerd, python) as child processes, bounded in time and
+// always stopped by PID.
+// ---------------------------------------------------------------------------
+
+/// A long-running child process (a daemon a test started). Dropping the guard kills it
+/// (SIGKILL, by PID) and reaps it, whether the test passed or panicked.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    /// Spawn `cmd`; panics (naming the program) if it cannot be started.
+    pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e} (run scripts/install-test-deps)"));
+        ChildGuard {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct CmdOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// `program arg…`, for messages.
+    pub cmdline: String,
+}
+
+impl CmdOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Panic with the command line and both streams unless it exited 0.
+    pub fn ok(self) -> CmdOutput {
+        assert!(
+            self.status.success(),
+            "command failed ({}): {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.cmdline,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Panic unless `cmd` is on PATH: the interop tests fail, never skip, without their peers.
+pub fn need(cmd: &str) {
+    assert!(
+        have(cmd),
+        "`{cmd}` is not on PATH: run scripts/install-test-deps (tests never skip)"
+    );
+}
+
+/// Run `cmd` to completion with stdin closed, capturing stdout and stderr. If it is still
+/// running after `timeout` it is killed by PID and the call panics.
+pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    use std::io::Read;
+    let cmdline = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut guard = ChildGuard::spawn(
+        &program,
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut out = guard.child.stdout.take().unwrap();
+    let mut err = guard.child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match guard.child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Ok(None) => {
+                let pid = guard.pid();
+                drop(guard); // kills and reaps
+                panic!("timed out after {timeout:?} (killed pid {pid}): {cmdline}");
+            }
+            Err(e) => panic!("waiting for {cmdline}: {e}"),
+        }
+    };
+    drop(guard);
+    CmdOutput {
+        status,
+        stdout: String::from_utf8_lossy(&t_out.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
+        cmdline,
+    }
+}

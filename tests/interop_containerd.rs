@@ -1,0 +1,397 @@
+//! Interop with containerd 1.6 (Debian `containerd`, `ctr`): the node-side image fetcher
+//! of the seed's cluster, pulling from Berth with the CA named in a `hosts.toml`.
+//!
+//! Each test runs a private `containerd` (as root) with its own root, state, socket and a
+//! minimal config (CRI and the snapshotters that need special filesystems disabled), so it
+//! never touches a system containerd. Images are pushed to Berth with skopeo, then pulled
+//! and unpacked with `ctr images pull --snapshotter native --hosts-dir DIR`, where
+//! `DIR/127.0.0.1:PORT/hosts.toml` names Berth's CA. The unpacked root filesystem is read
+//! straight from the native snapshotter's directory (no mount needed) and compared with
+//! the fixture, including a whiteout.
+//!
+//! Every process started here is stopped by PID when its guard drops, pass or fail.
+//! A missing `containerd`, `ctr` or `skopeo` is a failure, never a skip.
+
+mod common;
+mod fixtures;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Berth, ChildGuard, CmdOutput, need, run_cmd};
+use fixtures::Layout;
+
+const X509_UNKNOWN_CA: &str = "x509: certificate signed by unknown authority";
+const NAMESPACE: &str = "berth-test";
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+fn start_registry() -> Berth {
+    Berth::start_bin_in(
+        &common::server_bin(),
+        tempfile::tempdir().expect("tempdir"),
+        &[],
+    )
+}
+
+fn push(reg: &Berth, layout: &Layout, target: &str, all: bool) {
+    need("skopeo");
+    let cert_dir = reg.cert_dir();
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["--insecure-policy", "copy"]);
+    if all {
+        cmd.arg("--all");
+    }
+    cmd.arg("--dest-cert-dir")
+        .arg(&cert_dir)
+        .arg(layout.oci_ref())
+        .arg(format!("docker://{}/{target}", reg.host()));
+    run_cmd(&mut cmd, TIMEOUT).ok();
+}
+
+/// A private containerd daemon in a temporary directory.
+struct Containerd {
+    // Field order matters: the process is killed before its directory is removed.
+    proc: ChildGuard,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        need("containerd");
+        need("ctr");
+        // Short path: the socket must fit in sockaddr_un (108 bytes).
+        let dir = tempfile::Builder::new()
+            .prefix("bctd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let socket = dir.path().join("c.sock");
+        let config = dir.path().join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "{socket}"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+"#,
+                root = root.display(),
+                state = state.display(),
+                socket = socket.display(),
+                opt = dir.path().join("opt").display(),
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let proc = ChildGuard::spawn(
+            "containerd",
+            Command::new("containerd")
+                .arg("--config")
+                .arg(&config)
+                .arg("--root")
+                .arg(&root)
+                .arg("--state")
+                .arg(&state)
+                .arg("--address")
+                .arg(&socket)
+                .arg("--log-level")
+                .arg("warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        );
+        let mut c = Containerd { proc, dir, socket };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(c.proc.running(), "containerd exited early:\n{}", c.log());
+            if c.socket.exists() && c.ctr(&["version"]).success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer within 60 s:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr --address SOCK --namespace berth-test ARGS…`
+    fn ctr(&self, args: &[&str]) -> CmdOutput {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", NAMESPACE])
+            .args(args);
+        run_cmd(&mut cmd, TIMEOUT)
+    }
+
+    /// Where the native snapshotter keeps the committed snapshot `key` (read-only view).
+    fn snapshot_dir(&self, key: &str) -> PathBuf {
+        let view = format!("berth-view-{}", &key["sha256:".len()..][..12]);
+        let out = self.ctr(&[
+            "snapshots",
+            "--snapshotter",
+            "native",
+            "view",
+            "--mounts",
+            &view,
+            key,
+        ]);
+        let out = out.ok();
+        let mounts: serde_json::Value = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("ctr snapshots view --mounts: {e}: {}", out.stdout));
+        // containerd 1.6 prints Go field names (`Source`); newer ones print `source`.
+        let m = &mounts[0];
+        let source = m["Source"].as_str().or(m["source"].as_str());
+        let source = source.unwrap_or_else(|| panic!("ctr snapshots view --mounts: {mounts}"));
+        PathBuf::from(source)
+    }
+}
+
+/// `DIR/HOST/hosts.toml` for the registry over HTTPS, as containerd's `--hosts-dir`
+/// expects, naming the registry's CA when `with_ca`. (Without any hosts.toml containerd
+/// talks plain HTTP to 127.0.0.1, so the untrusted case needs one that says `https`.)
+fn hosts_dir(reg: &Berth, under: &Path, with_ca: bool) -> PathBuf {
+    let dir = under.join(if with_ca {
+        "hosts-ca.d"
+    } else {
+        "hosts-noca.d"
+    });
+    let host_dir = dir.join(reg.host());
+    fs::create_dir_all(&host_dir).unwrap();
+    let host = reg.host();
+    let mut toml = format!(
+        "server = \"https://{host}\"\n\n[host.\"https://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    );
+    if with_ca {
+        toml += &format!("  ca = \"{}\"\n", reg.ca_path().display());
+    }
+    fs::write(host_dir.join("hosts.toml"), toml).unwrap();
+    dir
+}
+
+/// Check the unpacked root filesystem against the fixture.
+fn assert_rootfs(rootfs: &Path, arch: &str) {
+    for (path, content) in fixtures::EXPECTED_FILES {
+        let got = fs::read_to_string(rootfs.join(path))
+            .unwrap_or_else(|e| panic!("{path} in the unpacked image ({}): {e}", rootfs.display()));
+        assert_eq!(&got, content, "{path}");
+    }
+    for path in fixtures::ABSENT_FILES {
+        assert!(
+            !rootfs.join(path).exists(),
+            "{path} should have been removed by a whiteout"
+        );
+    }
+    assert!(
+        !rootfs.join("usr/share/berth/.wh.old.txt").exists(),
+        "the whiteout file itself must not be unpacked"
+    );
+    let (link, target) = fixtures::SYMLINK;
+    assert_eq!(fs::read_link(rootfs.join(link)).unwrap(), Path::new(target));
+    assert_eq!(
+        fs::metadata(rootfs.join("usr/share/berth/noise.bin"))
+            .unwrap()
+            .len(),
+        fixtures::NOISE_LEN as u64
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/berth-arch")).unwrap(),
+        format!("linux/{arch}\n")
+    );
+}
+
+#[test]
+fn ctr_pulls_and_unpacks_with_the_ca_from_hosts_toml() {
+    let reg = start_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
+    push(&reg, &layout, "library/demo:v1", false);
+    let ctd = Containerd::start();
+    let image_ref = format!("{}/library/demo:v1", reg.host());
+
+    // The seed's failure on a node that does not trust the registry's CA.
+    let no_ca = hosts_dir(&reg, tmp.path(), false);
+    let no_ca = no_ca.to_str().unwrap();
+    let untrusted = ctd.ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        no_ca,
+        "--snapshotter",
+        "native",
+        &image_ref,
+    ]);
+    assert!(
+        !untrusted.success(),
+        "pull without the CA succeeded:\n{}",
+        untrusted.stdout
+    );
+    assert!(
+        untrusted.stderr.contains(X509_UNKNOWN_CA),
+        "pull without the CA should fail with `{X509_UNKNOWN_CA}`, got:\n{}",
+        untrusted.stderr
+    );
+
+    // With the CA in hosts.toml it pulls and unpacks.
+    let hosts = hosts_dir(&reg, tmp.path(), true);
+    let hosts = hosts.to_str().unwrap();
+    let pull = ctd
+        .ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts,
+            "--snapshotter",
+            "native",
+            "--print-chainid",
+            &image_ref,
+        ])
+        .ok();
+    let image = &layout.images[0];
+    let chain_id = image.chain_id();
+    assert!(
+        pull.stdout.contains(&chain_id),
+        "ctr should report chain ID {chain_id}:\n{}",
+        pull.stdout
+    );
+
+    let ls = ctd.ctr(&["images", "ls"]).ok();
+    let line = ls
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&image_ref))
+        .unwrap_or_else(|| panic!("{image_ref} not in `ctr images ls`:\n{}", ls.stdout));
+    assert!(
+        line.contains(layout.manifest_digest()),
+        "ctr images ls: {line}"
+    );
+
+    let check = ctd
+        .ctr(&["images", "check", "--snapshotter", "native", "--quiet"])
+        .ok();
+    assert!(
+        check.stdout.lines().any(|l| l.trim() == image_ref),
+        "image not fully downloaded and unpacked (`ctr images check -q`):\n{}",
+        check.stdout
+    );
+
+    // Every blob is in containerd's content store.
+    let content = ctd.ctr(&["content", "ls", "--quiet"]).ok();
+    for digest in layout.all_blob_digests() {
+        assert!(
+            content.stdout.contains(&digest),
+            "{digest} not in the content store"
+        );
+    }
+
+    assert_rootfs(&ctd.snapshot_dir(&chain_id), &image.architecture);
+
+    // Pull again by digest: already present, still succeeds.
+    let by_digest = format!("{}/library/demo@{}", reg.host(), layout.manifest_digest());
+    ctd.ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        hosts,
+        "--snapshotter",
+        "native",
+        &by_digest,
+    ])
+    .ok();
+}
+
+#[test]
+fn ctr_pulls_the_host_platform_from_a_multi_arch_index() {
+    let reg = start_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures::multi_arch_layout(&tmp.path().join("src"), "multi");
+    push(&reg, &layout, "library/multi:v1", true);
+    let ctd = Containerd::start();
+    let image_ref = format!("{}/library/multi:v1", reg.host());
+    let hosts = hosts_dir(&reg, tmp.path(), true);
+    let hosts = hosts.to_str().unwrap();
+
+    ctd.ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        hosts,
+        "--snapshotter",
+        "native",
+        &image_ref,
+    ])
+    .ok();
+    let ls = ctd.ctr(&["images", "ls"]).ok();
+    let line = ls
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&image_ref))
+        .expect("image listed");
+    assert!(
+        line.contains(layout.manifest_digest()),
+        "the image is the index: {line}"
+    );
+
+    let host = fixtures::host_arch();
+    let image = layout
+        .images
+        .iter()
+        .find(|i| i.architecture == host)
+        .unwrap_or_else(|| panic!("fixture has no {host} image"));
+    assert_rootfs(&ctd.snapshot_dir(&image.chain_id()), host);
+
+    // The other platform's manifest can be fetched too (content only, no unpack).
+    let other = layout
+        .images
+        .iter()
+        .find(|i| i.architecture != host)
+        .unwrap();
+    let platform = format!("linux/{}", other.architecture);
+    ctd.ctr(&[
+        "content",
+        "fetch",
+        "--hosts-dir",
+        hosts,
+        "--platform",
+        &platform,
+        &image_ref,
+    ])
+    .ok();
+    let content = ctd.ctr(&["content", "ls", "--quiet"]).ok();
+    for layer in &other.layers {
+        assert!(
+            content.stdout.contains(&layer.digest),
+            "{platform} layer {} not fetched",
+            layer.digest
+        );
+    }
+}
