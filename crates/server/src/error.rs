@@ -69,6 +69,9 @@ impl From<StorageError> for ApiError {
             }
             StorageError::SizeInvalid(_) => ApiError::new(ErrorCode::SizeInvalid, detail),
             StorageError::NotFound(_) => ApiError::new(ErrorCode::NameUnknown, detail),
+            StorageError::AlreadyExists(_) | StorageError::Conflict(_) => {
+                ApiError::new(ErrorCode::Unsupported, detail).with_status(StatusCode::CONFLICT)
+            }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, detail),
             StorageError::Io(_) | StorageError::Database(_) => ApiError::internal(detail),
         }

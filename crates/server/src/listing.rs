@@ -38,10 +38,10 @@ fn page(body: Value, next: Option<String>) -> Response {
         body.to_string(),
     )
         .into_response();
-    if let Some(next) = next {
-        if let Ok(v) = HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
-            resp.headers_mut().insert(header::LINK, v);
-        }
+    if let Some(next) = next
+        && let Ok(v) = HeaderValue::from_str(&format!("<{next}>; rel=\"next\""))
+    {
+        resp.headers_mut().insert(header::LINK, v);
     }
     resp
 }

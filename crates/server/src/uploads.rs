@@ -159,29 +159,29 @@ pub(crate) async fn patch(ctx: Ctx, body: Body, name: &str, id: &str) -> ApiResu
                 ApiError::new(ErrorCode::RangeInvalid, format!("Content-Range {h:?}: {e}"))
                     .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
             })?;
-            if let Some(len) = content_length(&ctx) {
-                if len != end - start + 1 {
-                    return Err(ApiError::new(
-                        ErrorCode::SizeInvalid,
-                        format!(
-                            "Content-Range {h:?} covers {} bytes but Content-Length is {len}",
-                            end - start + 1
-                        ),
-                    ));
-                }
+            if let Some(len) = content_length(&ctx)
+                && len != end - start + 1
+            {
+                return Err(ApiError::new(
+                    ErrorCode::SizeInvalid,
+                    format!(
+                        "Content-Range {h:?} covers {} bytes but Content-Length is {len}",
+                        end - start + 1
+                    ),
+                ));
             }
             Some(start)
         }
         None => None,
     };
-    if let Some(off) = offset {
-        if off != st.size {
-            return Err(berth_storage::StorageError::OutOfOrder {
-                expected: st.size,
-                given: off,
-            }
-            .into());
+    if let Some(off) = offset
+        && off != st.size
+    {
+        return Err(berth_storage::StorageError::OutOfOrder {
+            expected: st.size,
+            given: off,
         }
+        .into());
     }
     let limit = ctx.state.limits.max_blob_bytes;
     let st = ctx
@@ -223,14 +223,11 @@ async fn commit(
 ) -> ApiResult<Response> {
     let state = &ctx.state;
     if let Some(body) = body {
-        if let Err(e) = state
+        // A failed body keeps what arrived consistently; the client may retry the rest.
+        state
             .blobs
             .append(id, None, body, state.limits.max_blob_bytes)
-            .await
-        {
-            // A failed body leaves the session usable only for retry; a size overrun ends it.
-            return Err(e.into());
-        }
+            .await?;
     }
     match state.blobs.finish_upload(id, digest).await {
         Ok(size) => {
