@@ -1,0 +1,930 @@
+//! Interop with the seed's own client: the Docker engine (Debian `docker.io` 20.10).
+//!
+//! Docker treats every registry on 127.0.0.0/8 as insecure, so its certificate checks
+//! can only be exercised against a non-loopback address. The test therefore:
+//!
+//! 1. creates a network namespace `berth-dk-PID` joined to the host by a veth pair on a
+//!    random /30 inside 10.213.0.0/16 (host side `.1`, namespace side `.2`);
+//! 2. makes a CA and a server certificate for that IP with `berth cert init`, and runs
+//!    `berth serve --listen 10.213.A.(B+2):5443 --tls-cert … --tls-key …` inside the namespace;
+//! 3. starts a private `dockerd` in the host network namespace but in its own *mount*
+//!    namespace, with a temporary directory bind-mounted over `/etc/docker`. dockerd only
+//!    reads registry CAs from `/etc/docker/certs.d/HOST:PORT/ca.crt` (no flag or config
+//!    key changes that for a root daemon: `registry.CertsDir()` is hard-coded unless it runs
+//!    under RootlessKit), so the bind mount gives it a certs.d the test controls without
+//!    touching the host's `/etc/docker` (and hides any host `daemon.json` / `key.json`);
+//! 4. `docker load`s a two-layer image built here as a docker-archive tarball, tags it,
+//!    and pushes it *before* the CA is trusted: the push must fail with
+//!    `x509: certificate signed by unknown authority`;
+//! 5. writes `certs.d/IP:5443/ca.crt` (dockerd reads certs.d on every registry access),
+//!    pushes again (must succeed and report the digest), pushes once more (layers must be
+//!    reported as already existing), checks the manifest through the registry API with a
+//!    client that trusts only the CA, `docker rmi`s everything and `docker pull`s it back.
+//!
+//! Every process started here is stopped by PID when its guard drops, pass or fail; the
+//! namespace, veth pair and temporary directories are removed too. A missing `dockerd`,
+//! `docker`, `ip`, `unshare` or `tar` is a failure, never a skip.
+//!
+//! Debugging aid: `BERTH_INTEROP_REGISTRY=distribution` runs the same flow against CNCF
+//! Distribution (`docker-registry`, certificates from `openssl`) instead of Berth, to tell
+//! a Docker-environment problem from a Berth problem.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+const PORT: u16 = 5443;
+const X509_UNKNOWN_CA: &str = "x509: certificate signed by unknown authority";
+const SCHEMA2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+// ---------------------------------------------------------------------------------------
+// Small process helpers
+// ---------------------------------------------------------------------------------------
+
+/// Run a command to completion with a deadline; the child is killed (by PID) on timeout.
+fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status: ExitStatus = loop {
+        match child.try_wait().expect("try_wait") {
+            Some(s) => break s,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("timed out after {timeout:?}: {desc}");
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Run a command that must succeed.
+fn must(cmd: &mut Command, timeout: Duration) -> String {
+    let desc = format!("{cmd:?}");
+    let o = run_timeout(cmd, timeout);
+    assert!(
+        o.status.success(),
+        "{desc} failed ({}):\n{}",
+        o.status,
+        text(&o)
+    );
+    text(&o)
+}
+
+fn ip(args: &[&str]) -> Output {
+    run_timeout(Command::new("ip").args(args), Duration::from_secs(20))
+}
+
+/// Stop a child by PID: SIGTERM, up to `grace`, then SIGKILL. Always reaps it.
+fn stop_child(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGKILL a process we started indirectly (e.g. dockerd's managed containerd), by PID,
+/// after checking that the PID still names that process.
+fn kill_pid_if(pid: u32, cmdline_contains: &str) {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return;
+    };
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    if cmdline.contains(cmdline_contains) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let s = fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn require_tools() {
+    let missing: Vec<&str> = ["dockerd", "docker", "ip", "unshare", "tar", "mount", "kill"]
+        .into_iter()
+        .filter(|t| !common::have(t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "interop_docker needs {missing:?} on PATH (Debian packages docker.io, iproute2, \
+         util-linux, tar; run scripts/install-test-deps as root)"
+    );
+    let uid = run_timeout(Command::new("id").arg("-u"), Duration::from_secs(5));
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "interop_docker must run as root (network namespaces, dockerd)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Network namespace with a veth pair
+// ---------------------------------------------------------------------------------------
+
+struct NetNs {
+    name: String,
+    host_if: String,
+    /// Address of the namespace side (the registry listens here).
+    ns_ip: Ipv4Addr,
+}
+
+impl NetNs {
+    fn create() -> NetNs {
+        let pid = std::process::id();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let mut seed = (pid as u64) << 32 ^ nanos as u64;
+        for attempt in 0..16u32 {
+            // xorshift: cheap, different per attempt.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let third = (seed % 256) as u8;
+            let base = ((seed >> 8) % 64) as u8 * 4;
+            let host_ip = Ipv4Addr::new(10, 213, third, base + 1);
+            let ns_ip = Ipv4Addr::new(10, 213, third, base + 2);
+            let subnet = format!("10.213.{third}.{base}/30");
+            // Skip a /30 that the host already uses.
+            let used = ip(&["-4", "-o", "addr", "show", "to", &subnet]);
+            if !String::from_utf8_lossy(&used.stdout).trim().is_empty() {
+                continue;
+            }
+            let tag = format!("{}{}", pid % 100_000, attempt);
+            let ns = NetNs {
+                name: format!("berth-dk-{tag}"),
+                host_if: format!("bdk{tag}h"),
+                ns_ip,
+            };
+            let ns_if = format!("bdk{tag}n");
+            if !ip(&["netns", "add", &ns.name]).status.success() {
+                continue; // name taken: try another; nothing of ours to clean
+            }
+            // From here on `ns` drops (and cleans up) on any failure.
+            let (h, n, nsn) = (ns.host_if.as_str(), ns_if.as_str(), ns.name.as_str());
+            let (hip, nip) = (format!("{host_ip}/30"), format!("{ns_ip}/30"));
+            let steps: [&[&str]; 7] = [
+                &["link", "add", h, "type", "veth", "peer", "name", n],
+                &["link", "set", n, "netns", nsn],
+                &["addr", "add", &hip, "dev", h],
+                &["link", "set", h, "up"],
+                &["-n", nsn, "addr", "add", &nip, "dev", n],
+                &["-n", nsn, "link", "set", n, "up"],
+                &["-n", nsn, "link", "set", "lo", "up"],
+            ];
+            for args in steps {
+                let o = ip(args);
+                assert!(o.status.success(), "ip {args:?} failed: {}", text(&o));
+            }
+            return ns;
+        }
+        panic!("could not find a free /30 in 10.213.0.0/16 for the test namespace");
+    }
+
+    /// `ip netns exec NAME PROGRAM ARGS…` (ip execs the program: its PID is the child's).
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.arg("netns").arg("exec").arg(&self.name).arg(program);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting one end of a veth pair deletes both.
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The registry under test, inside the namespace
+// ---------------------------------------------------------------------------------------
+
+struct Registry {
+    child: Child,
+    /// Directory holding ca.crt (and server.crt/key) plus the data directory.
+    dir: tempfile::TempDir,
+    /// host:port as clients name it.
+    host: String,
+    kind: &'static str,
+}
+
+impl Registry {
+    fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("certs").join("ca.crt")
+    }
+
+    fn start(ns: &NetNs) -> Registry {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        let data = dir.path().join("data");
+        fs::create_dir_all(&data).unwrap();
+        let host = format!("{}:{PORT}", ns.ns_ip);
+        let use_distribution = std::env::var("BERTH_INTEROP_REGISTRY")
+            .map(|v| v == "distribution")
+            .unwrap_or(false);
+        if use_distribution {
+            Self::start_distribution(ns, dir, certs, data, host)
+        } else {
+            Self::start_berth(ns, dir, certs, data, host)
+        }
+    }
+
+    fn start_berth(
+        ns: &NetNs,
+        dir: tempfile::TempDir,
+        certs: PathBuf,
+        data: PathBuf,
+        host: String,
+    ) -> Registry {
+        let bin = common::berth_bin();
+        must(
+            Command::new(bin)
+                .arg("cert")
+                .arg("init")
+                .arg("--out")
+                .arg(&certs)
+                .arg("--ip")
+                .arg(ns.ns_ip.to_string()),
+            Duration::from_secs(60),
+        );
+        for f in ["ca.crt", "ca.key", "server.crt", "server.key"] {
+            assert!(certs.join(f).is_file(), "berth cert init did not write {f}");
+        }
+        let mut child = ns
+            .command(bin)
+            .arg("serve")
+            .arg("--listen")
+            .arg(&host)
+            .arg("--data")
+            .arg(&data)
+            .arg("--tls-cert")
+            .arg(certs.join("server.crt"))
+            .arg("--tls-key")
+            .arg(certs.join("server.key"))
+            .env("RUST_LOG", "berth=info,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth serve in the namespace");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut reg = Registry {
+            child,
+            dir,
+            host: host.clone(),
+            kind: "berth",
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("berth listening on ") {
+                        assert_eq!(url.trim(), format!("https://{host}"), "listen line");
+                        break;
+                    }
+                }
+                Err(_) => {
+                    stop_child(&mut reg.child, Duration::from_secs(2));
+                    panic!(
+                        "berth serve (in netns {}) did not report listening within 60 s",
+                        ns.name
+                    );
+                }
+            }
+        }
+        reg
+    }
+
+    fn start_distribution(
+        ns: &NetNs,
+        dir: tempfile::TempDir,
+        certs: PathBuf,
+        data: PathBuf,
+        host: String,
+    ) -> Registry {
+        fs::create_dir_all(&certs).unwrap();
+        let ossl = |args: &[&str]| {
+            must(
+                Command::new("openssl").args(args).current_dir(&certs),
+                Duration::from_secs(60),
+            )
+        };
+        ossl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=berth-interop-ca",
+        ]);
+        ossl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            &format!("/CN={}", ns.ns_ip),
+        ]);
+        fs::write(
+            certs.join("ext"),
+            format!("subjectAltName=IP:{}\n", ns.ns_ip),
+        )
+        .unwrap();
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ]);
+        let cfg = dir.path().join("config.yml");
+        fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n\
+                 http:\n  addr: {host}\n  tls: {{certificate: {}, key: {}}}\n",
+                data.display(),
+                certs.join("server.crt").display(),
+                certs.join("server.key").display()
+            ),
+        )
+        .unwrap();
+        let child = ns
+            .command("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn docker-registry in the namespace");
+        let mut reg = Registry {
+            child,
+            dir,
+            host,
+            kind: "distribution",
+        };
+        let sa = SocketAddrV4::new(ns.ns_ip, PORT).into();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&sa, Duration::from_secs(1)).is_err() {
+            if Instant::now() > deadline {
+                stop_child(&mut reg.child, Duration::from_secs(2));
+                panic!("docker-registry did not listen on {sa} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        reg
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A private dockerd in the host network namespace, own mount namespace
+// ---------------------------------------------------------------------------------------
+
+struct Dockerd {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// Bind-mounted over /etc/docker inside dockerd's mount namespace.
+    etc_docker: PathBuf,
+    sock: PathBuf,
+    log: PathBuf,
+    created_etc_docker: bool,
+    created_run_docker: bool,
+}
+
+impl Dockerd {
+    fn start() -> Dockerd {
+        // Short path: the socket path must fit in sockaddr_un (108 bytes).
+        let dir = tempfile::Builder::new()
+            .prefix("bdk")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let etc_docker = dir.path().join("etc-docker");
+        fs::create_dir_all(etc_docker.join("certs.d")).unwrap();
+        for d in ["data", "exec", "config"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let sock = dir.path().join("d.sock");
+        let log = dir.path().join("dockerd.log");
+        // The bind mount needs /etc/docker to exist as a mount point; dockerd itself
+        // creates /run/docker/plugins on the host. Remove both afterwards if we made them.
+        let created_etc_docker = !Path::new("/etc/docker").exists();
+        if created_etc_docker {
+            fs::create_dir_all("/etc/docker").expect("mkdir /etc/docker");
+        }
+        let created_run_docker = !Path::new("/run/docker").exists();
+        let script = r#"set -e
+mount --bind "$1" /etc/docker
+shift
+exec "$@""#;
+        let logf = fs::File::create(&log).unwrap();
+        let child = Command::new("unshare")
+            .arg("--mount")
+            .arg("--propagation")
+            .arg("private")
+            .arg("--")
+            .arg("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(&etc_docker)
+            .arg("dockerd")
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--pidfile")
+            .arg(dir.path().join("dockerd.pid"))
+            .arg("--storage-driver=vfs")
+            .arg("--iptables=false")
+            .arg("--ip6tables=false")
+            .arg("--bridge=none")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn unshare … dockerd");
+        let mut d = Dockerd {
+            child,
+            dir,
+            etc_docker,
+            sock,
+            log,
+            created_etc_docker,
+            created_run_docker,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("dockerd exited early ({st}):\n{}", tail(&d.log, 40));
+            }
+            let o = run_timeout(
+                d.docker()
+                    .args(["version", "--format", "{{.Server.Version}}"]),
+                Duration::from_secs(20),
+            );
+            if o.status.success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "dockerd did not answer on {} within 90 s:\n{}\n--- dockerd log ---\n{}",
+                    d.sock.display(),
+                    text(&o),
+                    tail(&d.log, 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        d
+    }
+
+    /// A `docker` CLI command aimed at this daemon, with a private client config dir.
+    fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_CONFIG", self.dir.path().join("config"))
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run_timeout(self.docker().args(args), Duration::from_secs(300))
+    }
+
+    fn must(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?} failed ({}):\n{}\n--- dockerd log ---\n{}",
+            o.status,
+            text(&o),
+            tail(&self.log, 30)
+        );
+        text(&o)
+    }
+
+    /// Trust `ca` for `host` the way the seed tells Docker users to.
+    fn trust(&self, host: &str, ca: &Path) {
+        let d = self.etc_docker.join("certs.d").join(host);
+        fs::create_dir_all(&d).unwrap();
+        fs::copy(ca, d.join("ca.crt")).unwrap();
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // dockerd stops its managed containerd on SIGTERM; if it had to be SIGKILLed, stop
+        // the containerd it started (by the PID it recorded under our exec-root).
+        stop_child(&mut self.child, Duration::from_secs(20));
+        let ctr_pid = self.dir.path().join("exec/containerd/containerd.pid");
+        if let Some(pid) = fs::read_to_string(&ctr_pid)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            kill_pid_if(pid, &self.dir.path().display().to_string());
+        }
+        if self.created_run_docker {
+            let _ = fs::remove_dir("/run/docker/plugins");
+            let _ = fs::remove_dir("/run/docker");
+        }
+        if self.created_etc_docker {
+            let _ = fs::remove_dir("/etc/docker");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A docker-archive image built from scratch
+// ---------------------------------------------------------------------------------------
+
+/// Deterministic pseudo-random bytes (SHA-256 in counter mode).
+fn pseudo_random(len: usize, seed: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 32);
+    let mut i = 0u64;
+    while v.len() < len {
+        let mut h = Sha256::new();
+        h.update(seed.as_bytes());
+        h.update(i.to_le_bytes());
+        v.extend_from_slice(&h.finalize());
+        i += 1;
+    }
+    v.truncate(len);
+    v
+}
+
+fn tar_dir(dir: &Path, out: &Path) {
+    must(
+        Command::new("tar")
+            .arg("--owner=0")
+            .arg("--group=0")
+            .arg("--numeric-owner")
+            .arg("--mtime=@0")
+            .arg("--sort=name")
+            .arg("-C")
+            .arg(dir)
+            .arg("-cf")
+            .arg(out)
+            .arg("."),
+        Duration::from_secs(60),
+    );
+}
+
+/// Returns (path of the docker-archive tar, image ID = config digest).
+fn build_image(work: &Path, repo_tag: &str) -> (PathBuf, String) {
+    let archive = work.join("archive");
+    fs::create_dir_all(&archive).unwrap();
+    let mut diff_ids = Vec::new();
+    let mut layer_paths = Vec::new();
+    let contents: [(&str, Vec<u8>); 2] = [
+        (
+            "etc/berth-hello.txt",
+            b"hello from the berth docker interop test\n".to_vec(),
+        ),
+        (
+            "usr/share/berth/noise.bin",
+            pseudo_random(1 << 20, "berth-interop-docker"),
+        ),
+    ];
+    for (i, (name, data)) in contents.iter().enumerate() {
+        let root = work.join(format!("layer{i}"));
+        let file = root.join(name);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, data).unwrap();
+        let rel = format!("layer{i}/layer.tar");
+        fs::create_dir_all(archive.join(format!("layer{i}"))).unwrap();
+        tar_dir(&root, &archive.join(&rel));
+        diff_ids.push(format!(
+            "sha256:{}",
+            sha256_hex(&fs::read(archive.join(&rel)).unwrap())
+        ));
+        layer_paths.push(rel);
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
+        "config": { "Cmd": ["/bin/true"], "Env": ["PATH=/usr/bin:/bin"] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": [
+            { "created": "2024-01-01T00:00:00Z", "created_by": "berth interop: hello" },
+            { "created": "2024-01-01T00:00:00Z", "created_by": "berth interop: noise" }
+        ]
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_hex = sha256_hex(&config_bytes);
+    fs::write(archive.join(format!("{config_hex}.json")), &config_bytes).unwrap();
+    let manifest = serde_json::json!([{
+        "Config": format!("{config_hex}.json"),
+        "RepoTags": [repo_tag],
+        "Layers": layer_paths,
+    }]);
+    fs::write(
+        archive.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let tarball = work.join("image.tar");
+    tar_dir(&archive, &tarball);
+    (tarball, format!("sha256:{config_hex}"))
+}
+
+/// `latest: digest: sha256:… size: N` from `docker push` output.
+fn pushed_digest(out: &str) -> String {
+    out.lines()
+        .find_map(|l| {
+            let rest = l.split("digest: ").nth(1)?;
+            Some(rest.split_whitespace().next()?.to_string())
+        })
+        .unwrap_or_else(|| panic!("no `digest:` line in docker push output:\n{out}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn docker_engine_push_pull_with_ca_trust() {
+    require_tools();
+
+    // Drop order is the reverse of declaration: dockerd, then the registry, then the ns.
+    let ns = NetNs::create();
+    let registry = Registry::start(&ns);
+    let dockerd = Dockerd::start();
+    let work = tempfile::tempdir().expect("work dir");
+
+    let host = registry.host.clone();
+    let local = "berth-interop/nginx:latest";
+    let remote = format!("{host}/library/nginx:latest");
+    eprintln!(
+        "interop_docker: registry {} at https://{host} (netns {})",
+        registry.kind, ns.name
+    );
+
+    // The host must reach the namespace address before Docker can (routing sanity check).
+    let sa = SocketAddrV4::new(ns.ns_ip, PORT).into();
+    TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("host cannot reach {sa} in netns {}: {e}", ns.name));
+
+    let (tarball, image_id) = build_image(work.path(), local);
+    let out = dockerd.must(&["load", "-i", tarball.to_str().unwrap()]);
+    assert!(out.contains(local), "docker load output: {out}");
+    let id = dockerd.must(&["image", "inspect", local, "--format", "{{.Id}}"]);
+    assert_eq!(id.trim(), image_id, "loaded image ID is the config digest");
+    dockerd.must(&["tag", local, &remote]);
+
+    // 1. The CA is not trusted yet: the push must fail on the certificate check.
+    let o = dockerd.run(&["push", &remote]);
+    let msg = text(&o);
+    assert!(
+        !o.status.success(),
+        "push without the CA unexpectedly succeeded:\n{msg}"
+    );
+    assert!(
+        msg.contains(X509_UNKNOWN_CA),
+        "push without the CA should fail with `{X509_UNKNOWN_CA}`, got:\n{msg}"
+    );
+
+    // 2. Trust the CA the way the seed does (certs.d/HOST:PORT/ca.crt) and push.
+    dockerd.trust(&host, &registry.ca_path());
+    let out = dockerd.must(&["push", &remote]);
+    let digest = pushed_digest(&out);
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "digest {digest:?}"
+    );
+    assert_eq!(
+        out.matches("Pushed").count(),
+        2,
+        "both layers pushed:\n{out}"
+    );
+
+    // 3. Pushing again uploads nothing: the registry reports both layers present.
+    let out = dockerd.must(&["push", &remote]);
+    assert_eq!(
+        out.matches("Layer already exists").count(),
+        2,
+        "second push:\n{out}"
+    );
+    assert_eq!(
+        pushed_digest(&out),
+        digest,
+        "same manifest digest on re-push"
+    );
+
+    // 4. The registry serves what Docker pushed, to a client that trusts only the CA.
+    check_registry_api(&registry, &digest, &image_id);
+
+    // 5. Remove every local copy and pull it back.
+    dockerd.must(&["rmi", &remote, local]);
+    let o = dockerd.run(&["image", "inspect", &remote]);
+    assert!(!o.status.success(), "image still present after rmi");
+    let out = dockerd.must(&["pull", &remote]);
+    assert!(
+        out.contains(&format!("Digest: {digest}")),
+        "pull output:\n{out}"
+    );
+    assert!(
+        out.contains("Downloaded newer image"),
+        "pull output:\n{out}"
+    );
+    assert_eq!(
+        out.matches("Pull complete").count(),
+        2,
+        "both layers pulled:\n{out}"
+    );
+    let inspected = dockerd.must(&[
+        "image",
+        "inspect",
+        &remote,
+        "--format",
+        "{{.Id}} {{json .RepoDigests}}",
+    ]);
+    assert!(
+        inspected.starts_with(&image_id),
+        "pulled image ID {inspected} != {image_id}"
+    );
+    assert!(
+        inspected.contains(&format!("{host}/library/nginx@{digest}")),
+        "RepoDigests: {inspected}"
+    );
+
+    // 6. Pull by digest too.
+    let by_digest = format!("{host}/library/nginx@{digest}");
+    let out = dockerd.must(&["pull", &by_digest]);
+    assert!(out.contains(&digest), "pull by digest output:\n{out}");
+
+    drop(work);
+    drop(dockerd);
+    drop(registry);
+    drop(ns);
+}
+
+fn check_registry_api(registry: &Registry, digest: &str, image_id: &str) {
+    let ca = fs::read(registry.ca_path()).unwrap();
+    let base = format!("https://{}", registry.host);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let certs = reqwest::Certificate::from_pem_bundle(&ca).expect("ca pem");
+        let client = reqwest::Client::builder()
+            .tls_certs_only(certs)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let r = client
+            .get(format!("{base}/v2/library/nginx/manifests/latest"))
+            .header("Accept", SCHEMA2)
+            .send()
+            .await
+            .expect("GET manifest");
+        assert_eq!(r.status(), 200, "GET manifest by tag");
+        let hdr = r
+            .headers()
+            .get("docker-content-digest")
+            .map(|v| v.to_str().unwrap().to_string());
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = r.bytes().await.unwrap();
+        assert_eq!(hdr.as_deref(), Some(digest), "Docker-Content-Digest");
+        assert_eq!(ct.as_deref(), Some(SCHEMA2), "Content-Type of the manifest");
+        assert_eq!(
+            format!("sha256:{}", sha256_hex(&body)),
+            digest,
+            "manifest body digest"
+        );
+        let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(m["config"]["digest"], image_id, "config digest in manifest");
+        assert_eq!(
+            m["layers"].as_array().map(|a| a.len()),
+            Some(2),
+            "two layers"
+        );
+
+        let tags: serde_json::Value = client
+            .get(format!("{base}/v2/library/nginx/tags/list"))
+            .send()
+            .await
+            .expect("GET tags")
+            .json()
+            .await
+            .expect("tags json");
+        assert_eq!(tags["name"], "library/nginx");
+        assert!(
+            tags["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "latest")),
+            "tags: {tags}"
+        );
+    });
+}
