@@ -1,8 +1,10 @@
 //! The conformance suite every storage backend runs.
 //!
-//! A backend's tests call [`blob_store_suite`] and [`metadata_suite`] on a fresh, empty
-//! store; the suites panic (with a message naming the failed expectation) on any deviation
-//! from the contracts documented on [`BlobStore`] and [`MetadataStore`].
+//! A backend's tests call [`blob_store_suite`], [`metadata_suite`] and
+//! [`account_store_suite`] on a fresh, empty store (and, for a backend implementing both
+//! metadata traits, [`account_repository_suite`]); the suites panic (with a message naming
+//! the failed expectation) on any deviation from the contracts documented on [`BlobStore`],
+//! [`MetadataStore`] and [`AccountStore`].
 
 use std::fmt::Debug;
 
@@ -10,6 +12,10 @@ use berth_proto::{Algorithm, Digest};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
+use crate::accounts::{
+    AccountStore, AuditEvent, AuditFilter, Member, Project, ProjectRole, RefreshToken, Robot, User,
+    Visibility,
+};
 use crate::blob::{BlobStore, ByteStream};
 use crate::metadata::{ManifestRecord, MetadataStore, NewManifest, Referrer, UploadSession};
 use crate::{StorageError, StorageResult};
@@ -839,4 +845,916 @@ pub async fn metadata_suite(store: &dyn MetadataStore) {
         store.delete_upload(&session.id).await,
         "delete upload again",
     );
+}
+
+fn new_project(name: &str, public: bool, description: &str) -> Project {
+    Project {
+        name: name.to_owned(),
+        public,
+        description: description.to_owned(),
+        created_at: 1_700_000_000,
+    }
+}
+
+fn new_user(name: &str, admin: bool) -> User {
+    User {
+        name: name.to_owned(),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA${name}"),
+        admin,
+        created_at: 1_700_000_100,
+        disabled: false,
+    }
+}
+
+fn new_robot(project: &str, name: &str, can_push: bool, expires_at: Option<i64>) -> Robot {
+    Robot {
+        project: project.to_owned(),
+        name: name.to_owned(),
+        secret_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA${name}"),
+        can_push,
+        expires_at,
+        revoked: false,
+        created_at: 1_700_000_200,
+        description: format!("robot {name}"),
+    }
+}
+
+fn token(id_hash: &str, subject: &str) -> RefreshToken {
+    RefreshToken {
+        id_hash: id_hash.to_owned(),
+        subject: subject.to_owned(),
+        // Far in the future: no backend may drop it as expired.
+        expires_at: 4_000_000_000,
+    }
+}
+
+fn event(at: i64, actor: &str, action: &str, resource: &str) -> AuditEvent {
+    AuditEvent {
+        // Ignored: the store assigns ids.
+        id: -7,
+        at,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        resource: resource.to_owned(),
+        client_addr: "192.0.2.10".to_owned(),
+        detail: format!("{action} {resource}"),
+    }
+}
+
+fn member(project: &str, user: &str, role: ProjectRole) -> Member {
+    Member {
+        project: project.to_owned(),
+        user: user.to_owned(),
+        role,
+    }
+}
+
+fn names<T>(items: &[T], name: impl Fn(&T) -> &str) -> Vec<String> {
+    items.iter().map(|i| name(i).to_owned()).collect()
+}
+
+async fn audit_ids(store: &dyn AccountStore, f: &AuditFilter, what: &str) -> Vec<i64> {
+    ok(store.audit_events(f).await, what)
+        .iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+/// Run every access-control expectation against `store` (which must be empty).
+pub async fn account_store_suite(store: &dyn AccountStore) {
+    account_projects(store).await;
+    account_users(store).await;
+    account_members(store).await;
+    account_robots(store).await;
+    account_refresh_tokens(store).await;
+    account_cascades(store).await;
+    account_audit(store).await;
+}
+
+async fn account_projects(store: &dyn AccountStore) {
+    assert!(ok(store.list_projects().await, "list empty").is_empty());
+    assert_eq!(ok(store.project("library").await, "missing project"), None);
+
+    let library = new_project("library", true, "public images");
+    let private = new_project("private-prj", false, "team images");
+    let alpha = new_project("alpha", false, "");
+    for p in [&library, &private, &alpha] {
+        ok(store.create_project(p).await, "create project");
+    }
+    let e = err(
+        store
+            .create_project(&new_project("library", false, "impostor"))
+            .await,
+        "duplicate project",
+    );
+    assert!(matches!(e, StorageError::AlreadyExists(_)), "{e:?}");
+    assert_eq!(
+        ok(store.project("library").await, "project"),
+        Some(library.clone()),
+        "a refused duplicate changes nothing"
+    );
+    assert_eq!(
+        ok(store.project("private-prj").await, "private project"),
+        Some(private.clone())
+    );
+    assert_eq!(
+        ok(store.project("private-prj").await, "visibility").map(|p| p.visibility()),
+        Some(Visibility::Private)
+    );
+    assert_eq!(ok(store.project("Library").await, "case-sensitive"), None);
+    assert_eq!(
+        ok(store.list_projects().await, "list"),
+        vec![alpha.clone(), library.clone(), private.clone()],
+        "projects by name"
+    );
+
+    // Update: each field alone, both, neither.
+    ok(
+        store.update_project("alpha", Some(true), None).await,
+        "update public",
+    );
+    let mut expected = alpha.clone();
+    expected.public = true;
+    assert_eq!(
+        ok(store.project("alpha").await, "updated"),
+        Some(expected.clone())
+    );
+    ok(
+        store
+            .update_project("alpha", None, Some("now described".to_owned()))
+            .await,
+        "update description",
+    );
+    expected.description = "now described".to_owned();
+    assert_eq!(
+        ok(store.project("alpha").await, "updated"),
+        Some(expected.clone())
+    );
+    ok(
+        store
+            .update_project("alpha", Some(false), Some(String::new()))
+            .await,
+        "update both",
+    );
+    assert_eq!(
+        ok(store.project("alpha").await, "updated"),
+        Some(alpha.clone())
+    );
+    ok(
+        store.update_project("alpha", None, None).await,
+        "update nothing",
+    );
+    assert_eq!(
+        ok(store.project("alpha").await, "unchanged"),
+        Some(alpha.clone())
+    );
+    let e = err(
+        store.update_project("nope", Some(true), None).await,
+        "update missing project",
+    );
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    let e = err(
+        store.update_project("nope", None, None).await,
+        "empty update of missing project",
+    );
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    assert_eq!(ok(store.project("nope").await, "not created"), None);
+
+    // Delete.
+    let e = err(store.delete_project("nope").await, "delete missing project");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    ok(store.delete_project("alpha").await, "delete project");
+    assert_eq!(ok(store.project("alpha").await, "deleted"), None);
+    let e = err(store.delete_project("alpha").await, "delete twice");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    assert_eq!(
+        names(&ok(store.list_projects().await, "list"), |p| &p.name),
+        ["library", "private-prj"]
+    );
+    // A deleted name can be taken again.
+    ok(store.create_project(&alpha).await, "recreate");
+    ok(store.delete_project("alpha").await, "delete again");
+}
+
+async fn account_users(store: &dyn AccountStore) {
+    assert_eq!(ok(store.count_users().await, "count empty"), 0);
+    assert!(ok(store.list_users().await, "list empty").is_empty());
+    assert_eq!(ok(store.user("alice").await, "missing user"), None);
+
+    let admin = new_user("admin", true);
+    let bob = new_user("bob", false);
+    let mut alice = new_user("alice", false);
+    let mut carol = new_user("carol", false);
+    carol.disabled = true;
+    for u in [&bob, &admin, &alice, &carol] {
+        ok(store.create_user(u).await, "create user");
+    }
+    let e = err(
+        store.create_user(&new_user("alice", true)).await,
+        "duplicate user",
+    );
+    assert!(matches!(e, StorageError::AlreadyExists(_)), "{e:?}");
+    assert_eq!(
+        ok(store.user("alice").await, "user"),
+        Some(alice.clone()),
+        "a refused duplicate changes nothing"
+    );
+    assert_eq!(
+        ok(store.user("carol").await, "disabled user"),
+        Some(carol.clone())
+    );
+    assert_eq!(ok(store.count_users().await, "count"), 4);
+    assert_eq!(
+        ok(store.list_users().await, "list"),
+        vec![admin.clone(), alice.clone(), bob.clone(), carol.clone()],
+        "users by name"
+    );
+
+    // Password hashes are stored verbatim.
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA";
+    ok(store.set_password("alice", hash).await, "set password");
+    alice.password_hash = hash.to_owned();
+    assert_eq!(
+        ok(store.user("alice").await, "after passwd"),
+        Some(alice.clone())
+    );
+    let e = err(
+        store.set_password("nobody", hash).await,
+        "password of missing user",
+    );
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    assert_eq!(ok(store.user("nobody").await, "not created"), None);
+
+    ok(store.set_admin("alice", true).await, "make admin");
+    assert!(ok(store.user("alice").await, "admin").is_some_and(|u| u.admin));
+    ok(store.set_admin("alice", true).await, "make admin again");
+    ok(store.set_admin("alice", false).await, "revoke admin");
+    assert_eq!(
+        ok(store.user("alice").await, "not admin"),
+        Some(alice.clone())
+    );
+    let e = err(
+        store.set_admin("nobody", true).await,
+        "admin of missing user",
+    );
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+
+    let e = err(store.delete_user("nobody").await, "delete missing user");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    ok(store.delete_user("carol").await, "delete user");
+    assert_eq!(ok(store.user("carol").await, "deleted"), None);
+    assert_eq!(ok(store.count_users().await, "count after delete"), 3);
+    let e = err(store.delete_user("carol").await, "delete twice");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+}
+
+async fn account_members(store: &dyn AccountStore) {
+    // Projects library, private-prj; users admin, alice, bob (from the steps before).
+    assert!(ok(store.members("library").await, "no members").is_empty());
+    assert!(ok(store.projects_of("alice").await, "no projects").is_empty());
+    assert_eq!(ok(store.role_of("library", "alice").await, "no role"), None);
+
+    ok(
+        store
+            .set_member("private-prj", "bob", ProjectRole::Developer)
+            .await,
+        "add bob",
+    );
+    ok(
+        store
+            .set_member("private-prj", "alice", ProjectRole::Guest)
+            .await,
+        "add alice",
+    );
+    ok(
+        store
+            .set_member("library", "alice", ProjectRole::ProjectAdmin)
+            .await,
+        "add alice to library",
+    );
+    assert_eq!(
+        ok(store.role_of("private-prj", "alice").await, "role"),
+        Some(ProjectRole::Guest)
+    );
+    // Upsert.
+    ok(
+        store
+            .set_member("private-prj", "alice", ProjectRole::Maintainer)
+            .await,
+        "change role",
+    );
+    assert_eq!(
+        ok(store.role_of("private-prj", "alice").await, "changed role"),
+        Some(ProjectRole::Maintainer)
+    );
+    assert_eq!(
+        ok(store.members("private-prj").await, "members"),
+        vec![
+            member("private-prj", "alice", ProjectRole::Maintainer),
+            member("private-prj", "bob", ProjectRole::Developer),
+        ],
+        "members by user name, one row per user"
+    );
+    assert_eq!(
+        ok(store.projects_of("alice").await, "projects of"),
+        vec![
+            ("library".to_owned(), ProjectRole::ProjectAdmin),
+            ("private-prj".to_owned(), ProjectRole::Maintainer),
+        ],
+        "memberships by project name"
+    );
+    assert_eq!(
+        ok(store.role_of("library", "bob").await, "not a member"),
+        None
+    );
+    assert_eq!(
+        ok(store.role_of("nope", "bob").await, "missing project"),
+        None
+    );
+    assert!(ok(store.members("nope").await, "members of missing").is_empty());
+    assert!(ok(store.projects_of("nobody").await, "projects of missing").is_empty());
+
+    // Every role round-trips.
+    for role in ProjectRole::ALL {
+        ok(store.set_member("library", "bob", role).await, "set role");
+        assert_eq!(
+            ok(store.role_of("library", "bob").await, "role round trip"),
+            Some(role)
+        );
+    }
+
+    // Missing project or user.
+    for (project, user) in [("nope", "alice"), ("library", "nobody"), ("nope", "nobody")] {
+        let e = err(
+            store.set_member(project, user, ProjectRole::Guest).await,
+            "member of missing project or user",
+        );
+        assert!(
+            matches!(e, StorageError::NotFound(_)),
+            "{project}/{user}: {e:?}"
+        );
+        assert_eq!(
+            ok(store.role_of(project, user).await, "no row written"),
+            None
+        );
+    }
+
+    // Removal.
+    ok(store.remove_member("library", "bob").await, "remove member");
+    assert_eq!(ok(store.role_of("library", "bob").await, "removed"), None);
+    assert_eq!(
+        ok(
+            store.role_of("private-prj", "bob").await,
+            "other membership stays"
+        ),
+        Some(ProjectRole::Developer)
+    );
+    let e = err(store.remove_member("library", "bob").await, "remove twice");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    let e = err(
+        store.remove_member("nope", "nobody").await,
+        "remove from missing project",
+    );
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    assert!(
+        ok(store.user("bob").await, "user stays").is_some(),
+        "removing a membership keeps the user"
+    );
+}
+
+async fn account_robots(store: &dyn AccountStore) {
+    const CI: &str = "robot$private-prj+ci";
+    const PULL: &str = "robot$private-prj+pull";
+    assert_eq!(ok(store.robot(CI).await, "missing robot"), None);
+    assert!(ok(store.robots("private-prj").await, "no robots").is_empty());
+
+    let ci = new_robot("private-prj", CI, true, Some(1_800_000_000));
+    let pull = new_robot("private-prj", PULL, false, None);
+    let lib = new_robot("library", "robot$library+mirror", false, None);
+    for r in [&pull, &ci, &lib] {
+        ok(store.create_robot(r).await, "create robot");
+    }
+    assert_eq!(ok(store.robot(CI).await, "robot"), Some(ci.clone()));
+    assert_eq!(ok(store.robot(PULL).await, "robot"), Some(pull.clone()));
+    assert_eq!(
+        ok(store.robots("private-prj").await, "robots"),
+        vec![ci.clone(), pull.clone()],
+        "robots by name, only the project's"
+    );
+    assert!(ok(store.robots("nope").await, "robots of missing").is_empty());
+
+    let e = err(
+        store
+            .create_robot(&new_robot("library", CI, false, None))
+            .await,
+        "duplicate robot",
+    );
+    assert!(matches!(e, StorageError::AlreadyExists(_)), "{e:?}");
+    assert_eq!(
+        ok(store.robot(CI).await, "unchanged"),
+        Some(ci.clone()),
+        "a refused duplicate changes nothing"
+    );
+    let e = err(
+        store
+            .create_robot(&new_robot("nope", "robot$nope+ci", true, None))
+            .await,
+        "robot of missing project",
+    );
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    assert_eq!(ok(store.robot("robot$nope+ci").await, "not created"), None);
+
+    // Revocation keeps the robot (for the listing and the audit trail).
+    ok(store.revoke_robot(CI).await, "revoke");
+    let mut revoked = ci.clone();
+    revoked.revoked = true;
+    assert_eq!(ok(store.robot(CI).await, "revoked"), Some(revoked.clone()));
+    ok(store.revoke_robot(CI).await, "revoke again");
+    assert_eq!(ok(store.robot(CI).await, "still revoked"), Some(revoked));
+    assert_eq!(
+        ok(store.robot(PULL).await, "other robot"),
+        Some(pull.clone()),
+        "revocation touches one robot"
+    );
+    let e = err(store.revoke_robot("robot$x+y").await, "revoke missing");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+
+    // Deletion, with the robot's refresh tokens.
+    ok(
+        store
+            .put_refresh_token(&token("h-lib-robot", &lib.name))
+            .await,
+        "robot token",
+    );
+    ok(store.delete_robot(&lib.name).await, "delete robot");
+    assert_eq!(ok(store.robot(&lib.name).await, "deleted"), None);
+    assert_eq!(
+        ok(store.refresh_token("h-lib-robot").await, "robot token gone"),
+        None
+    );
+    let e = err(store.delete_robot(&lib.name).await, "delete twice");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    assert!(ok(store.project("library").await, "project stays").is_some());
+}
+
+async fn account_refresh_tokens(store: &dyn AccountStore) {
+    assert_eq!(ok(store.refresh_token("h0").await, "missing token"), None);
+    let a1 = token("h-alice-1", "alice");
+    let a2 = token("h-alice-2", "alice");
+    let b1 = token("h-bob-1", "bob");
+    let robot = token("h-robot-1", "robot$private-prj+ci");
+    for t in [&a1, &a2, &b1, &robot] {
+        ok(store.put_refresh_token(t).await, "put token");
+    }
+    assert_eq!(
+        ok(store.refresh_token("h-alice-1").await, "token"),
+        Some(a1.clone())
+    );
+    assert_eq!(
+        ok(store.refresh_token("h-bob-1").await, "token"),
+        Some(b1.clone())
+    );
+    let e = err(
+        store.put_refresh_token(&token("h-alice-1", "bob")).await,
+        "duplicate token",
+    );
+    assert!(matches!(e, StorageError::AlreadyExists(_)), "{e:?}");
+    assert!(
+        !e.to_string().contains("h-alice-1"),
+        "the error does not echo the token hash: {e}"
+    );
+    assert_eq!(
+        ok(store.refresh_token("h-alice-1").await, "unchanged"),
+        Some(a1.clone()),
+        "a refused duplicate changes nothing"
+    );
+
+    ok(
+        store.delete_refresh_tokens_of("alice").await,
+        "logout alice",
+    );
+    assert_eq!(ok(store.refresh_token("h-alice-1").await, "gone"), None);
+    assert_eq!(ok(store.refresh_token("h-alice-2").await, "gone"), None);
+    assert_eq!(
+        ok(store.refresh_token("h-bob-1").await, "others stay"),
+        Some(b1.clone())
+    );
+    ok(store.delete_refresh_tokens_of("alice").await, "idempotent");
+    ok(
+        store.delete_refresh_tokens_of("nobody").await,
+        "unknown subject",
+    );
+    ok(store.put_refresh_token(&a1).await, "re-put after delete");
+    assert_eq!(ok(store.refresh_token("h-alice-1").await, "back"), Some(a1));
+}
+
+async fn account_cascades(store: &dyn AccountStore) {
+    // State: library {alice: admin}, private-prj {alice: maintainer, bob: developer};
+    // robots CI (revoked) and PULL in private-prj; tokens h-alice-1, h-bob-1, h-robot-1.
+    ok(store.create_user(&new_user("dave", false)).await, "dave");
+    ok(
+        store
+            .set_member("library", "dave", ProjectRole::Guest)
+            .await,
+        "dave in library",
+    );
+    ok(
+        store.put_refresh_token(&token("h-dave-1", "dave")).await,
+        "dave token",
+    );
+
+    // Deleting a user removes their memberships and refresh tokens, nobody else's.
+    ok(store.delete_user("bob").await, "delete bob");
+    assert!(ok(store.projects_of("bob").await, "bob's memberships").is_empty());
+    assert_eq!(
+        names(&ok(store.members("private-prj").await, "members"), |m| &m
+            .user),
+        ["alice"]
+    );
+    assert_eq!(
+        ok(store.refresh_token("h-bob-1").await, "bob's token"),
+        None
+    );
+    assert!(ok(store.refresh_token("h-alice-1").await, "alice's token").is_some());
+    // A new user of the same name starts with nothing.
+    ok(store.create_user(&new_user("bob", false)).await, "new bob");
+    assert!(ok(store.projects_of("bob").await, "new bob").is_empty());
+
+    // Deleting a project removes its memberships, robots and the robots' tokens.
+    ok(store.delete_project("private-prj").await, "delete project");
+    assert!(ok(store.members("private-prj").await, "members gone").is_empty());
+    assert_eq!(
+        ok(store.projects_of("alice").await, "alice keeps library"),
+        vec![("library".to_owned(), ProjectRole::ProjectAdmin)]
+    );
+    assert!(ok(store.robots("private-prj").await, "robots gone").is_empty());
+    assert_eq!(
+        ok(store.robot("robot$private-prj+ci").await, "robot gone"),
+        None
+    );
+    assert_eq!(
+        ok(store.refresh_token("h-robot-1").await, "robot token gone"),
+        None
+    );
+    assert!(
+        ok(store.refresh_token("h-alice-1").await, "user token stays").is_some(),
+        "a project's deletion leaves users' tokens"
+    );
+    assert!(ok(store.user("alice").await, "users stay").is_some());
+    assert_eq!(
+        ok(
+            store.role_of("library", "dave").await,
+            "other project untouched"
+        ),
+        Some(ProjectRole::Guest)
+    );
+    // Recreated, the project starts empty.
+    ok(
+        store
+            .create_project(&new_project("private-prj", false, ""))
+            .await,
+        "recreate",
+    );
+    assert!(ok(store.members("private-prj").await, "no members").is_empty());
+    assert!(ok(store.robots("private-prj").await, "no robots").is_empty());
+}
+
+async fn account_audit(store: &dyn AccountStore) {
+    let all = AuditFilter {
+        limit: AuditFilter::MAX_LIMIT,
+        ..AuditFilter::default()
+    };
+    assert!(ok(store.audit_events(&all).await, "empty log").is_empty());
+
+    let events = [
+        event(100, "alice", "login", "registry"),
+        event(110, "alice", "push", "library/nginx:latest"),
+        event(120, "bob", "login_failed", "registry"),
+        event(130, "admin", "project.create", "project:private-prj"),
+        event(130, "alice", "push", "library/nginx-extra:1"),
+        event(140, "bob", "push", "private-prj/app:v1"),
+        event(150, "alice", "delete", "library/nginx@sha256:00"),
+        event(160, "ci", "push", "a_b/x"),
+        event(170, "ci", "push", "axb/x"),
+        // Out-of-order clock: ordering is by insertion (id), not by `at`.
+        event(105, "admin", "user.create", "user:dave"),
+    ];
+    for e in &events {
+        ok(store.audit(e).await, "audit");
+    }
+    let got = ok(store.audit_events(&all).await, "all events");
+    assert_eq!(got.len(), events.len());
+    let ids: Vec<i64> = got.iter().map(|e| e.id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "newest first, distinct ids: {ids:?}"
+    );
+    assert!(!ids.contains(&-7), "ids are assigned by the store: {ids:?}");
+    // Oldest-first view equals the inserted events, ids aside.
+    for (stored, inserted) in got.iter().rev().zip(&events) {
+        assert_eq!(
+            AuditEvent {
+                id: inserted.id,
+                ..stored.clone()
+            },
+            inserted.clone(),
+            "event stored verbatim"
+        );
+    }
+    // ids[k] is the id of events[events.len() - 1 - k].
+    let id_of = |i: usize| ids[events.len() - 1 - i];
+
+    let f = |f: AuditFilter| AuditFilter { limit: 1000, ..f };
+    let by_actor = audit_ids(
+        store,
+        &f(AuditFilter {
+            actor: Some("alice".to_owned()),
+            ..AuditFilter::default()
+        }),
+        "by actor",
+    )
+    .await;
+    assert_eq!(by_actor, [id_of(6), id_of(4), id_of(1), id_of(0)]);
+    let by_action = audit_ids(
+        store,
+        &f(AuditFilter {
+            action: Some("push".to_owned()),
+            ..AuditFilter::default()
+        }),
+        "by action",
+    )
+    .await;
+    assert_eq!(
+        by_action,
+        [id_of(8), id_of(7), id_of(5), id_of(4), id_of(1)]
+    );
+    let both = audit_ids(
+        store,
+        &f(AuditFilter {
+            actor: Some("alice".to_owned()),
+            action: Some("push".to_owned()),
+            ..AuditFilter::default()
+        }),
+        "by actor and action",
+    )
+    .await;
+    assert_eq!(both, [id_of(4), id_of(1)]);
+    assert!(
+        audit_ids(
+            store,
+            &f(AuditFilter {
+                actor: Some("Alice".to_owned()),
+                ..AuditFilter::default()
+            }),
+            "actor is exact",
+        )
+        .await
+        .is_empty()
+    );
+
+    // Resource prefixes are literal: no wildcards, no case folding.
+    let prefix = |p: &str| {
+        f(AuditFilter {
+            resource_prefix: Some(p.to_owned()),
+            ..AuditFilter::default()
+        })
+    };
+    assert_eq!(
+        audit_ids(store, &prefix("library/nginx"), "prefix").await,
+        [id_of(6), id_of(4), id_of(1)]
+    );
+    assert_eq!(
+        audit_ids(store, &prefix("library/nginx:"), "prefix").await,
+        [id_of(1)]
+    );
+    assert_eq!(
+        audit_ids(store, &prefix("a_"), "underscore is literal").await,
+        [id_of(7)]
+    );
+    assert!(
+        audit_ids(store, &prefix("%"), "percent is literal")
+            .await
+            .is_empty()
+    );
+    assert!(
+        audit_ids(store, &prefix("LIBRARY/"), "case-sensitive")
+            .await
+            .is_empty()
+    );
+    assert!(
+        audit_ids(
+            store,
+            &prefix("library/nginx:latest+more"),
+            "longer than resource"
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        audit_ids(store, &prefix(""), "empty prefix").await.len(),
+        events.len()
+    );
+
+    // Time window: since inclusive, until exclusive.
+    let window = audit_ids(
+        store,
+        &f(AuditFilter {
+            since: Some(110),
+            until: Some(140),
+            ..AuditFilter::default()
+        }),
+        "window",
+    )
+    .await;
+    assert_eq!(window, [id_of(4), id_of(3), id_of(2), id_of(1)]);
+    let since = audit_ids(
+        store,
+        &f(AuditFilter {
+            since: Some(160),
+            ..AuditFilter::default()
+        }),
+        "since",
+    )
+    .await;
+    assert_eq!(since, [id_of(8), id_of(7)]);
+    let until = audit_ids(
+        store,
+        &f(AuditFilter {
+            until: Some(110),
+            ..AuditFilter::default()
+        }),
+        "until",
+    )
+    .await;
+    assert_eq!(until, [id_of(9), id_of(0)]);
+
+    // Paging backwards by id.
+    let page = |before_id: Option<i64>| AuditFilter {
+        before_id,
+        limit: 4,
+        ..AuditFilter::default()
+    };
+    let first = audit_ids(store, &page(None), "page 1").await;
+    assert_eq!(first, ids[..4]);
+    let second = audit_ids(store, &page(first.last().copied()), "page 2").await;
+    assert_eq!(second, ids[4..8]);
+    let third = audit_ids(store, &page(second.last().copied()), "page 3").await;
+    assert_eq!(third, ids[8..]);
+    assert!(
+        audit_ids(store, &page(third.last().copied()), "past the end")
+            .await
+            .is_empty()
+    );
+    let pushes_page = audit_ids(
+        store,
+        &AuditFilter {
+            action: Some("push".to_owned()),
+            before_id: Some(id_of(5)),
+            limit: 1,
+            ..AuditFilter::default()
+        },
+        "filtered page",
+    )
+    .await;
+    assert_eq!(pushes_page, [id_of(4)]);
+
+    // Limits: 0 returns nothing, the default is DEFAULT_LIMIT, everything is capped.
+    assert!(
+        audit_ids(
+            store,
+            &AuditFilter {
+                limit: 0,
+                ..AuditFilter::default()
+            },
+            "limit 0",
+        )
+        .await
+        .is_empty()
+    );
+    let total = AuditFilter::MAX_LIMIT as usize + 5;
+    for i in events.len()..total {
+        let i = i64::try_from(i).unwrap_or(i64::MAX);
+        ok(
+            store
+                .audit(&event(1000 + i, "load", "pull", "library/busybox"))
+                .await,
+            "audit many",
+        );
+    }
+    let default = ok(
+        store.audit_events(&AuditFilter::default()).await,
+        "default limit",
+    );
+    assert_eq!(default.len(), AuditFilter::DEFAULT_LIMIT as usize);
+    let capped = ok(
+        store
+            .audit_events(&AuditFilter {
+                limit: u32::MAX,
+                ..AuditFilter::default()
+            })
+            .await,
+        "capped",
+    );
+    assert_eq!(
+        capped.len(),
+        AuditFilter::MAX_LIMIT as usize,
+        "at most MAX_LIMIT events per query"
+    );
+    assert_eq!(
+        capped[0].at,
+        1000 + i64::try_from(total - 1).unwrap_or(i64::MAX),
+        "the newest ones"
+    );
+    let rest = audit_ids(
+        store,
+        &AuditFilter {
+            before_id: capped.last().map(|e| e.id),
+            limit: u32::MAX,
+            ..AuditFilter::default()
+        },
+        "rest",
+    )
+    .await;
+    assert_eq!(rest.len(), total - AuditFilter::MAX_LIMIT as usize);
+    assert_eq!(
+        rest.last().copied(),
+        Some(id_of(0)),
+        "paging reaches the oldest event"
+    );
+}
+
+/// For a backend implementing both metadata traits over one store (which must be empty):
+/// a project is not deleted while repositories under it exist, and only those count.
+pub async fn account_repository_suite(accounts: &dyn AccountStore, metadata: &dyn MetadataStore) {
+    let d = Digest::sha256(b"layer");
+    ok(
+        accounts
+            .create_project(&new_project("team", false, ""))
+            .await,
+        "team",
+    );
+    ok(accounts.create_user(&new_user("erin", false)).await, "erin");
+    ok(
+        accounts
+            .set_member("team", "erin", ProjectRole::Developer)
+            .await,
+        "erin in team",
+    );
+    ok(
+        accounts
+            .create_robot(&new_robot("team", "robot$team+ci", true, None))
+            .await,
+        "team robot",
+    );
+    ok(metadata.link_blob("team/app/web", &d, 5).await, "repo");
+
+    let e = err(accounts.delete_project("team").await, "project with repos");
+    assert!(matches!(e, StorageError::Conflict(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("team/app/web"),
+        "the error names a repository: {e}"
+    );
+    assert!(
+        ok(accounts.project("team").await, "kept").is_some(),
+        "a refused delete changes nothing"
+    );
+    assert_eq!(
+        ok(accounts.role_of("team", "erin").await, "member kept"),
+        Some(ProjectRole::Developer)
+    );
+    assert!(ok(accounts.robot("robot$team+ci").await, "robot kept").is_some());
+
+    // Names that merely start like the project are not its repositories.
+    for (project, repo) in [
+        ("lib", "library/nginx"),
+        ("lib", "lib"),
+        ("lib", "lib0/x"),
+        ("lib", "lib.x/y"),
+        ("lib", "lib-x/y"),
+        ("tea", "team/app/web"),
+    ] {
+        ok(metadata.link_blob(repo, &d, 5).await, "lookalike repo");
+        if ok(accounts.project(project).await, "exists").is_none() {
+            ok(
+                accounts
+                    .create_project(&new_project(project, true, ""))
+                    .await,
+                "lookalike project",
+            );
+        }
+    }
+    ok(
+        accounts.delete_project("lib").await,
+        "lookalikes do not block",
+    );
+    ok(
+        accounts.delete_project("tea").await,
+        "lookalikes do not block",
+    );
+    let e = err(accounts.delete_project("team").await, "still blocked");
+    assert!(matches!(e, StorageError::Conflict(_)), "{e:?}");
+    // And a missing project is NotFound even with repositories under its name.
+    ok(metadata.link_blob("ghost/app", &d, 5).await, "orphan repo");
+    let e = err(accounts.delete_project("ghost").await, "missing project");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
 }

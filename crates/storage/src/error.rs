@@ -28,6 +28,13 @@ pub enum StorageError {
     /// Manifest / tag / repository not found.
     #[error("{0} not found")]
     NotFound(String),
+    /// Project / user / robot / refresh token with this name already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The change conflicts with the current state (e.g. deleting a project that still
+    /// has repositories); the message says what is in the way.
+    #[error("{0}")]
+    Conflict(String),
     /// The client's stream failed mid-transfer (connection dropped, body error).
     #[error("reading the request body failed: {0}")]
     Body(String),

@@ -1,4 +1,4 @@
-//! Storage behind two narrow async traits:
+//! Storage behind three narrow async traits:
 //!
 //! - [`BlobStore`]: content-addressed bytes (layers, configs) and resumable upload sessions.
 //!   [`fs::FsBlobStore`] keeps them on the local filesystem; an S3 backend can implement
@@ -6,23 +6,36 @@
 //! - [`MetadataStore`]: repositories, manifests, tags, referrers and which blobs each
 //!   repository may serve. [`sqlite::SqliteMetadata`] keeps them in an embedded SQLite
 //!   database (WAL); a PostgreSQL backend can implement the same trait later.
+//! - [`AccountStore`]: access control — projects (public or private), users, per-project
+//!   roles, robot accounts, OAuth2 refresh tokens and the audit log.
+//!   [`sqlite::SqliteMetadata`] implements it too, in the same database file and pools
+//!   ([`sqlite_accounts`]). It stores password and secret hashes made by the auth crate
+//!   and never hashes or checks anything itself.
 //!
-//! Both traits come with one conformance suite ([`conformance`]) that every backend runs.
+//! Each trait comes with one conformance suite ([`conformance`]) that every backend runs.
 //!
 //! Invariants every backend keeps:
 //! - a blob is visible only once its bytes are complete, verified against their digest
 //!   and durable (on the filesystem: fsync, then an atomic `hard_link` into place, which
 //!   never replaces an existing blob, then fsync of the directory);
 //! - a stored blob is never overwritten;
-//! - a manifest, its tag and its references are written in one transaction.
+//! - a manifest, its tag and its references are written in one transaction;
+//! - deleting a project deletes its memberships and robots, deleting a user its
+//!   memberships, and a project is never deleted while a repository `project/…` exists.
 
+pub mod accounts;
 pub mod blob;
 pub mod conformance;
 pub mod error;
 pub mod fs;
 pub mod metadata;
 pub mod sqlite;
+pub mod sqlite_accounts;
 
+pub use accounts::{
+    AccountStore, AuditEvent, AuditFilter, Member, Project, ProjectRole, RefreshToken, Robot,
+    UnknownName, User, Visibility,
+};
 pub use blob::{BlobReader, BlobStore, ByteStream, UploadId, UploadState};
 pub use error::{StorageError, StorageResult};
 pub use metadata::{ManifestRecord, MetadataStore, NewManifest, Referrer, UploadSession};

@@ -6,7 +6,9 @@
 //!   connection avoids lock upgrades failing with `SQLITE_BUSY`) and several readers,
 //!   which WAL lets run concurrently with the writer.
 //! - Every hot lookup (manifest by tag / digest, blob link) is one indexed query.
-//! - The schema is created at open (`CREATE … IF NOT EXISTS`), see [`SCHEMA`].
+//! - The schema is created at open (`CREATE … IF NOT EXISTS`), see [`SCHEMA`] and, for
+//!   the access-control tables of [`crate::AccountStore`], [`crate::sqlite_accounts::SCHEMA`];
+//!   a database made by an older Berth gains the new tables on its next open.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -93,8 +95,8 @@ CREATE TABLE IF NOT EXISTS uploads (
 /// Registry metadata in SQLite.
 #[derive(Debug, Clone)]
 pub struct SqliteMetadata {
-    reader: SqlitePool,
-    writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
 }
 
 impl SqliteMetadata {
@@ -119,7 +121,7 @@ impl SqliteMetadata {
             .min_connections(1)
             .connect_with(options.clone().journal_mode(SqliteJournalMode::Wal))
             .await?;
-        sqlx::raw_sql(SCHEMA).execute(&writer).await?;
+        create_schema(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(options)
@@ -138,7 +140,7 @@ impl SqliteMetadata {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        create_schema(&pool).await?;
         Ok(SqliteMetadata {
             reader: pool.clone(),
             writer: pool,
@@ -152,7 +154,16 @@ impl SqliteMetadata {
     }
 }
 
-fn now() -> i64 {
+/// Create every table and index that is missing (idempotent).
+async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
+    sqlx::raw_sql(SCHEMA).execute(pool).await?;
+    sqlx::raw_sql(crate::sqlite_accounts::SCHEMA)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -569,6 +580,9 @@ impl MetadataStore for SqliteMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounts::{
+        AccountStore, AuditEvent, AuditFilter, Project, ProjectRole, RefreshToken, User,
+    };
     use crate::conformance;
 
     #[tokio::test]
@@ -608,6 +622,236 @@ mod tests {
             .await
             .expect("foreign_keys");
         assert_eq!(fk, 1);
+    }
+
+    #[tokio::test]
+    async fn account_suite_in_memory() {
+        let store = SqliteMetadata::in_memory()
+            .await
+            .expect("in-memory database");
+        conformance::account_store_suite(&store).await;
+        let store = SqliteMetadata::in_memory()
+            .await
+            .expect("in-memory database");
+        conformance::account_repository_suite(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn account_suite_on_disk_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        let store = SqliteMetadata::open(&path).await.expect("open");
+        conformance::account_store_suite(&store).await;
+        conformance::metadata_suite(&store).await;
+        let projects = store.list_projects().await.expect("projects");
+        let users = store.list_users().await.expect("users");
+        let members = store.members("library").await.expect("members");
+        let audit = store
+            .audit_events(&AuditFilter::default())
+            .await
+            .expect("audit");
+        store.close().await;
+
+        let reopened = SqliteMetadata::open(&path).await.expect("reopen");
+        assert_eq!(reopened.list_projects().await.expect("projects"), projects);
+        assert_eq!(reopened.list_users().await.expect("users"), users);
+        assert_eq!(reopened.members("library").await.expect("members"), members);
+        assert_eq!(
+            reopened
+                .audit_events(&AuditFilter::default())
+                .await
+                .expect("audit"),
+            audit
+        );
+        // AUTOINCREMENT: ids keep growing across restarts.
+        reopened
+            .audit(&AuditEvent {
+                id: 0,
+                at: 1,
+                actor: "a".into(),
+                action: "login".into(),
+                resource: "registry".into(),
+                client_addr: String::new(),
+                detail: String::new(),
+            })
+            .await
+            .expect("audit");
+        let newest = reopened
+            .audit_events(&AuditFilter {
+                limit: 1,
+                ..AuditFilter::default()
+            })
+            .await
+            .expect("newest");
+        assert!(newest[0].id > audit[0].id);
+        reopened.close().await;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteMetadata::open(&dir.path().join("berth.db"))
+            .await
+            .expect("open");
+        conformance::account_repository_suite(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn database_of_an_older_berth_gains_the_account_tables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        {
+            // A database made by the registry core: only the metadata schema.
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .expect("old db");
+            sqlx::raw_sql(SCHEMA).execute(&pool).await.expect("schema");
+            sqlx::query("INSERT INTO repositories (name, created_at) VALUES ('library/nginx', 1)")
+                .execute(&pool)
+                .await
+                .expect("repo");
+            pool.close().await;
+        }
+        let store = SqliteMetadata::open(&path).await.expect("open");
+        assert!(
+            store
+                .repository_exists("library/nginx")
+                .await
+                .expect("old data")
+        );
+        assert_eq!(store.project("library").await.expect("project"), None);
+        let library = Project {
+            name: "library".into(),
+            public: true,
+            description: String::new(),
+            created_at: 1,
+        };
+        store.create_project(&library).await.expect("create");
+        assert_eq!(
+            store.project("library").await.expect("project"),
+            Some(library)
+        );
+        let e = store
+            .delete_project("library")
+            .await
+            .expect_err("has repos");
+        assert!(matches!(e, StorageError::Conflict(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn expired_refresh_tokens_are_purged_on_put() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        let expired = RefreshToken {
+            id_hash: "old".into(),
+            subject: "alice".into(),
+            expires_at: now() - 10,
+        };
+        store.put_refresh_token(&expired).await.expect("put");
+        assert_eq!(
+            store.refresh_token("old").await.expect("get"),
+            Some(expired),
+            "returned until purged; the caller checks expiry"
+        );
+        let fresh = RefreshToken {
+            id_hash: "new".into(),
+            subject: "alice".into(),
+            expires_at: now() + 3600,
+        };
+        store.put_refresh_token(&fresh).await.expect("put");
+        assert_eq!(store.refresh_token("old").await.expect("get"), None);
+        assert_eq!(store.refresh_token("new").await.expect("get"), Some(fresh));
+    }
+
+    #[tokio::test]
+    async fn account_queries_use_indexes() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        for sql in [
+            "SELECT id FROM audit_events WHERE actor = 'a' ORDER BY id DESC LIMIT 10",
+            "SELECT id FROM audit_events WHERE action = 'push' ORDER BY id DESC LIMIT 10",
+            "SELECT id FROM audit_events WHERE at >= 1 AND at < 2",
+            "SELECT id FROM audit_events WHERE id < 5 ORDER BY id DESC LIMIT 10",
+            "SELECT project, role FROM members WHERE username = 'a' ORDER BY project",
+            "SELECT username, role FROM members WHERE project = 'p' ORDER BY username",
+            "SELECT name FROM robots WHERE project = 'p' ORDER BY name",
+            "SELECT 1 FROM refresh_tokens WHERE subject = 's'",
+            "SELECT 1 FROM refresh_tokens WHERE expires_at < 5",
+            "SELECT COUNT(*), MIN(name) FROM repositories
+             WHERE name >= 'p' || '/' AND name < 'p' || '0'",
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .fetch_all(&store.reader)
+                    .await
+                    .expect("plan");
+            for (_, _, _, detail) in &plan {
+                assert!(
+                    !detail.starts_with("SCAN") && !detail.contains("TEMP B-TREE"),
+                    "{sql}: {plan:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_account_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteMetadata::open(&dir.path().join("db"))
+            .await
+            .expect("open");
+        let project = Project {
+            name: "library".into(),
+            public: true,
+            description: String::new(),
+            created_at: 1,
+        };
+        store.create_project(&project).await.expect("project");
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let store = store.clone();
+            let project = project.clone();
+            tasks.push(tokio::spawn(async move {
+                // Everyone races to create the same project: exactly one could win.
+                let again = store.create_project(&project).await;
+                assert!(matches!(again, Err(StorageError::AlreadyExists(_))));
+                let user = User {
+                    name: format!("u{i:02}"),
+                    password_hash: "$argon2id$x".into(),
+                    admin: false,
+                    created_at: 1,
+                    disabled: false,
+                };
+                store.create_user(&user).await.expect("user");
+                store
+                    .set_member("library", &user.name, ProjectRole::Guest)
+                    .await
+                    .expect("member");
+                store
+                    .audit(&AuditEvent {
+                        id: 0,
+                        at: i,
+                        actor: user.name.clone(),
+                        action: "user.create".into(),
+                        resource: format!("user:{}", user.name),
+                        client_addr: String::new(),
+                        detail: String::new(),
+                    })
+                    .await
+                    .expect("audit");
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        assert_eq!(store.count_users().await.expect("count"), 16);
+        assert_eq!(store.members("library").await.expect("members").len(), 16);
+        let events = store
+            .audit_events(&AuditFilter::default())
+            .await
+            .expect("audit");
+        assert_eq!(events.len(), 16);
     }
 
     #[tokio::test]

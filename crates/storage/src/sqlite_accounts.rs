@@ -1,0 +1,642 @@
+//! [`AccountStore`] in the same SQLite database (and pools) as [`SqliteMetadata`].
+//!
+//! - Memberships and robots hang off their project (and memberships off their user) by
+//!   foreign keys with `ON DELETE CASCADE`; refresh tokens are keyed by subject name only
+//!   (a user or a robot), so deleting a user or a robot deletes its tokens explicitly.
+//! - Duplicate names are detected by the primary key (one statement, no read-then-write
+//!   race) and reported as `AlreadyExists`; a missing project or user behind a membership
+//!   or robot by the foreign key, reported as `NotFound`.
+//! - The audit log is append-only with an `AUTOINCREMENT` id (never reused), indexed by
+//!   time, actor and action; listings page backwards by id.
+
+use async_trait::async_trait;
+use sqlx::error::ErrorKind;
+use sqlx::{QueryBuilder, Sqlite};
+
+use crate::accounts::{
+    AccountStore, AuditEvent, AuditFilter, Member, Project, ProjectRole, RefreshToken, Robot, User,
+};
+use crate::sqlite::{SqliteMetadata, now};
+use crate::{StorageError, StorageResult};
+
+/// The access-control tables (idempotent; run at open after [`crate::sqlite::SCHEMA`]).
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS projects (
+    name        TEXT    NOT NULL PRIMARY KEY COLLATE BINARY,
+    public      INTEGER NOT NULL CHECK (public IN (0, 1)),
+    description TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS users (
+    name          TEXT    NOT NULL PRIMARY KEY COLLATE BINARY,
+    password_hash TEXT    NOT NULL,
+    admin         INTEGER NOT NULL CHECK (admin IN (0, 1)),
+    disabled      INTEGER NOT NULL CHECK (disabled IN (0, 1)),
+    created_at    INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS members (
+    project   TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    username  TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    role      TEXT NOT NULL CHECK (role IN ('admin', 'maintainer', 'developer', 'guest')),
+    PRIMARY KEY (project, username)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members(username, project);
+
+CREATE TABLE IF NOT EXISTS robots (
+    name        TEXT    NOT NULL PRIMARY KEY COLLATE BINARY,
+    project     TEXT    NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    secret_hash TEXT    NOT NULL,
+    can_push    INTEGER NOT NULL CHECK (can_push IN (0, 1)),
+    expires_at  INTEGER,
+    revoked     INTEGER NOT NULL CHECK (revoked IN (0, 1)),
+    created_at  INTEGER NOT NULL,
+    description TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS robots_by_project ON robots(project, name);
+
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    id_hash     TEXT    NOT NULL PRIMARY KEY,
+    subject     TEXT    NOT NULL,
+    expires_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refresh_tokens_by_subject ON refresh_tokens(subject);
+CREATE INDEX IF NOT EXISTS refresh_tokens_by_expiry ON refresh_tokens(expires_at);
+
+CREATE TABLE IF NOT EXISTS audit_events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    actor       TEXT    NOT NULL,
+    action      TEXT    NOT NULL,
+    resource    TEXT    NOT NULL,
+    client_addr TEXT    NOT NULL,
+    detail      TEXT    NOT NULL
+);
+-- Secondary indexes end with the rowid (= id), so each also serves `ORDER BY id DESC`.
+CREATE INDEX IF NOT EXISTS audit_events_by_at ON audit_events(at);
+CREATE INDEX IF NOT EXISTS audit_events_by_actor ON audit_events(actor);
+CREATE INDEX IF NOT EXISTS audit_events_by_action ON audit_events(action);
+"#;
+
+/// The constraint a failed statement violated, if that is why it failed.
+fn violation(e: &sqlx::Error) -> Option<ErrorKind> {
+    e.as_database_error().map(|d| d.kind())
+}
+
+fn parse_role(s: &str) -> StorageResult<ProjectRole> {
+    s.parse()
+        .map_err(|e| StorageError::Database(format!("invalid role in database: {e}")))
+}
+
+fn to_u64(v: i64) -> StorageResult<u64> {
+    u64::try_from(v).map_err(|_| StorageError::Database(format!("negative count {v} in database")))
+}
+
+type ProjectRow = (String, bool, String, i64);
+type UserRow = (String, String, bool, i64, bool);
+type RobotRow = (String, String, String, bool, Option<i64>, bool, i64, String);
+type AuditRow = (i64, i64, String, String, String, String, String);
+
+fn project((name, public, description, created_at): ProjectRow) -> Project {
+    Project {
+        name,
+        public,
+        description,
+        created_at,
+    }
+}
+
+fn user((name, password_hash, admin, created_at, disabled): UserRow) -> User {
+    User {
+        name,
+        password_hash,
+        admin,
+        created_at,
+        disabled,
+    }
+}
+
+fn robot(
+    (project, name, secret_hash, can_push, expires_at, revoked, created_at, description): RobotRow,
+) -> Robot {
+    Robot {
+        project,
+        name,
+        secret_hash,
+        can_push,
+        expires_at,
+        revoked,
+        created_at,
+        description,
+    }
+}
+
+impl SqliteMetadata {
+    async fn project_exists(&self, name: &str) -> StorageResult<bool> {
+        Ok(
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS(SELECT 1 FROM projects WHERE name = ?1)")
+                .bind(name)
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn user_exists(&self, name: &str) -> StorageResult<bool> {
+        Ok(
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)")
+                .bind(name)
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+}
+
+#[async_trait]
+impl AccountStore for SqliteMetadata {
+    async fn create_project(&self, p: &Project) -> StorageResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO projects (name, public, description, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&p.name)
+        .bind(p.public)
+        .bind(&p.description)
+        .bind(p.created_at)
+        .execute(&self.writer)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if violation(&e) == Some(ErrorKind::UniqueViolation) => {
+                Err(StorageError::AlreadyExists(format!("project {}", p.name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn project(&self, name: &str) -> StorageResult<Option<Project>> {
+        let row = sqlx::query_as::<_, ProjectRow>(
+            "SELECT name, public, description, created_at FROM projects WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(project))
+    }
+
+    async fn list_projects(&self) -> StorageResult<Vec<Project>> {
+        let rows = sqlx::query_as::<_, ProjectRow>(
+            "SELECT name, public, description, created_at FROM projects ORDER BY name",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(project).collect())
+    }
+
+    async fn update_project(
+        &self,
+        name: &str,
+        public: Option<bool>,
+        description: Option<String>,
+    ) -> StorageResult<()> {
+        // SQLite counts every row the WHERE matched, changed or not.
+        let updated = sqlx::query(
+            "UPDATE projects
+             SET public = COALESCE(?2, public), description = COALESCE(?3, description)
+             WHERE name = ?1",
+        )
+        .bind(name)
+        .bind(public)
+        .bind(description)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StorageError::NotFound(format!("project {name}")));
+        }
+        Ok(())
+    }
+
+    async fn delete_project(&self, name: &str) -> StorageResult<()> {
+        let mut tx = self.writer.begin().await?;
+        // The robots' tokens first: the cascade below forgets which robots there were.
+        sqlx::query(
+            "DELETE FROM refresh_tokens
+             WHERE subject IN (SELECT name FROM robots WHERE project = ?1)",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        // Delete first (taking the write lock), check second: a repository cannot appear
+        // between the check and the delete. Members and robots go by cascade.
+        let deleted = sqlx::query("DELETE FROM projects WHERE name = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            // Dropping `tx` rolls back.
+            return Err(StorageError::NotFound(format!("project {name}")));
+        }
+        // Repositories `name/…`: the names in [name + "/", name + "0"), "0" being the
+        // character after "/"; a range scan of the primary key.
+        let (count, first) = sqlx::query_as::<_, (i64, Option<String>)>(
+            "SELECT COUNT(*), MIN(name) FROM repositories
+             WHERE name >= ?1 || '/' AND name < ?1 || '0'",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if count > 0 {
+            let first = first.unwrap_or_default();
+            let others = match count {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            };
+            return Err(StorageError::Conflict(format!(
+                "project {name} still has repositories ({first}{others}); delete them first"
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, u: &User) -> StorageResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO users (name, password_hash, admin, disabled, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&u.name)
+        .bind(&u.password_hash)
+        .bind(u.admin)
+        .bind(u.disabled)
+        .bind(u.created_at)
+        .execute(&self.writer)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if violation(&e) == Some(ErrorKind::UniqueViolation) => {
+                Err(StorageError::AlreadyExists(format!("user {}", u.name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn user(&self, name: &str) -> StorageResult<Option<User>> {
+        let row = sqlx::query_as::<_, UserRow>(
+            "SELECT name, password_hash, admin, created_at, disabled FROM users WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(user))
+    }
+
+    async fn list_users(&self) -> StorageResult<Vec<User>> {
+        let rows = sqlx::query_as::<_, UserRow>(
+            "SELECT name, password_hash, admin, created_at, disabled FROM users ORDER BY name",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(user).collect())
+    }
+
+    async fn set_password(&self, name: &str, password_hash: &str) -> StorageResult<()> {
+        let updated = sqlx::query("UPDATE users SET password_hash = ?2 WHERE name = ?1")
+            .bind(name)
+            .bind(password_hash)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StorageError::NotFound(format!("user {name}")));
+        }
+        Ok(())
+    }
+
+    async fn set_admin(&self, name: &str, admin: bool) -> StorageResult<()> {
+        let updated = sqlx::query("UPDATE users SET admin = ?2 WHERE name = ?1")
+            .bind(name)
+            .bind(admin)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StorageError::NotFound(format!("user {name}")));
+        }
+        Ok(())
+    }
+
+    async fn delete_user(&self, name: &str) -> StorageResult<()> {
+        let mut tx = self.writer.begin().await?;
+        // Memberships go by cascade.
+        let deleted = sqlx::query("DELETE FROM users WHERE name = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StorageError::NotFound(format!("user {name}")));
+        }
+        sqlx::query("DELETE FROM refresh_tokens WHERE subject = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn count_users(&self) -> StorageResult<u64> {
+        let n = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.reader)
+            .await?;
+        to_u64(n)
+    }
+
+    async fn set_member(&self, project: &str, user: &str, role: ProjectRole) -> StorageResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO members (project, username, role) VALUES (?1, ?2, ?3)
+             ON CONFLICT (project, username) DO UPDATE SET role = excluded.role",
+        )
+        .bind(project)
+        .bind(user)
+        .bind(role.as_str())
+        .execute(&self.writer)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if violation(&e) == Some(ErrorKind::ForeignKeyViolation) => {
+                // Nothing was written; say which one is missing.
+                if !self.project_exists(project).await? {
+                    Err(StorageError::NotFound(format!("project {project}")))
+                } else if !self.user_exists(user).await? {
+                    Err(StorageError::NotFound(format!("user {user}")))
+                } else {
+                    // Deleted and recreated in between: report the original failure.
+                    Err(e.into())
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove_member(&self, project: &str, user: &str) -> StorageResult<()> {
+        let deleted = sqlx::query("DELETE FROM members WHERE project = ?1 AND username = ?2")
+            .bind(project)
+            .bind(user)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StorageError::NotFound(format!(
+                "member {user} of project {project}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn members(&self, project: &str) -> StorageResult<Vec<Member>> {
+        let rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT username, role FROM members WHERE project = ?1 ORDER BY username",
+        )
+        .bind(project)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(user, role)| {
+                Ok(Member {
+                    project: project.to_owned(),
+                    user,
+                    role: parse_role(&role)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn role_of(&self, project: &str, user: &str) -> StorageResult<Option<ProjectRole>> {
+        let role = sqlx::query_scalar::<_, String>(
+            "SELECT role FROM members WHERE project = ?1 AND username = ?2",
+        )
+        .bind(project)
+        .bind(user)
+        .fetch_optional(&self.reader)
+        .await?;
+        role.as_deref().map(parse_role).transpose()
+    }
+
+    async fn projects_of(&self, user: &str) -> StorageResult<Vec<(String, ProjectRole)>> {
+        let rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT project, role FROM members WHERE username = ?1 ORDER BY project",
+        )
+        .bind(user)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(project, role)| Ok((project, parse_role(&role)?)))
+            .collect()
+    }
+
+    async fn create_robot(&self, r: &Robot) -> StorageResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO robots
+                 (project, name, secret_hash, can_push, expires_at, revoked, created_at,
+                  description)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&r.project)
+        .bind(&r.name)
+        .bind(&r.secret_hash)
+        .bind(r.can_push)
+        .bind(r.expires_at)
+        .bind(r.revoked)
+        .bind(r.created_at)
+        .bind(&r.description)
+        .execute(&self.writer)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match violation(&e) {
+                Some(ErrorKind::UniqueViolation) => {
+                    Err(StorageError::AlreadyExists(format!("robot {}", r.name)))
+                }
+                Some(ErrorKind::ForeignKeyViolation) => {
+                    Err(StorageError::NotFound(format!("project {}", r.project)))
+                }
+                _ => Err(e.into()),
+            },
+        }
+    }
+
+    async fn robot(&self, name: &str) -> StorageResult<Option<Robot>> {
+        let row = sqlx::query_as::<_, RobotRow>(
+            "SELECT project, name, secret_hash, can_push, expires_at, revoked, created_at,
+                    description
+             FROM robots WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(robot))
+    }
+
+    async fn robots(&self, project: &str) -> StorageResult<Vec<Robot>> {
+        let rows = sqlx::query_as::<_, RobotRow>(
+            "SELECT project, name, secret_hash, can_push, expires_at, revoked, created_at,
+                    description
+             FROM robots WHERE project = ?1 ORDER BY name",
+        )
+        .bind(project)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(robot).collect())
+    }
+
+    async fn revoke_robot(&self, name: &str) -> StorageResult<()> {
+        let updated = sqlx::query("UPDATE robots SET revoked = 1 WHERE name = ?1")
+            .bind(name)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StorageError::NotFound(format!("robot {name}")));
+        }
+        Ok(())
+    }
+
+    async fn delete_robot(&self, name: &str) -> StorageResult<()> {
+        let mut tx = self.writer.begin().await?;
+        let deleted = sqlx::query("DELETE FROM robots WHERE name = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StorageError::NotFound(format!("robot {name}")));
+        }
+        sqlx::query("DELETE FROM refresh_tokens WHERE subject = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_refresh_token(&self, t: &RefreshToken) -> StorageResult<()> {
+        let mut tx = self.writer.begin().await?;
+        // Housekeeping: tokens past their expiry can never be used again.
+        sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < ?1")
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        let result = sqlx::query(
+            "INSERT INTO refresh_tokens (id_hash, subject, expires_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(&t.id_hash)
+        .bind(&t.subject)
+        .bind(t.expires_at)
+        .execute(&mut *tx)
+        .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if violation(&e) == Some(ErrorKind::UniqueViolation) => {
+                // Never print the hash itself.
+                return Err(StorageError::AlreadyExists(format!(
+                    "refresh token of {}",
+                    t.subject
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn refresh_token(&self, id_hash: &str) -> StorageResult<Option<RefreshToken>> {
+        let row = sqlx::query_as::<_, (String, i64)>(
+            "SELECT subject, expires_at FROM refresh_tokens WHERE id_hash = ?1",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|(subject, expires_at)| RefreshToken {
+            id_hash: id_hash.to_owned(),
+            subject,
+            expires_at,
+        }))
+    }
+
+    async fn delete_refresh_tokens_of(&self, subject: &str) -> StorageResult<()> {
+        sqlx::query("DELETE FROM refresh_tokens WHERE subject = ?1")
+            .bind(subject)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit(&self, e: &AuditEvent) -> StorageResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_events (at, actor, action, resource, client_addr, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.resource)
+        .bind(&e.client_addr)
+        .bind(&e.detail)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_events(&self, f: &AuditFilter) -> StorageResult<Vec<AuditEvent>> {
+        let limit = f.limit.min(AuditFilter::MAX_LIMIT);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT id, at, actor, action, resource, client_addr, detail FROM audit_events
+             WHERE 1 = 1",
+        );
+        if let Some(actor) = &f.actor {
+            q.push(" AND actor = ").push_bind(actor.clone());
+        }
+        if let Some(action) = &f.action {
+            q.push(" AND action = ").push_bind(action.clone());
+        }
+        if let Some(prefix) = &f.resource_prefix {
+            q.push(" AND substr(resource, 1, length(")
+                .push_bind(prefix.clone())
+                .push(")) = ")
+                .push_bind(prefix.clone());
+        }
+        if let Some(since) = f.since {
+            q.push(" AND at >= ").push_bind(since);
+        }
+        if let Some(until) = f.until {
+            q.push(" AND at < ").push_bind(until);
+        }
+        if let Some(before_id) = f.before_id {
+            q.push(" AND id < ").push_bind(before_id);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = q
+            .build_query_as::<AuditRow>()
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, at, actor, action, resource, client_addr, detail)| AuditEvent {
+                    id,
+                    at,
+                    actor,
+                    action,
+                    resource,
+                    client_addr,
+                    detail,
+                },
+            )
+            .collect())
+    }
+}
