@@ -1,6 +1,8 @@
 //! `berth`: the registry server and its tools, one binary. This file only parses the
 //! command line and hands off to the library crates.
 
+mod cmd;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,12 @@ enum Command {
     /// Certificates: create a CA and server certificate, and show how to trust them.
     #[command(subcommand)]
     Cert(CertCommand),
+    #[command(flatten)]
+    Client(cmd::client::ClientCommand),
+    #[command(flatten)]
+    Kube(cmd::kube::KubeCommands),
+    /// Pull an image as a node would: unpack its root filesystem (or write an OCI layout).
+    Fetch(cmd::fetch::FetchArgs),
 }
 
 #[derive(Args)]
@@ -64,6 +72,19 @@ struct ServeArgs {
     /// Extra IP address for the auto-generated certificate (repeatable).
     #[arg(long = "ip", env = "BERTH_TLS_IPS", value_delimiter = ',')]
     ips: Vec<IpAddr>,
+    /// URL clients reach the registry at (for the token realm), e.g. https://registry.example.com.
+    #[arg(long, env = "BERTH_EXTERNAL_URL")]
+    external_url: Option<String>,
+    /// Believe X-Forwarded-Proto/Host (only behind a trusted TLS-terminating proxy).
+    #[arg(long, env = "BERTH_TRUST_FORWARDED_HEADERS")]
+    trust_forwarded_headers: bool,
+    /// Create a missing project (private) on first push instead of refusing the push.
+    #[arg(long, env = "BERTH_AUTO_CREATE_PROJECTS")]
+    auto_create_projects: bool,
+    /// File holding the password of the `admin` account created on first start
+    /// (or set BERTH_ADMIN_PASSWORD); generated and printed once otherwise.
+    #[arg(long)]
+    admin_password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +150,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             ips,
             port,
         }) => cert_init(out, hosts, ips, port),
+        Command::Client(c) => cmd::client::run(c),
+        Command::Kube(c) => cmd::kube::run(c),
+        Command::Fetch(args) => cmd::fetch::run(args),
     }
 }
 
@@ -155,6 +179,16 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if args.insecure_http {
         config.tls.insecure_http = true;
+    }
+    if args.external_url.is_some() {
+        config.auth.external_url = args.external_url;
+    }
+    config.auth.trust_forwarded_headers |= args.trust_forwarded_headers;
+    config.auth.auto_create_projects |= args.auto_create_projects;
+    if let Some(path) = args.admin_password_file {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading --admin-password-file {}", path.display()))?;
+        config.auth.admin_password = Some(text.trim_end_matches(['\r', '\n']).to_string());
     }
     config.tls.hosts.extend(args.hosts);
     config.tls.ips.extend(args.ips);

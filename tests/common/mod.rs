@@ -42,6 +42,10 @@ impl Berth {
             .arg(data.path())
             .args(extra)
             .env("RUST_LOG", "berth=info,warn")
+            .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            // Tests push into projects they name on the fly; the strict default (refuse a
+            // push into a missing project) is tested on its own.
+            .env("BERTH_AUTO_CREATE_PROJECTS", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -108,13 +112,32 @@ impl Berth {
     }
 
     /// An HTTP client that trusts this server's CA (and nothing else).
+    /// An HTTP client that trusts this server's CA and sends the administrator's Basic
+    /// credentials on every request.
     pub fn client(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            basic_auth(ADMIN_USER, ADMIN_PASSWORD).parse().unwrap(),
+        );
+        self.client_builder()
+            .default_headers(headers)
+            .build()
+            .expect("client")
+    }
+
+    /// An HTTP client that trusts this server's CA and sends no credentials.
+    pub fn anon_client(&self) -> reqwest::Client {
+        self.client_builder().build().expect("client")
+    }
+
+    fn client_builder(&self) -> reqwest::ClientBuilder {
         let mut b = reqwest::Client::builder().timeout(Duration::from_secs(120));
         if self.scheme == "https" {
             let certs = reqwest::Certificate::from_pem_bundle(&self.ca_pem()).expect("ca pem");
             b = b.tls_certs_only(certs);
         }
-        b.build().expect("client")
+        b
     }
 
     pub fn pid(&self) -> u32 {
@@ -135,6 +158,24 @@ impl Drop for Berth {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The administrator every test server starts with (BERTH_ADMIN_PASSWORD).
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "test-admin-password-0123456789";
+
+/// `Basic base64(user:password)`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// `admin:PASSWORD`, as skopeo `--creds` and ctr `--user` take it.
+pub fn admin_creds() -> String {
+    format!("{ADMIN_USER}:{ADMIN_PASSWORD}")
 }
 
 /// Path of the `berth` binary under test.
@@ -178,6 +219,10 @@ impl Berth {
             .arg(data.path())
             .args(extra)
             .env("RUST_LOG", "berth=info,warn")
+            .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            // Tests push into projects they name on the fly; the strict default (refuse a
+            // push into a missing project) is tested on its own.
+            .env("BERTH_AUTO_CREATE_PROJECTS", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

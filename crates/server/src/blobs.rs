@@ -99,7 +99,15 @@ pub(crate) async fn delete(ctx: Ctx, name: &str, digest: &str) -> ApiResult<Resp
     // Only the link is removed: bytes shared with other repositories stay, and
     // unreferenced bytes are reclaimed by garbage collection, never under a reader.
     match ctx.state.meta.unlink_blob(name, &digest).await {
-        Ok(_) => Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response()),
+        Ok(_) => {
+            let caller = &ctx.caller;
+            let resource = format!("{name}@{digest}");
+            ctx.state
+                .auth
+                .audit(&caller.actor(), "delete", &resource, caller.addr, "blob")
+                .await;
+            Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+        }
         Err(berth_storage::StorageError::NotFound(_)) => Err(blob_unknown(name, &digest)),
         Err(e) => Err(e.into()),
     }

@@ -18,6 +18,40 @@ pub struct ServerConfig {
     pub tls: TlsConfig,
     /// Limits on what clients control.
     pub limits: Limits,
+    /// Authentication and access control.
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The token service name (`service=` of challenges, `aud` of tokens).
+    pub service: String,
+    /// The URL clients reach this registry at (`https://registry.example.com`), used for
+    /// the token realm; by default derived from each request's Host.
+    pub external_url: Option<String>,
+    /// Believe `X-Forwarded-Proto`/`X-Forwarded-Host` (only behind a trusted proxy).
+    pub trust_forwarded_headers: bool,
+    /// Lifetime of access tokens, in seconds.
+    pub token_ttl_secs: u64,
+    /// Password of the `admin` account created on first start; generated and printed
+    /// once when absent. Prefer the BERTH_ADMIN_PASSWORD environment variable.
+    pub admin_password: Option<String>,
+    /// Create a missing project (private) on first push instead of refusing the push.
+    pub auto_create_projects: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            service: "berth".into(),
+            external_url: None,
+            trust_forwarded_headers: false,
+            token_ttl_secs: 300,
+            admin_password: None,
+            auto_create_projects: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -67,6 +101,7 @@ impl Default for ServerConfig {
             data: PathBuf::from("berth-data"),
             tls: TlsConfig::default(),
             limits: Limits::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -6,11 +6,14 @@
 //!   [`berth_proto::route`], dispatched by method to a handler.
 //! - handlers ([`blobs`], [`uploads`], [`manifests`], [`listing`]): parse the request,
 //!   call storage, build the response; errors are [`error::ApiError`] and `?`.
+//! - [`auth`]: who the caller is and whether they may; [`token`] issues Docker tokens.
 //! - storage: [`berth_storage::BlobStore`] and [`berth_storage::MetadataStore`] in
 //!   [`state::AppState`].
 //!
 //! [`app`] builds the router from a state so tests can drive it in-process.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod routes;
@@ -20,6 +23,7 @@ pub mod state;
 mod blobs;
 mod listing;
 mod manifests;
+mod token;
 mod uploads;
 
 pub use config::ServerConfig;

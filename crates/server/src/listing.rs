@@ -73,13 +73,42 @@ pub(crate) async fn catalog(ctx: Ctx) -> ApiResult<Response> {
     if n == 0 {
         return Ok(page(json!({ "repositories": [] }), None));
     }
-    let rows = ctx
-        .state
-        .meta
-        .list_repositories(ctx.query("last"), n + 1)
-        .await?;
+    let rows = readable_repositories(&ctx, ctx.query("last"), n as usize + 1).await?;
     let (repos, next) = paginate(rows, n, "/v2/_catalog");
     Ok(page(json!({ "repositories": repos }), next))
+}
+
+/// Up to `want` repositories after `last` that the caller may read, in order.
+async fn readable_repositories(
+    ctx: &Ctx,
+    last: Option<&str>,
+    want: usize,
+) -> ApiResult<Vec<String>> {
+    let meta = &ctx.state.meta;
+    let auth = &ctx.state.auth;
+    let principal = &ctx.caller.principal;
+    let batch = (want as u32).clamp(100, 1000);
+    let mut out = Vec::new();
+    let mut cursor = last.map(str::to_owned);
+    loop {
+        let rows = meta.list_repositories(cursor.as_deref(), batch).await?;
+        let exhausted = rows.len() < batch as usize;
+        let mut projects: Vec<&str> = rows.iter().map(|r| berth_auth::project_of(r)).collect();
+        projects.dedup();
+        let lookup = auth.lookup(principal, &projects).await?;
+        for repo in &rows {
+            if berth_auth::can_read(principal, repo, &lookup) {
+                out.push(repo.clone());
+                if out.len() == want {
+                    return Ok(out);
+                }
+            }
+        }
+        cursor = rows.last().cloned();
+        if exhausted || cursor.is_none() {
+            return Ok(out);
+        }
+    }
 }
 
 pub(crate) async fn tags(ctx: Ctx, name: &str) -> ApiResult<Response> {

@@ -127,7 +127,7 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
         digest: digest.clone(),
         media_type: parsed.media_type,
         content: bytes.to_vec(),
-        tag,
+        tag: tag.clone(),
         blobs: parsed.blobs,
         children: parsed.children,
         subject: parsed.subject,
@@ -136,6 +136,15 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
     })
     .await?;
     tracing::info!(repository = name, %digest, "manifest pushed");
+    let resource = match &tag {
+        Some(t) => format!("{name}:{t}@{digest}"),
+        None => format!("{name}@{digest}"),
+    };
+    let caller = &ctx.caller;
+    ctx.state
+        .auth
+        .audit(&caller.actor(), "push", &resource, caller.addr, "")
+        .await;
 
     let mut resp = (
         StatusCode::CREATED,
@@ -168,6 +177,12 @@ pub(crate) async fn delete(ctx: Ctx, name: &str, reference: &str) -> ApiResult<R
     match result {
         Ok(()) => {
             tracing::info!(repository = name, reference, "manifest deleted");
+            let caller = &ctx.caller;
+            let resource = format!("{name}:{reference}");
+            ctx.state
+                .auth
+                .audit(&caller.actor(), "delete", &resource, caller.addr, "")
+                .await;
             Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
         }
         Err(StorageError::NotFound(_)) => Err(manifest_unknown(name, reference)),

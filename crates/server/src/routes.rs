@@ -8,21 +8,27 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use berth_auth::Action;
 use berth_proto::error::ErrorCode;
 use berth_proto::route::{RouteError, V2Route, parse_v2_path};
 
+use crate::auth::{Caller, ChallengeCtx, ClientAddr};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::{blobs, listing, manifests, uploads};
+use crate::{blobs, listing, manifests, token, uploads};
 
 /// What every handler receives: the parsed pieces of one request (the body, which is not
 /// `Sync`, is passed separately to the handlers that read it).
 pub(crate) struct Ctx {
     pub state: AppState,
+    /// Who is calling (already authorized for the route's action when a handler runs).
+    pub caller: Caller,
+    /// Realm for challenges issued by handlers.
+    pub challenge: ChallengeCtx,
     pub headers: HeaderMap,
     pub query: HashMap<String, String>,
     pub method: Method,
@@ -49,6 +55,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/", any(v2_dispatch))
         .route("/v2/{*rest}", any(v2_dispatch))
         .route("/healthz", get(health))
+        .route(
+            "/service/token",
+            get(token::get_token).post(token::post_token),
+        )
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(log_and_tag))
         .with_state(state)
@@ -90,6 +100,7 @@ async fn health(State(state): State<AppState>) -> Response {
 
 async fn v2_dispatch(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -100,8 +111,19 @@ async fn v2_dispatch(
     let query = Query::<HashMap<String, String>>::try_from_uri(&uri)
         .map(|q| q.0)
         .unwrap_or_default();
+    let challenge = ChallengeCtx {
+        realm: state
+            .auth
+            .realm(&headers, uri.authority().map(|a| a.as_str())),
+    };
+    let caller = match state.auth.caller(&headers, addr).await {
+        Ok(c) => c,
+        Err(e) => return with_challenge(&state, &challenge, e).into_response(),
+    };
     let ctx = Ctx {
         state,
+        caller,
+        challenge,
         headers,
         query,
         method,
@@ -112,8 +134,80 @@ async fn v2_dispatch(
     }
 }
 
+/// Every 401 carries a challenge, so that clients know where to get a token.
+fn with_challenge(state: &AppState, ctx: &ChallengeCtx, e: ApiError) -> ApiError {
+    if e.code == ErrorCode::Unauthorized
+        && !e.headers.iter().any(|(n, _)| n == header::WWW_AUTHENTICATE)
+    {
+        let detail = e.detail.clone();
+        return state.auth.unauthorized(
+            ctx,
+            &[],
+            detail,
+            Some(berth_auth::ChallengeError::InvalidToken),
+        );
+    }
+    e
+}
+
+/// Check the caller may perform the route's action before any handler runs.
+async fn authorize(ctx: &Ctx, route: &V2Route, method: &Method) -> ApiResult<()> {
+    let auth = &ctx.state.auth;
+    let (name, action) = match (route, method) {
+        (V2Route::Base | V2Route::Catalog, _) => {
+            return auth.require_authenticated(&ctx.caller, &ctx.challenge);
+        }
+        (V2Route::Manifest { name, .. } | V2Route::Blob { name, .. }, &Method::DELETE) => {
+            (name, Action::Delete)
+        }
+        (V2Route::Manifest { name, .. }, &Method::PUT)
+        | (V2Route::UploadStart { name } | V2Route::Upload { name, .. }, _) => (name, Action::Push),
+        (
+            V2Route::Tags { name }
+            | V2Route::Manifest { name, .. }
+            | V2Route::Blob { name, .. }
+            | V2Route::Referrers { name, .. },
+            _,
+        ) => (name, Action::Pull),
+    };
+    if action == Action::Push {
+        ensure_project(ctx, name).await?;
+    }
+    auth.require(&ctx.caller, name, action, &ctx.challenge)
+        .await
+}
+
+/// Pushing into a project that does not exist is refused (or the project is created when
+/// the server is configured to auto-create). Anonymous callers learn nothing from this.
+async fn ensure_project(ctx: &Ctx, repository: &str) -> ApiResult<()> {
+    let auth = &ctx.state.auth;
+    if ctx.caller.principal.is_anonymous() {
+        return Ok(());
+    }
+    let project = berth_auth::project_of(repository);
+    if auth.accounts.project(project).await?.is_some() {
+        return Ok(());
+    }
+    if !ctx.state.auto_create_projects {
+        return Err(ApiError::new(
+            ErrorCode::NameUnknown,
+            format!(
+                "project {project:?} does not exist; create it first (berth project create {project}, or in the web console)"
+            ),
+        ));
+    }
+    crate::admin::create_project(auth, &ctx.caller, project, false, "created on first push").await
+}
+
 async fn route(ctx: Ctx, body: Body, rest: &str) -> ApiResult<Response> {
-    let route = parse_v2_path(rest).map_err(|e| match e {
+    let route = parse_v2_path(rest);
+    // Anonymous callers are challenged before anything about the path is revealed.
+    if route.is_err() {
+        ctx.state
+            .auth
+            .require_authenticated(&ctx.caller, &ctx.challenge)?;
+    }
+    let route = route.map_err(|e| match e {
         RouteError::InvalidName(e) => ApiError::new(
             ErrorCode::NameInvalid,
             format!("{e}; repository names are lowercase path components like library/nginx"),
@@ -125,6 +219,9 @@ async fn route(ctx: Ctx, body: Body, rest: &str) -> ApiResult<Response> {
         .with_status(StatusCode::NOT_FOUND),
     })?;
     let m = ctx.method.clone();
+    if let Err(e) = authorize(&ctx, &route, &m).await {
+        return Err(with_challenge(&ctx.state, &ctx.challenge, e));
+    }
     match (route, m) {
         (V2Route::Base, Method::GET | Method::HEAD) => Ok(base()),
         (V2Route::Catalog, Method::GET) => listing::catalog(ctx).await,

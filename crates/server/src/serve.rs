@@ -11,6 +11,9 @@ use axum_server::tls_rustls::RustlsConfig;
 use berth_storage::fs::FsBlobStore;
 use berth_storage::sqlite::SqliteMetadata;
 
+use berth_auth::{SigningKey, TokenConfig, TokenService};
+
+use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::state::AppState;
 
@@ -31,6 +34,8 @@ pub enum ServeError {
         path: String,
         source: berth_storage::StorageError,
     },
+    #[error("authentication setup failed: {0}")]
+    Auth(String),
     #[error("TLS setup failed: {0}")]
     Tls(String),
     #[error(
@@ -70,10 +75,41 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
             Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),
         }
     });
+    let key_path = config.data.join("token-signing-key.pem");
+    let key = SigningKey::load_or_create(&key_path).map_err(|e| ServeError::Auth(e.to_string()))?;
+    let mut token_config = TokenConfig::new("berth", config.auth.service.clone());
+    token_config.access_ttl = Duration::from_secs(config.auth.token_ttl_secs.max(30));
+    let scheme = if config.tls.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
+    let auth = Auth::new(
+        Arc::new(meta.clone()),
+        TokenService::new(key, token_config),
+        config.auth.external_url.clone(),
+        config.auth.trust_forwarded_headers,
+        scheme,
+    );
+    let admin_password = std::env::var("BERTH_ADMIN_PASSWORD")
+        .ok()
+        .or_else(|| config.auth.admin_password.clone());
+    let generated = crate::admin::bootstrap(&auth, admin_password.as_deref())
+        .await
+        .map_err(|e| ServeError::Auth(e.detail))?;
+    if let Some(password) = generated {
+        // Shown once on the terminal that started the server; never written to the log.
+        println!(
+            "berth created the administrator account \"admin\" with password: {password}\n\
+             (shown only now; change it with: berth user passwd admin)"
+        );
+    }
     Ok(AppState {
         blobs,
         meta: Arc::new(meta),
+        auth: Arc::new(auth),
         limits: config.limits.clone(),
+        auto_create_projects: config.auth.auto_create_projects,
     })
 }
 
@@ -134,7 +170,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     })?;
     let addr = listener.local_addr()?;
     let handle: Handle<SocketAddr> = Handle::new();
-    let app = crate::app(state).into_make_service();
+    let app = crate::app(state).into_make_service_with_connect_info::<SocketAddr>();
 
     let shutdown = handle.clone();
     tokio::spawn(async move {

@@ -109,12 +109,23 @@ pub(crate) async fn start(ctx: Ctx, body: Body, name: &str) -> ApiResult<Respons
 async fn mountable_size(ctx: &Ctx, digest: &Digest) -> ApiResult<Option<u64>> {
     let state = &ctx.state;
     let linked = match ctx.query("from") {
-        Some(from) if berth_proto::name::validate_repository(from).is_ok() => {
+        // Only from a repository the caller may read: otherwise knowing a digest would
+        // be enough to copy a private blob (the client then uploads it normally).
+        Some(from)
+            if berth_proto::name::validate_repository(from).is_ok()
+                && state
+                    .auth
+                    .actions(&ctx.caller, from)
+                    .await?
+                    .allows(berth_auth::Action::Pull) =>
+        {
             state.meta.blob_link(from, digest).await?
         }
         Some(_) => None,
-        // Without `from` the spec lets a registry mount any blob it already has.
-        None => state.blobs.stat(digest).await?,
+        // Without `from` the spec lets a registry mount any blob it already has; only a
+        // system administrator may, since they can read everything anyway.
+        None if ctx.caller.principal.is_system_admin() => state.blobs.stat(digest).await?,
+        None => None,
     };
     // The link alone is not enough: the bytes must still be there.
     match linked {

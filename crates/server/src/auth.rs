@@ -1,0 +1,512 @@
+//! Authentication and authorization of every registry request, Docker-token style.
+//!
+//! A request carries nothing (anonymous), `Basic` credentials (a user or a robot; accepted
+//! directly for simple clients), or a `Bearer` token from [`crate::token`]. [`Auth::caller`]
+//! turns the header into a [`Caller`]; [`Auth::require`] checks one action on one
+//! repository and answers 401 with a precise `WWW-Authenticate` challenge, or 403.
+//! The rules themselves live in `berth_auth::policy`; this module only fetches the facts
+//! they need (project visibility, the caller's role) from the account store.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use berth_auth::{
+    Action, Actions, BearerChallenge, ChallengeError, Credentials, LoginLimiter, MemoryLookup,
+    Principal, Role, Scope, TokenService, VerifiedToken, Visibility, parse_authorization,
+    project_of, verify_login,
+};
+use berth_proto::error::ErrorCode;
+use berth_storage::{AccountStore, AuditEvent, ProjectRole};
+use sha2::Digest as _;
+
+use crate::error::{ApiError, ApiResult};
+
+/// How long a verified Basic login is remembered, so that clients sending Basic on every
+/// request do not pay for Argon2 each time. Password changes apply after at most this.
+const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Bound on remembered logins and tokens (entries are small; the cap bounds memory).
+const CACHE_CAP: usize = 10_000;
+
+/// Who is calling, as established from the `Authorization` header.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The bearer token, when the request carried one: its scopes bound what it may do.
+    pub token: Option<Arc<VerifiedToken>>,
+    pub addr: IpAddr,
+}
+
+impl Caller {
+    pub fn anonymous(addr: IpAddr) -> Caller {
+        Caller {
+            principal: Principal::Anonymous,
+            token: None,
+            addr,
+        }
+    }
+
+    /// Name for the audit log.
+    pub fn actor(&self) -> String {
+        match &self.principal {
+            Principal::Anonymous => "anonymous".to_string(),
+            p => p.subject().to_string(),
+        }
+    }
+}
+
+/// The registry's authentication service.
+pub struct Auth {
+    pub accounts: Arc<dyn AccountStore>,
+    pub tokens: TokenService,
+    pub limiter: LoginLimiter,
+    /// `https://host[:port]` clients reach us at; None derives it from each request.
+    pub external_url: Option<String>,
+    /// Believe `X-Forwarded-Proto` / `X-Forwarded-Host` (only behind a trusted proxy).
+    pub trust_forwarded: bool,
+    /// The scheme this server itself speaks.
+    pub scheme: &'static str,
+    logins: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    verified: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn key_of(parts: &[&str]) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().into()
+}
+
+pub fn role_of(r: ProjectRole) -> Role {
+    match r {
+        ProjectRole::ProjectAdmin => Role::ProjectAdmin,
+        ProjectRole::Maintainer => Role::Maintainer,
+        ProjectRole::Developer => Role::Developer,
+        ProjectRole::Guest => Role::Guest,
+    }
+}
+
+impl Auth {
+    pub fn new(
+        accounts: Arc<dyn AccountStore>,
+        tokens: TokenService,
+        external_url: Option<String>,
+        trust_forwarded: bool,
+        scheme: &'static str,
+    ) -> Auth {
+        Auth {
+            accounts,
+            tokens,
+            limiter: LoginLimiter::default(),
+            external_url: external_url.map(|u| u.trim_end_matches('/').to_string()),
+            trust_forwarded,
+            scheme,
+            logins: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The service name tokens are issued for (`aud`).
+    pub fn service(&self) -> &str {
+        &self.tokens.config().service
+    }
+
+    /// `https://host/service/token` as the client reaches us.
+    pub fn realm(&self, headers: &HeaderMap, uri_authority: Option<&str>) -> String {
+        format!("{}/service/token", self.base_url(headers, uri_authority))
+    }
+
+    /// The externally visible base URL (`https://host:port`).
+    pub fn base_url(&self, headers: &HeaderMap, uri_authority: Option<&str>) -> String {
+        if let Some(url) = &self.external_url {
+            return url.clone();
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let forwarded = |name: &str| {
+            self.trust_forwarded
+                .then(|| header(name))
+                .flatten()
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let scheme = forwarded("x-forwarded-proto").unwrap_or(self.scheme);
+        let host = forwarded("x-forwarded-host")
+            .or(uri_authority)
+            .or_else(|| header("host"))
+            .unwrap_or("localhost");
+        format!("{scheme}://{host}")
+    }
+
+    /// Establish the caller from the request headers. Bad credentials are an error
+    /// (401), never silently anonymous.
+    pub async fn caller(&self, headers: &HeaderMap, addr: IpAddr) -> ApiResult<Caller> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Ok(Caller::anonymous(addr));
+        };
+        let creds = parse_authorization(value.as_bytes())
+            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))?;
+        match creds {
+            Credentials::Bearer(token) => {
+                let token = self.verify_token(&token)?;
+                let principal = self.caller_principal(&token.subject).await?;
+                Ok(Caller {
+                    principal,
+                    token: Some(token),
+                    addr,
+                })
+            }
+            Credentials::Basic { username, password } => {
+                let principal = self.login(&username, &password, addr).await?;
+                Ok(Caller {
+                    principal,
+                    token: None,
+                    addr,
+                })
+            }
+        }
+    }
+
+    fn verify_token(&self, token: &str) -> ApiResult<Arc<VerifiedToken>> {
+        let key = key_of(&[token]);
+        if let Some(v) = self.verified.lock().unwrap().get(&key)
+            && v.expires_at as i64 > now_secs()
+        {
+            return Ok(v.clone());
+        }
+        let verified = self.tokens.verify(token, self.service()).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                format!("bearer token refused: {e}"),
+            )
+        })?;
+        let verified = Arc::new(verified);
+        let mut cache = self.verified.lock().unwrap();
+        if cache.len() >= CACHE_CAP {
+            let now = now_secs();
+            cache.retain(|_, v| v.expires_at as i64 > now);
+            if cache.len() >= CACHE_CAP {
+                cache.clear();
+            }
+        }
+        cache.insert(key, verified.clone());
+        Ok(verified)
+    }
+
+    /// The principal a token subject names (it may have been deleted or revoked since).
+    pub async fn caller_principal(&self, subject: &str) -> ApiResult<Principal> {
+        if subject.is_empty() {
+            return Ok(Principal::Anonymous);
+        }
+        let gone = || {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "the account {subject:?} of this token no longer exists or is disabled; log in again"
+                ),
+            )
+        };
+        if subject.starts_with("robot$") {
+            let robot = self.accounts.robot(subject).await?.ok_or_else(gone)?;
+            let robot = robot_principal(&robot);
+            return match &robot {
+                Principal::Robot(r) if r.is_active_at(SystemTime::now()) => Ok(robot),
+                _ => Err(gone()),
+            };
+        }
+        let user = self
+            .accounts
+            .user(subject)
+            .await?
+            .filter(|u| !u.disabled)
+            .ok_or_else(gone)?;
+        Ok(Principal::User {
+            name: user.name,
+            system_admin: user.admin,
+        })
+    }
+
+    /// Check a username (or robot name) and password, rate-limited per account and
+    /// address. Failures are audited; the password never is.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        addr: IpAddr,
+    ) -> ApiResult<Principal> {
+        let cache_key = key_of(&[username, password]);
+        if let Some((p, at)) = self.logins.lock().unwrap().get(&cache_key)
+            && at.elapsed() < BASIC_CACHE_TTL
+        {
+            return Ok(p.clone());
+        }
+        if let Err(t) = self.limiter.check(username, addr) {
+            return Err(
+                ApiError::new(ErrorCode::TooManyRequests, t.to_string()).with_header(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_str(&t.retry_after_secs().to_string()).unwrap(),
+                ),
+            );
+        }
+        let principal = self.check_password(username, password).await?;
+        let Some(principal) = principal else {
+            self.limiter.record_failure(username, addr);
+            self.audit(username, "login_failed", username, addr, "")
+                .await;
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "invalid username or password for {username:?}; check them, or ask an administrator to reset the password"
+                ),
+            ));
+        };
+        self.limiter.record_success(username, addr);
+        let mut cache = self.logins.lock().unwrap();
+        if cache.len() >= CACHE_CAP {
+            cache.retain(|_, (_, at)| at.elapsed() < BASIC_CACHE_TTL);
+            if cache.len() >= CACHE_CAP {
+                cache.clear();
+            }
+        }
+        cache.insert(cache_key, (principal.clone(), Instant::now()));
+        Ok(principal)
+    }
+
+    /// Forget remembered logins (after a password change, a deletion or a revocation).
+    pub fn forget_logins(&self) {
+        self.logins.lock().unwrap().clear();
+        self.verified.lock().unwrap().clear();
+    }
+
+    async fn check_password(&self, username: &str, password: &str) -> ApiResult<Option<Principal>> {
+        if username.starts_with("robot$") {
+            let robot = self.accounts.robot(username).await?;
+            let hash = robot.as_ref().map(|r| r.secret_hash.clone());
+            let password = password.to_string();
+            let ok = tokio::task::spawn_blocking(move || verify_login(&password, hash.as_deref()))
+                .await
+                .unwrap_or(false);
+            return Ok(match robot {
+                Some(r) if ok => {
+                    let p = robot_principal(&r);
+                    match &p {
+                        Principal::Robot(rr) if rr.is_active_at(SystemTime::now()) => Some(p),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            });
+        }
+        let user = self.accounts.user(username).await?;
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let password = password.to_string();
+        // Argon2 is deliberately slow: keep it off the async workers. Unknown users are
+        // verified against a dummy hash so timing does not reveal which names exist.
+        let ok = tokio::task::spawn_blocking(move || verify_login(&password, hash.as_deref()))
+            .await
+            .unwrap_or(false);
+        Ok(match user {
+            Some(u) if ok && !u.disabled => Some(Principal::User {
+                name: u.name,
+                system_admin: u.admin,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Facts about the given projects for `principal`, for the pure policy functions.
+    pub async fn lookup(
+        &self,
+        principal: &Principal,
+        projects: &[&str],
+    ) -> ApiResult<MemoryLookup> {
+        let mut lookup = MemoryLookup::new();
+        for &project in projects {
+            let Some(p) = self.accounts.project(project).await? else {
+                continue;
+            };
+            let vis = if p.public {
+                Visibility::Public
+            } else {
+                Visibility::Private
+            };
+            lookup = lookup.project(project, vis);
+            if let Principal::User { name, .. } = principal
+                && let Some(role) = self.accounts.role_of(project, name).await?
+            {
+                lookup = lookup.member(name, project, role_of(role));
+            }
+        }
+        Ok(lookup)
+    }
+
+    /// What `caller` may do on `repository`: the token's grant, or the policy's answer for
+    /// Basic and anonymous callers.
+    pub async fn actions(&self, caller: &Caller, repository: &str) -> ApiResult<Actions> {
+        if let Some(token) = &caller.token {
+            return Ok(token.repository_actions(repository));
+        }
+        let lookup = self
+            .lookup(&caller.principal, &[project_of(repository)])
+            .await?;
+        Ok(berth_auth::allowed_actions(
+            &caller.principal,
+            repository,
+            &lookup,
+        ))
+    }
+
+    /// Require `action` on `repository`, or answer 401 (with a challenge naming the scope)
+    /// or 403. Anonymous callers always get 401 so that a private repository cannot be
+    /// told from a missing one.
+    pub async fn require(
+        &self,
+        caller: &Caller,
+        repository: &str,
+        action: Action,
+        challenge: &ChallengeCtx,
+    ) -> ApiResult<()> {
+        if self.actions(caller, repository).await?.allows(action) {
+            return Ok(());
+        }
+        let scope_actions = match action {
+            Action::Push => Actions::PULL_PUSH,
+            a => Actions::of(&[a]),
+        };
+        let scope = Scope::repository(repository, scope_actions);
+        let token_lacks_resource = caller
+            .token
+            .as_ref()
+            .is_some_and(|t| t.repository_actions(repository).is_empty());
+        if caller.principal.is_anonymous() || token_lacks_resource {
+            return Err(self.unauthorized(
+                challenge,
+                &[scope],
+                format!(
+                    "authentication required to {} {repository}; log in (docker login / berth login) with an account that may",
+                    action.as_str()
+                ),
+                token_lacks_resource.then_some(ChallengeError::InsufficientScope),
+            ));
+        }
+        Err(ApiError::new(
+            ErrorCode::Denied,
+            format!(
+                "{} may not {} {repository} (scope repository:{repository}:{}); ask a project admin for a role that allows it",
+                caller.actor(),
+                action.as_str(),
+                action.as_str()
+            ),
+        ))
+    }
+
+    /// A 401 with the Bearer challenge for `scopes`.
+    pub fn unauthorized(
+        &self,
+        ctx: &ChallengeCtx,
+        scopes: &[Scope],
+        detail: String,
+        error: Option<ChallengeError>,
+    ) -> ApiError {
+        let challenge = BearerChallenge {
+            realm: &ctx.realm,
+            service: self.service(),
+            scopes,
+            error,
+        }
+        .to_header_value();
+        ApiError::new(ErrorCode::Unauthorized, detail).with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
+        )
+    }
+
+    /// Record an audit event; failures to record are logged, never fatal to the request.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        addr: IpAddr,
+        detail: &str,
+    ) {
+        let event = AuditEvent {
+            id: 0,
+            at: now_secs(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            resource: resource.to_string(),
+            client_addr: addr.to_string(),
+            detail: detail.to_string(),
+        };
+        if let Err(e) = self.accounts.audit(&event).await {
+            tracing::error!(error = %e, action, resource, "could not record audit event");
+        }
+    }
+
+    /// The 401 for a request that carries no usable identity (`GET /v2/` etc.).
+    pub fn require_authenticated(&self, caller: &Caller, ctx: &ChallengeCtx) -> ApiResult<()> {
+        if caller.principal.is_anonymous() && caller.token.is_none() {
+            return Err(self.unauthorized(
+                ctx,
+                &[],
+                "authentication required; log in with docker login / berth login, or fetch an anonymous token from the realm".into(),
+                None,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The realm for challenges, derived once per request.
+pub struct ChallengeCtx {
+    pub realm: String,
+}
+
+fn robot_principal(r: &berth_storage::Robot) -> Principal {
+    Principal::Robot(berth_auth::Robot {
+        name: r.name.clone(),
+        project: r.project.clone(),
+        permission: if r.can_push {
+            berth_auth::RobotPermission::PullPush
+        } else {
+            berth_auth::RobotPermission::Pull
+        },
+        expires_at: r.expires_at.map(|e| e.max(0) as u64),
+        revoked: r.revoked,
+    })
+}
+
+/// 403 for a caller that may not see a listing.
+pub fn denied(detail: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Denied, detail).with_status(StatusCode::FORBIDDEN)
+}
+
+/// The client's IP address (from the connection; unspecified when served in-process).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
+        Ok(ClientAddr(ip))
+    }
+}
