@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use berth_proto::error::{ErrorCode, error_body};
+use berth_proto::error::ErrorCode;
 use berth_storage::StorageError;
 
 #[derive(Debug)]
@@ -97,7 +97,7 @@ impl IntoResponse for ApiError {
         let mut resp = (
             status,
             [(header::CONTENT_TYPE, "application/json")],
-            error_body(self.code, Some(&self.detail)),
+            envelope(self.code, &self.detail),
         )
             .into_response();
         for (name, value) in self.headers {
@@ -105,4 +105,19 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// The OCI error envelope. Clients (docker, skopeo, containerd) print `code: message`, so
+/// `message` carries the specific explanation and what to do; `detail` keeps the spec's
+/// generic text for the code.
+fn envelope(code: ErrorCode, detail: &str) -> String {
+    let message = if detail.is_empty() {
+        code.message()
+    } else {
+        detail
+    };
+    serde_json::json!({
+        "errors": [{ "code": code.code(), "message": message, "detail": code.message() }]
+    })
+    .to_string()
 }
