@@ -407,7 +407,7 @@ impl TokenService {
     }
 
     /// An access token for `subject` ("" for anonymous) granting `access` (the result of
-    /// [`crate::policy::grant`]); scopes with no actions are left out.
+    /// [`crate::policy::grant`]); scopes with no actions stay, as asked-and-refused.
     pub fn issue(&self, subject: &str, access: &[Scope]) -> Result<IssuedToken, TokenError> {
         self.issue_at(subject, access, SystemTime::now())
     }
@@ -419,9 +419,10 @@ impl TokenService {
         access: &[Scope],
         now: SystemTime,
     ) -> Result<IssuedToken, TokenError> {
+        // Scopes with no actions are kept (`"actions": []`), as Docker's token servers do:
+        // they record that the resource was asked for and refused.
         let access = access
             .iter()
-            .filter(|s| !s.actions.is_empty())
             .map(|s| ClaimAccess {
                 resource_type: s.resource_type.as_str().to_string(),
                 class: s.class.clone(),
@@ -669,6 +670,7 @@ mod tests {
             c["access"],
             serde_json::json!([
                 {"type": "repository", "name": "library/nginx", "actions": ["pull", "push"]},
+                {"type": "repository", "name": "library/empty", "actions": []},
                 {"type": "registry", "name": "catalog", "actions": ["*"]},
             ])
         );
@@ -680,7 +682,7 @@ mod tests {
         assert_eq!(v.subject, "alice");
         assert_eq!(v.id, issued.id);
         assert_eq!(v.expires_at, 1_700_000_300);
-        assert_eq!(v.access, vec![access[0].clone(), access[2].clone()]);
+        assert_eq!(v.access, access);
         assert!(v.allows("library/nginx", Action::Pull));
         assert!(v.allows("library/nginx", Action::Push));
         assert!(!v.allows("library/nginx", Action::Delete));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use berth_auth::{
-    Action, Actions, BearerChallenge, ChallengeError, Credentials, LoginLimiter, MemoryLookup,
+    Action, Actions, BearerChallenge, ResourceType, ChallengeError, Credentials, LoginLimiter, MemoryLookup,
     Principal, Role, Scope, TokenService, VerifiedToken, Visibility, parse_authorization,
     project_of, verify_login,
 };
@@ -367,8 +367,8 @@ impl Auth {
     }
 
     /// Require `action` on `repository`, or answer 401 (with a challenge naming the scope)
-    /// or 403. Anonymous callers always get 401 so that a private repository cannot be
-    /// told from a missing one.
+    /// or 403. A private repository and a missing one get the same answer (anonymous: 401,
+    /// then 403 once a token was asked for it), so neither can be told from the other.
     pub async fn require(
         &self,
         caller: &Caller,
@@ -384,11 +384,14 @@ impl Auth {
             a => Actions::of(&[a]),
         };
         let scope = Scope::repository(repository, scope_actions);
-        let token_lacks_resource = caller
-            .token
-            .as_ref()
-            .is_some_and(|t| t.repository_actions(repository).is_empty());
-        if caller.principal.is_anonymous() || token_lacks_resource {
+        // A token that never asked for this repository: ask for one that does (401). A
+        // token that asked and was refused, or Basic credentials without the right: 403.
+        let token_lacks_resource = caller.token.as_ref().is_some_and(|t| {
+            !t.access
+                .iter()
+                .any(|s| s.resource_type == ResourceType::Repository && s.name == repository)
+        });
+        if (caller.principal.is_anonymous() && caller.token.is_none()) || token_lacks_resource {
             return Err(self.unauthorized(
                 challenge,
                 &[scope],
@@ -399,10 +402,15 @@ impl Auth {
                 token_lacks_resource.then_some(ChallengeError::InsufficientScope),
             ));
         }
+        let fix = if caller.principal.is_anonymous() {
+            "log in (docker login / berth login) with an account that may"
+        } else {
+            "ask a project admin for a role that allows it"
+        };
         Err(ApiError::new(
             ErrorCode::Denied,
             format!(
-                "{} may not {} {repository} (scope repository:{repository}:{}); ask a project admin for a role that allows it",
+                "{} may not {} {repository} (scope repository:{repository}:{}); {fix}",
                 caller.actor(),
                 action.as_str(),
                 action.as_str()
