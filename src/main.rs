@@ -44,6 +44,8 @@ enum Command {
     Kube(cmd::kube::KubeCommands),
     /// Pull an image as a node would: unpack its root filesystem (or write an OCI layout).
     Fetch(cmd::fetch::FetchArgs),
+    #[command(flatten)]
+    Admin(cmd::admin::AdminCommand),
 }
 
 #[derive(Args)]
@@ -137,6 +139,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let config = serve_config(args)?;
+            tune_allocator();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -153,6 +156,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Client(c) => cmd::client::run(c),
         Command::Kube(c) => cmd::kube::run(c),
         Command::Fetch(args) => cmd::fetch::run(args),
+        Command::Admin(c) => cmd::admin::run(c),
     }
 }
 
@@ -236,4 +240,16 @@ fn cert_init(
         );
     }
     Ok(())
+}
+
+/// Keep the server's resident memory small: glibc would otherwise raise its mmap threshold
+/// after the first large free (Argon2's 19 MiB, upload buffers) and keep such blocks in the
+/// heap for good, and would give every thread its own arena.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }

@@ -9,6 +9,10 @@
 //! straight from the native snapshotter's directory (no mount needed) and compared with
 //! the fixture, including a whiteout.
 //!
+//! Access control (issue 3): pushes log in as the harness's administrator; pulls from the
+//! public project `library` stay anonymous (containerd fetches an anonymous token), and a
+//! private project is pulled with `ctr images pull --user`.
+//!
 //! Every process started here is stopped by PID when its guard drops, pass or fail.
 //! A missing `containerd`, `ctr` or `skopeo` is a failure, never a skip.
 
@@ -35,15 +39,21 @@ fn start_registry() -> Berth {
     )
 }
 
+/// Push with skopeo as the administrator (pushes always need a login).
 fn push(reg: &Berth, layout: &Layout, target: &str, all: bool) {
     need("skopeo");
     let cert_dir = reg.cert_dir();
+    let auth_dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("skopeo");
-    cmd.args(["--insecure-policy", "copy"]);
+    cmd.env("REGISTRY_AUTH_FILE", auth_dir.path().join("auth.json"))
+        .env("DOCKER_CONFIG", auth_dir.path())
+        .args(["--insecure-policy", "copy"]);
     if all {
         cmd.arg("--all");
     }
-    cmd.arg("--dest-cert-dir")
+    cmd.arg("--dest-creds")
+        .arg(common::admin_creds())
+        .arg("--dest-cert-dir")
         .arg(&cert_dir)
         .arg(layout.oci_ref())
         .arg(format!("docker://{}/{target}", reg.host()));
@@ -394,4 +404,97 @@ fn ctr_pulls_the_host_platform_from_a_multi_arch_index() {
             layer.digest
         );
     }
+}
+
+#[test]
+fn ctr_pulls_from_a_private_project_only_with_user() {
+    let reg = start_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
+    // Auto-created on push, private.
+    push(&reg, &layout, "private-prj/demo:v1", false);
+    let ctd = Containerd::start();
+    let image_ref = format!("{}/private-prj/demo:v1", reg.host());
+    let hosts = hosts_dir(&reg, tmp.path(), true);
+    let hosts = hosts.to_str().unwrap();
+
+    // Anonymously: refused, nothing stored.
+    let anon = ctd.ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        hosts,
+        "--snapshotter",
+        "native",
+        &image_ref,
+    ]);
+    assert!(
+        !anon.success(),
+        "anonymous pull from a private project succeeded:\n{}",
+        anon.stdout
+    );
+    assert!(
+        anon.stderr.contains("401")
+            || anon.stderr.contains("403")
+            || anon.stderr.contains("unauthorized")
+            || anon.stderr.contains("denied"),
+        "anonymous pull from a private project: expected an authorization error, got:\n{}",
+        anon.stderr
+    );
+    let ls = ctd.ctr(&["images", "ls", "--quiet"]).ok();
+    assert!(
+        !ls.stdout.lines().any(|l| l.trim() == image_ref),
+        "a refused pull left an image behind:\n{}",
+        ls.stdout
+    );
+
+    // A wrong password is refused too.
+    let wrong = format!("{}:not-the-password", common::ADMIN_USER);
+    let bad = ctd.ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        hosts,
+        "--user",
+        &wrong,
+        "--snapshotter",
+        "native",
+        &image_ref,
+    ]);
+    assert!(!bad.success(), "pull with a wrong password succeeded");
+
+    // With `--user admin:PASSWORD` it pulls and unpacks.
+    let creds = common::admin_creds();
+    let pull = ctd
+        .ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts,
+            "--user",
+            &creds,
+            "--snapshotter",
+            "native",
+            "--print-chainid",
+            &image_ref,
+        ])
+        .ok();
+    let image = &layout.images[0];
+    let chain_id = image.chain_id();
+    assert!(
+        pull.stdout.contains(&chain_id),
+        "ctr should report chain ID {chain_id}:\n{}",
+        pull.stdout
+    );
+    let ls = ctd.ctr(&["images", "ls"]).ok();
+    let line = ls
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&image_ref))
+        .unwrap_or_else(|| panic!("{image_ref} not in `ctr images ls`:\n{}", ls.stdout));
+    assert!(
+        line.contains(layout.manifest_digest()),
+        "ctr images ls: {line}"
+    );
+    assert_rootfs(&ctd.snapshot_dir(&chain_id), &image.architecture);
 }

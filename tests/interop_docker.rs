@@ -21,6 +21,14 @@
 //!    reported as already existing), checks the manifest through the registry API with a
 //!    client that trusts only the CA, `docker rmi`s everything and `docker pull`s it back.
 //!
+//! Access control (issue 3): Berth runs with an administrator password
+//! (`BERTH_ADMIN_PASSWORD`) and auto-creates projects on push. With the CA trusted, a push
+//! without a login is refused; `docker login --password-stdin` (config.json under the
+//! test's own `DOCKER_CONFIG` directory) makes it work. The pulls from the public project
+//! `library` are done after `docker logout`, i.e. anonymously. Finally the seed's story:
+//! an image pushed to the private project `private-prj` cannot be pulled anonymously,
+//! and can after logging in again.
+//!
 //! Every process started here is stopped by PID when its guard drops, pass or fail; the
 //! namespace, veth pair and temporary directories are removed too. A missing `dockerd`,
 //! `docker`, `ip`, `unshare` or `tar` is a failure, never a skip.
@@ -82,6 +90,53 @@ fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
             None => std::thread::sleep(Duration::from_millis(50)),
         }
     };
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+/// Like [`run_timeout`], but writes `input` to the child's stdin (then closes it).
+fn run_timeout_stdin(cmd: &mut Command, input: &[u8], timeout: Duration) -> Output {
+    use std::io::Write as _;
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let t_in = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status: ExitStatus = loop {
+        match child.try_wait().expect("try_wait") {
+            Some(s) => break s,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("timed out after {timeout:?}: {desc}");
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let _ = t_in.join();
     Output {
         status,
         stdout: t_out.join().unwrap(),
@@ -327,6 +382,8 @@ impl Registry {
             .arg("--tls-key")
             .arg(certs.join("server.key"))
             .env("RUST_LOG", "berth=info,warn")
+            .env("BERTH_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
+            .env("BERTH_AUTO_CREATE_PROJECTS", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -610,6 +667,22 @@ exec "$@""#;
         text(&o)
     }
 
+    /// `docker login --username USER --password-stdin HOST`.
+    fn login(&self, host: &str, user: &str, password: &str) -> Output {
+        run_timeout_stdin(
+            self.docker()
+                .args(["login", "--username", user, "--password-stdin", host]),
+            format!("{password}\n").as_bytes(),
+            Duration::from_secs(120),
+        )
+    }
+
+    /// The client's config.json (written by `docker login`), if any.
+    fn config_json(&self) -> Option<serde_json::Value> {
+        let raw = fs::read(self.dir.path().join("config").join("config.json")).ok()?;
+        Some(serde_json::from_slice(&raw).expect("config.json is JSON"))
+    }
+
     /// Trust `ca` for `host` the way the seed tells Docker users to.
     fn trust(&self, host: &str, ca: &Path) {
         let d = self.etc_docker.join("certs.d").join(host);
@@ -779,7 +852,20 @@ fn docker_engine_push_pull_with_ca_trust() {
     assert_eq!(id.trim(), image_id, "loaded image ID is the config digest");
     dockerd.must(&["tag", local, &remote]);
 
-    // 1. The CA is not trusted yet: the push must fail on the certificate check.
+    let berth = registry.kind == "berth";
+
+    // 1. The CA is not trusted yet: logging in and pushing both fail on the certificate
+    //    check (before any credentials matter).
+    let o = dockerd.login(&host, common::ADMIN_USER, common::ADMIN_PASSWORD);
+    let msg = text(&o);
+    assert!(
+        !o.status.success(),
+        "docker login without the CA unexpectedly succeeded:\n{msg}"
+    );
+    assert!(
+        msg.contains(X509_UNKNOWN_CA),
+        "docker login without the CA should fail with `{X509_UNKNOWN_CA}`, got:\n{msg}"
+    );
     let o = dockerd.run(&["push", &remote]);
     let msg = text(&o);
     assert!(
@@ -791,8 +877,78 @@ fn docker_engine_push_pull_with_ca_trust() {
         "push without the CA should fail with `{X509_UNKNOWN_CA}`, got:\n{msg}"
     );
 
-    // 2. Trust the CA the way the seed does (certs.d/HOST:PORT/ca.crt) and push.
+    // 2. Trust the CA the way the seed does (certs.d/HOST:PORT/ca.crt).
     dockerd.trust(&host, &registry.ca_path());
+
+    // Pushing without a login is refused (Berth: pushes always need one).
+    if berth {
+        let o = dockerd.run(&["push", &remote]);
+        let msg = text(&o);
+        assert!(
+            !o.status.success(),
+            "push without a login unexpectedly succeeded:\n{msg}"
+        );
+        assert!(
+            msg.contains("unauthorized") || msg.contains("authentication required"),
+            "push without a login should be refused as unauthorized, got:\n{msg}"
+        );
+        // A wrong password is refused by `docker login` itself, and stores nothing.
+        let o = dockerd.login(&host, common::ADMIN_USER, "not-the-password");
+        let msg = text(&o);
+        assert!(
+            !o.status.success(),
+            "docker login with a wrong password succeeded:\n{msg}"
+        );
+        assert!(
+            dockerd
+                .config_json()
+                .is_none_or(|c| c["auths"].get(&host).is_none()),
+            "a failed login stored credentials: {:?}",
+            dockerd.config_json()
+        );
+    }
+
+    // Log in (`--password-stdin`) and push.
+    let o = dockerd.login(&host, common::ADMIN_USER, common::ADMIN_PASSWORD);
+    let msg = text(&o);
+    assert!(o.status.success(), "docker login failed:\n{msg}");
+    assert!(msg.contains("Login Succeeded"), "docker login:\n{msg}");
+    let cfg = dockerd
+        .config_json()
+        .expect("docker login wrote config.json");
+    let entry = &cfg["auths"][&host];
+    let auth = entry["auth"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no auths[{host}].auth in config.json: {cfg}"));
+    let identity_token = entry["identitytoken"].as_str().unwrap_or("");
+    if identity_token.is_empty() {
+        // Plain Basic credentials (e.g. a registry without OAuth2 refresh tokens).
+        assert_eq!(
+            Some(auth),
+            common::basic_auth(common::ADMIN_USER, common::ADMIN_PASSWORD).strip_prefix("Basic "),
+            "credentials stored by docker login: {cfg}"
+        );
+    } else {
+        // The token endpoint answered the OAuth2 password grant with a refresh token:
+        // Docker keeps that (identitytoken) instead of the password, and only the user
+        // name in `auth`.
+        assert_eq!(
+            Some(auth),
+            common::basic_auth(common::ADMIN_USER, "").strip_prefix("Basic "),
+            "docker login stored the password next to an identity token: {cfg}"
+        );
+        assert!(
+            !identity_token.contains(common::ADMIN_PASSWORD),
+            "identity token contains the password"
+        );
+    }
+    if berth {
+        assert!(
+            !identity_token.is_empty(),
+            "Berth issues refresh tokens (OAuth2 password grant): docker login should have \
+             stored an identity token: {cfg}"
+        );
+    }
     let out = dockerd.must(&["push", &remote]);
     let digest = pushed_digest(&out);
     assert!(
@@ -821,8 +977,16 @@ fn docker_engine_push_pull_with_ca_trust() {
     // 4. The registry serves what Docker pushed, to a client that trusts only the CA.
     check_registry_api(&registry, &digest, &image_id);
 
-    // 5. Remove every local copy and pull it back.
+    // 5. Remove every local copy and pull it back, logged out: anyone may pull from the
+    //    public project `library`.
     dockerd.must(&["rmi", &remote, local]);
+    dockerd.must(&["logout", &host]);
+    assert!(
+        dockerd
+            .config_json()
+            .is_none_or(|c| c["auths"].get(&host).is_none()),
+        "docker logout left credentials behind"
+    );
     let o = dockerd.run(&["image", "inspect", &remote]);
     assert!(!o.status.success(), "image still present after rmi");
     let out = dockerd.must(&["pull", &remote]);
@@ -859,6 +1023,54 @@ fn docker_engine_push_pull_with_ca_trust() {
     let by_digest = format!("{host}/library/nginx@{digest}");
     let out = dockerd.must(&["pull", &by_digest]);
     assert!(out.contains(&digest), "pull by digest output:\n{out}");
+
+    // 7. The seed's story: a private project. Pushed after logging in (Berth creates the
+    //    project, private, on first push) ...
+    if berth {
+        let private = format!("{host}/private-prj/nginx:latest");
+        dockerd.must(&["tag", &remote, &private]);
+        let o = dockerd.login(&host, common::ADMIN_USER, common::ADMIN_PASSWORD);
+        assert!(o.status.success(), "docker login:\n{}", text(&o));
+        let out = dockerd.must(&["push", &private]);
+        assert_eq!(
+            pushed_digest(&out),
+            digest,
+            "same image, same digest:\n{out}"
+        );
+        dockerd.must(&["rmi", &private]);
+
+        // ... refused anonymously, without saying whether it exists ...
+        dockerd.must(&["logout", &host]);
+        let o = dockerd.run(&["pull", &private]);
+        let msg = text(&o);
+        assert!(
+            !o.status.success(),
+            "anonymous pull from a private project succeeded:\n{msg}"
+        );
+        let missing = format!("{host}/private-prj/does-not-exist:latest");
+        let o2 = dockerd.run(&["pull", &missing]);
+        let msg2 = text(&o2);
+        assert!(
+            !o2.status.success(),
+            "pull of a missing repository succeeded"
+        );
+        assert_eq!(
+            msg.replace("private-prj/nginx", "REPO"),
+            msg2.replace("private-prj/does-not-exist", "REPO"),
+            "an anonymous client can tell a private repository from a missing one"
+        );
+
+        // ... and pulled after logging in.
+        let o = dockerd.login(&host, common::ADMIN_USER, common::ADMIN_PASSWORD);
+        assert!(o.status.success(), "docker login:\n{}", text(&o));
+        let out = dockerd.must(&["pull", &private]);
+        assert!(
+            out.contains(&format!("Digest: {digest}")),
+            "pull of the private image:\n{out}"
+        );
+        let id = dockerd.must(&["image", "inspect", &private, "--format", "{{.Id}}"]);
+        assert_eq!(id.trim(), image_id, "pulled private image ID");
+    }
 
     drop(work);
     drop(dockerd);

@@ -8,6 +8,12 @@
 //! through `GET /v2/<name>/referrers/<digest>`, with and without the `artifactType` filter,
 //! using the harness client that trusts only Berth's CA (oras-py gets the CA file too).
 //!
+//! Access control (issue 3): the image is pushed with `skopeo --dest-creds`; oras-py first
+//! tries an anonymous push (refused), then logs in with `OrasClient.login(...)` (which
+//! writes a Docker `config.json` to a temporary path the test then checks) and pushes;
+//! the pull back is done by a fresh, anonymous client, as anyone may read the public
+//! project `library`. The referrers checks use the harness client (administrator).
+//!
 //! A missing python3, `oras` module or skopeo is a failure, never a skip
 //! (`scripts/install-test-deps` installs them). `BERTH_PYTHON` picks the interpreter.
 
@@ -26,13 +32,16 @@ const SBOM_TYPE: &str = "application/vnd.berth.test.sbom.v1+json";
 const SIG_TYPE: &str = "application/vnd.berth.test.signature.v1+json";
 const TIMEOUT: Duration = Duration::from_secs(240);
 
-/// Push two referrers of SUBJECT with oras-py, pull the first back, print a JSON report.
+/// Try an anonymous push (refused), log in, push two referrers of SUBJECT with oras-py,
+/// pull the first back anonymously, print a JSON report. Credentials come from the
+/// environment (BERTH_USER, BERTH_PASSWORD); the login writes BERTH_DOCKER_CONFIG.
 const ORAS_SCRIPT: &str = r#"
 import hashlib, json, os, sys
 import oras.client, oras.oci
 
 host, ca, repo, subject_digest, subject_size, sbom_type, sig_type = sys.argv[1:8]
-client = oras.client.OrasClient(hostname=host, tls_verify=ca)
+user, password = os.environ["BERTH_USER"], os.environ["BERTH_PASSWORD"]
+docker_config = os.environ["BERTH_DOCKER_CONFIG"]
 subject = oras.oci.Subject(
     mediaType="application/vnd.oci.image.manifest.v1+json",
     digest=subject_digest,
@@ -58,6 +67,22 @@ def report(tag, resp):
         "location": resp.headers.get("Location"),
     }
 
+with open("anon.txt", "w") as f:
+    f.write("pushed without logging in\n")
+
+# Without a login a push is refused.
+anon = oras.client.OrasClient(hostname=host, tls_verify=ca)
+try:
+    r = anon.push(target=f"{host}/{repo}:anonymous", files=["anon.txt:text/plain"], quiet=True)
+    anon_push = {"refused": False, "status": getattr(r, "status_code", None)}
+except Exception as e:
+    anon_push = {"refused": True, "error": "%s: %s" % (type(e).__name__, e)}
+
+# `login` sets Basic credentials for the token requests and records them in a Docker
+# config.json (no Docker daemon here, so oras-py writes the file itself).
+client = oras.client.OrasClient(hostname=host, tls_verify=ca)
+login = client.login(username=user, password=password, hostname=host, config_path=docker_config)
+
 pushes = []
 r = client.push(
     target=f"{host}/{repo}:sbom",
@@ -79,8 +104,10 @@ r = client.push(
 )
 pushes.append(report("signature", r))
 
+# Anyone may read the public project: pull back with a fresh, anonymous client.
+reader = oras.client.OrasClient(hostname=host, tls_verify=ca)
 os.makedirs("pulled", exist_ok=True)
-files = client.pull(target=f"{host}/{repo}:sbom", outdir="pulled")
+files = reader.pull(target=f"{host}/{repo}:sbom", outdir="pulled")
 pulled = {}
 for path in files:
     with open(path, "rb") as f:
@@ -88,7 +115,8 @@ for path in files:
 with open("sbom.json", "rb") as f:
     sbom_digest = "sha256:" + hashlib.sha256(f.read()).hexdigest()
 
-print(json.dumps({"pushes": pushes, "pulled": pulled, "sbom_digest": sbom_digest}))
+print(json.dumps({"anon_push": anon_push, "login": login, "pushes": pushes,
+                  "pulled": pulled, "sbom_digest": sbom_digest}))
 "#;
 
 fn start_registry() -> Berth {
@@ -170,7 +198,12 @@ async fn oras_artifacts_are_found_through_the_referrers_api() {
     let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
     let cert_dir = reg.cert_dir();
     let mut copy = Command::new("skopeo");
-    copy.args(["--insecure-policy", "copy", "--dest-cert-dir"])
+    let skopeo_auth = tempfile::tempdir().unwrap();
+    copy.env("REGISTRY_AUTH_FILE", skopeo_auth.path().join("auth.json"))
+        .env("DOCKER_CONFIG", skopeo_auth.path())
+        .args(["--insecure-policy", "copy", "--dest-creds"])
+        .arg(common::admin_creds())
+        .arg("--dest-cert-dir")
         .arg(&cert_dir)
         .arg(layout.oci_ref())
         .arg(format!("docker://{}/library/demo:v1", reg.host()));
@@ -189,8 +222,14 @@ async fn oras_artifacts_are_found_through_the_referrers_api() {
     let work = tmp.path().join("oras");
     fs::create_dir_all(&work).unwrap();
     fs::write(work.join("push_referrers.py"), ORAS_SCRIPT).unwrap();
+    let docker_config = tmp.path().join("oras-docker").join("config.json");
     let mut py = Command::new(python());
     py.current_dir(&work)
+        .env("BERTH_USER", common::ADMIN_USER)
+        .env("BERTH_PASSWORD", common::ADMIN_PASSWORD)
+        .env("BERTH_DOCKER_CONFIG", &docker_config)
+        // No Docker daemon: oras-py's login then writes config.json itself.
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .arg("push_referrers.py")
         .arg(reg.host())
         .arg(reg.ca_path())
@@ -202,6 +241,26 @@ async fn oras_artifacts_are_found_through_the_referrers_api() {
     let out = run_cmd(&mut py, TIMEOUT).ok();
     let report: Value = serde_json::from_str(out.stdout.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("oras script output: {e}:\n{}\n{}", out.stdout, out.stderr));
+
+    // The anonymous push was refused, and stored nothing.
+    assert_eq!(
+        report["anon_push"]["refused"], true,
+        "anonymous oras push was not refused: {report}"
+    );
+    let (status, _, _) = get(&reg, "/v2/library/demo/manifests/anonymous").await;
+    assert_eq!(status, 404, "a refused anonymous push stored a manifest");
+
+    // `login` recorded the credentials in the config.json it was given.
+    let cfg: Value = serde_json::from_slice(
+        &fs::read(&docker_config).unwrap_or_else(|e| panic!("{}: {e}", docker_config.display())),
+    )
+    .unwrap();
+    let expected_auth = common::basic_auth(common::ADMIN_USER, common::ADMIN_PASSWORD);
+    assert_eq!(
+        cfg["auths"][reg.host()]["auth"].as_str(),
+        expected_auth.strip_prefix("Basic "),
+        "config.json written by oras login: {cfg}"
+    );
 
     let pushes = report["pushes"].as_array().unwrap();
     let mut artifact_digests = Vec::new();

@@ -5,6 +5,11 @@
 //! image layout (tests/fixtures), and drives the real `skopeo` binary with a timeout.
 //! A missing `skopeo` is a failure, never a skip.
 //!
+//! Access control (issue 3): every push logs in as the harness's administrator
+//! (`--dest-creds`); pulls and inspects from the public project `library` stay anonymous,
+//! as a real user's would, which checks that anonymous reads of a public project work
+//! through the token flow. A private project is only readable with credentials.
+//!
 //! Debugging aid: with `BERTH_TEST_SERVER_BIN=/path/to/shim` the same flows run against
 //! another server speaking `berth serve`'s CLI (e.g. CNCF Distribution behind a shim), to
 //! tell a skopeo/environment problem from a Berth problem.
@@ -31,11 +36,22 @@ fn start_registry() -> Berth {
 }
 
 /// `skopeo --insecure-policy ARGS…` (the signature policy is not under test), bounded in time.
+/// Credentials come only from the arguments: the auth file skopeo would otherwise consult
+/// points into an empty temporary directory, so an anonymous call really is anonymous.
 fn skopeo(args: &[&str]) -> CmdOutput {
     need("skopeo");
+    let auth_dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new("skopeo");
-    cmd.arg("--insecure-policy").args(args);
+    cmd.arg("--insecure-policy")
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", auth_dir.path().join("auth.json"))
+        .env("DOCKER_CONFIG", auth_dir.path());
     run_cmd(&mut cmd, SKOPEO_TIMEOUT)
+}
+
+/// The administrator's `user:password`, as `--creds`/`--src-creds`/`--dest-creds` take it.
+fn creds() -> String {
+    common::admin_creds()
 }
 
 fn docker_ref(reg: &Berth, repo_and_ref: &str) -> String {
@@ -46,20 +62,29 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// Push `layout` to `repo:tag` with skopeo, trusting the registry's CA.
+/// Push `layout` to `repo:tag` with skopeo as the administrator, trusting the registry's CA.
 fn push(reg: &Berth, layout: &Layout, target: &str, all: bool) {
     let cert_dir = reg.cert_dir();
     let dest = docker_ref(reg, target);
     let src = layout.oci_ref();
+    let creds = creds();
     let mut args = vec!["copy"];
     if all {
         args.push("--all");
     }
-    args.extend(["--dest-cert-dir", path_str(&cert_dir), &src, &dest]);
+    args.extend([
+        "--dest-creds",
+        &creds,
+        "--dest-cert-dir",
+        path_str(&cert_dir),
+        &src,
+        &dest,
+    ]);
     skopeo(&args).ok();
 }
 
-/// GET a manifest through the registry API; returns (status, content-type, digest header, body).
+/// GET a manifest through the registry API as the administrator; returns (status,
+/// content-type, digest header, body).
 async fn get_manifest(reg: &Berth, repo: &str, reference: &str) -> (u16, String, String, Vec<u8>) {
     let resp = reg
         .client()
@@ -138,7 +163,8 @@ async fn push_and_pull_back_preserves_every_digest() {
     assert_eq!(tags["name"], "library/demo");
     assert_eq!(tags["tags"], serde_json::json!(["v1"]));
 
-    // Copy it back out to a second layout: same manifest digest, same set of blobs.
+    // Copy it back out to a second layout, anonymously (`library` is public): same
+    // manifest digest, same set of blobs.
     let out = tmp.path().join("out");
     let cert_dir = reg.cert_dir();
     let dst = format!("oci:{}:v1", out.display());
@@ -249,8 +275,10 @@ async fn without_the_ca_skopeo_reports_unknown_authority() {
     let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
     let target = docker_ref(&reg, "library/demo:v1");
 
-    // The seed's failure: the client does not trust the registry's certificate.
-    let push = skopeo(&["copy", &layout.oci_ref(), &target]);
+    // The seed's failure: the client does not trust the registry's certificate (with
+    // valid credentials, so the certificate is the only problem).
+    let creds = creds();
+    let push = skopeo(&["copy", "--dest-creds", &creds, &layout.oci_ref(), &target]);
     assert!(
         !push.success(),
         "push without the CA succeeded: {}",
@@ -277,6 +305,8 @@ async fn without_the_ca_skopeo_reports_unknown_authority() {
     skopeo(&[
         "copy",
         "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
         &layout.oci_ref(),
         &target,
     ])
@@ -298,11 +328,15 @@ async fn copy_by_digest_within_and_out_of_the_registry() {
     let cert = path_str(&cert_dir);
     let by_digest = docker_ref(&reg, &format!("library/demo@{}", layout.manifest_digest()));
 
-    // Registry to registry, by digest, into another repository (blobs may be mounted).
+    // Registry to registry, by digest, into another repository (blobs may be mounted):
+    // an anonymous read of the public source, an authenticated write of the destination.
+    let creds = creds();
     skopeo(&[
         "copy",
         "--src-cert-dir",
         cert,
+        "--dest-creds",
+        &creds,
         "--dest-cert-dir",
         cert,
         &by_digest,
@@ -350,9 +384,33 @@ async fn skopeo_delete_removes_the_manifest() {
     let cert_dir = reg.cert_dir();
     let cert = path_str(&cert_dir);
 
+    // Deleting needs a login (maintainer or above): anonymously it is refused and the
+    // manifest stays.
+    let anon = skopeo(&[
+        "delete",
+        "--cert-dir",
+        cert,
+        &docker_ref(&reg, "library/demo:v1"),
+    ]);
+    assert!(!anon.success(), "anonymous delete succeeded");
+    assert!(
+        anon.stderr.contains("401 Unauthorized"),
+        "anonymous delete: expected an authorization error, got: {}",
+        anon.stderr
+    );
+    let (status, _, digest, _) = get_manifest(&reg, "library/demo", "v1").await;
+    assert_eq!(
+        (status, digest.as_str()),
+        (200, layout.manifest_digest()),
+        "manifest after a refused delete"
+    );
+
     // skopeo resolves the tag, then DELETEs /v2/library/demo/manifests/<digest>.
+    let creds = creds();
     skopeo(&[
         "delete",
+        "--creds",
+        &creds,
         "--cert-dir",
         cert,
         &docker_ref(&reg, "library/demo:v1"),
@@ -393,6 +451,8 @@ async fn skopeo_delete_removes_the_manifest() {
     // Deleting it again is an error (the manifest is unknown now).
     let again = skopeo(&[
         "delete",
+        "--creds",
+        &creds,
         "--cert-dir",
         cert,
         &docker_ref(&reg, &format!("library/demo@{}", layout.manifest_digest())),
@@ -469,4 +529,155 @@ async fn copy_all_of_a_multi_arch_index() {
     .ok();
     assert_eq!(fixtures::find_tagged(&out, "multi"), layout.top);
     assert_eq!(fixtures::blob_digests(&out), layout.all_blob_digests());
+}
+
+#[tokio::test]
+async fn anonymous_push_is_refused_and_stores_nothing() {
+    let reg = start_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
+    let cert_dir = reg.cert_dir();
+
+    // No credentials: even the public project refuses writes.
+    let anon = skopeo(&[
+        "copy",
+        "--dest-cert-dir",
+        path_str(&cert_dir),
+        &layout.oci_ref(),
+        &docker_ref(&reg, "library/demo:v1"),
+    ]);
+    assert!(!anon.success(), "anonymous push succeeded: {}", anon.stdout);
+    assert!(
+        anon.stderr.contains("unauthorized") || anon.stderr.contains("authentication required"),
+        "anonymous push: expected an authorization error, got: {}",
+        anon.stderr
+    );
+
+    // Wrong password: refused too.
+    let wrong = format!("{}:not-the-password", common::ADMIN_USER);
+    let bad = skopeo(&[
+        "copy",
+        "--dest-creds",
+        &wrong,
+        "--dest-cert-dir",
+        path_str(&cert_dir),
+        &layout.oci_ref(),
+        &docker_ref(&reg, "library/demo:v1"),
+    ]);
+    assert!(!bad.success(), "push with a wrong password succeeded");
+
+    let (status, _, _, _) = get_manifest(&reg, "library/demo", "v1").await;
+    assert_eq!(status, 404, "a refused push stored a manifest");
+}
+
+#[tokio::test]
+async fn private_project_needs_credentials_to_read() {
+    let reg = start_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
+    // `private-prj` does not exist: the push auto-creates it, private.
+    push(&reg, &layout, "private-prj/demo:v1", false);
+    let cert_dir = reg.cert_dir();
+    let cert = path_str(&cert_dir);
+    let creds = creds();
+    let target = docker_ref(&reg, "private-prj/demo:v1");
+
+    let (status, _, digest, _) = get_manifest(&reg, "private-prj/demo", "v1").await;
+    assert_eq!((status, digest.as_str()), (200, layout.manifest_digest()));
+
+    // Anonymously the image cannot be read ...
+    let anon = skopeo(&["inspect", "--cert-dir", cert, &target]);
+    assert!(
+        !anon.success(),
+        "anonymous inspect of a private image succeeded: {}",
+        anon.stdout
+    );
+    assert!(
+        !anon.stderr.contains("manifest unknown"),
+        "anonymous inspect of a private image should be an authorization error: {}",
+        anon.stderr
+    );
+    let out = tmp.path().join("anon-out");
+    let anon_copy = skopeo(&[
+        "copy",
+        "--src-cert-dir",
+        cert,
+        &target,
+        &format!("oci:{}:v1", out.display()),
+    ]);
+    assert!(
+        !anon_copy.success(),
+        "anonymous pull of a private image succeeded"
+    );
+
+    // ... and an anonymous client cannot tell it from a repository that does not exist.
+    let missing = skopeo(&[
+        "inspect",
+        "--cert-dir",
+        cert,
+        &docker_ref(&reg, "private-prj/nothing-here:v1"),
+    ]);
+    assert!(!missing.success());
+    let strip = |s: &str| {
+        s.replace("private-prj/nothing-here", "REPO")
+            .replace("private-prj/demo", "REPO")
+    };
+    let last_line = |s: &str| {
+        // skopeo's `msg="…"` line, without its timestamp.
+        let line = s
+            .lines()
+            .rfind(|l| l.contains("msg="))
+            .unwrap_or("")
+            .to_string();
+        strip(line.split_once("msg=").map(|(_, m)| m).unwrap_or(&line))
+    };
+    assert_eq!(
+        last_line(&anon.stderr),
+        last_line(&missing.stderr),
+        "anonymous errors for a private and a missing repository differ"
+    );
+
+    // With credentials: inspect and pull work, byte for byte.
+    let ok = skopeo(&["inspect", "--creds", &creds, "--cert-dir", cert, &target]).ok();
+    let info: serde_json::Value = serde_json::from_str(&ok.stdout).expect("inspect JSON");
+    assert_eq!(info["Digest"], layout.manifest_digest());
+    let out = tmp.path().join("out");
+    skopeo(&[
+        "copy",
+        "--src-creds",
+        &creds,
+        "--src-cert-dir",
+        cert,
+        &target,
+        &format!("oci:{}:v1", out.display()),
+    ])
+    .ok();
+    assert_eq!(fixtures::find_tagged(&out, "v1"), layout.top);
+    assert_eq!(fixtures::blob_digests(&out), layout.all_blob_digests());
+
+    // The same through an auth file, as `skopeo login`/`podman login` would write it.
+    let auth_dir = tempfile::tempdir().unwrap();
+    let auth_file = auth_dir.path().join("auth.json");
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&creds)
+    };
+    let mut auths = serde_json::Map::new();
+    auths.insert(reg.host(), serde_json::json!({ "auth": encoded }));
+    std::fs::write(
+        &auth_file,
+        serde_json::json!({ "auths": auths }).to_string(),
+    )
+    .unwrap();
+    let via_file = skopeo(&[
+        "inspect",
+        "--authfile",
+        path_str(&auth_file),
+        "--cert-dir",
+        cert,
+        &target,
+    ])
+    .ok();
+    let info: serde_json::Value = serde_json::from_str(&via_file.stdout).unwrap();
+    assert_eq!(info["Digest"], layout.manifest_digest());
 }

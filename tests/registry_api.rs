@@ -683,7 +683,12 @@ async fn cancel_upload_and_unknown_sessions() {
         .await
         .expect_error(
             &[400, 404],
-            &["BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID", "NAME_UNKNOWN", "NAME_INVALID"],
+            &[
+                "BLOB_UPLOAD_UNKNOWN",
+                "BLOB_UPLOAD_INVALID",
+                "NAME_UNKNOWN",
+                "NAME_INVALID",
+            ],
         );
 }
 
@@ -1263,7 +1268,11 @@ async fn manifest_size_limit() {
         .send()
         .await;
     oversize_refused(&reg, "/v2/big/x/manifests/over", res).await;
-    assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
 
     // A much larger body without Content-Length (chunked) is refused too, promptly.
     let dir = tempfile::tempdir().unwrap();

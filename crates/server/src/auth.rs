@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use berth_auth::{
-    Action, Actions, BearerChallenge, ResourceType, ChallengeError, Credentials, LoginLimiter, MemoryLookup,
-    Principal, Role, Scope, TokenService, VerifiedToken, Visibility, parse_authorization,
-    project_of, verify_login,
+    Action, Actions, BearerChallenge, ChallengeError, Credentials, LoginLimiter, MemoryLookup,
+    Principal, ResourceType, Role, Scope, TokenService, VerifiedToken, Visibility,
+    parse_authorization, project_of, verify_login,
 };
 use berth_proto::error::ErrorCode;
 use berth_storage::{AccountStore, AuditEvent, ProjectRole};
@@ -27,6 +27,10 @@ use crate::error::{ApiError, ApiResult};
 /// How long a verified Basic login is remembered, so that clients sending Basic on every
 /// request do not pay for Argon2 each time. Password changes apply after at most this.
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How long a project's visibility is remembered. Changes made through this server apply
+/// at once (its caches are cleared); changes by `berth project` on the data directory
+/// apply within this time.
+const VISIBILITY_TTL: Duration = Duration::from_secs(1);
 /// Bound on remembered logins and tokens (entries are small; the cap bounds memory).
 const CACHE_CAP: usize = 10_000;
 
@@ -69,6 +73,7 @@ pub struct Auth {
     /// The scheme this server itself speaks.
     pub scheme: &'static str,
     logins: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    projects: Mutex<HashMap<String, (Option<Visibility>, Instant)>>,
     verified: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
 }
 
@@ -112,6 +117,7 @@ impl Auth {
             trust_forwarded,
             scheme,
             logins: Mutex::new(HashMap::new()),
+            projects: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
         }
     }
@@ -282,9 +288,11 @@ impl Auth {
         Ok(principal)
     }
 
-    /// Forget remembered logins (after a password change, a deletion or a revocation).
+    /// Forget remembered logins and project visibility (after a password change, a
+    /// deletion, a revocation or a project change).
     pub fn forget_logins(&self) {
         self.logins.lock().unwrap().clear();
+        self.projects.lock().unwrap().clear();
         self.verified.lock().unwrap().clear();
     }
 
@@ -324,6 +332,29 @@ impl Auth {
         })
     }
 
+    /// A project's visibility, remembered for [`VISIBILITY_TTL`]: anonymous pulls of public
+    /// images are the hot path and need not query the database each time.
+    async fn visibility(&self, project: &str) -> ApiResult<Option<Visibility>> {
+        if let Some((vis, at)) = self.projects.lock().unwrap().get(project)
+            && at.elapsed() < VISIBILITY_TTL
+        {
+            return Ok(*vis);
+        }
+        let vis = self.accounts.project(project).await?.map(|p| {
+            if p.public {
+                Visibility::Public
+            } else {
+                Visibility::Private
+            }
+        });
+        let mut cache = self.projects.lock().unwrap();
+        if cache.len() >= CACHE_CAP {
+            cache.clear();
+        }
+        cache.insert(project.to_string(), (vis, Instant::now()));
+        Ok(vis)
+    }
+
     /// Facts about the given projects for `principal`, for the pure policy functions.
     pub async fn lookup(
         &self,
@@ -332,13 +363,8 @@ impl Auth {
     ) -> ApiResult<MemoryLookup> {
         let mut lookup = MemoryLookup::new();
         for &project in projects {
-            let Some(p) = self.accounts.project(project).await? else {
+            let Some(vis) = self.visibility(project).await? else {
                 continue;
-            };
-            let vis = if p.public {
-                Visibility::Public
-            } else {
-                Visibility::Private
             };
             lookup = lookup.project(project, vis);
             if let Principal::User { name, .. } = principal

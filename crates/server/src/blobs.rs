@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use berth_proto::Digest;
 use berth_proto::error::ErrorCode;
 use berth_proto::range::{RangeError, parse_range};
+use futures_util::StreamExt;
 use tokio_util::io::ReaderStream;
 
 use crate::error::{ApiError, ApiResult};
@@ -16,6 +17,10 @@ use crate::routes::Ctx;
 
 /// Read buffer for blob bodies: large enough to keep TLS records full.
 const READ_CHUNK: usize = 512 * 1024;
+/// Chunks read ahead of what the connection has sent: the file is read while the
+/// previous chunk is encrypted and sent, with at most this many chunks (plus the one being
+/// read) held per download.
+const READ_AHEAD: usize = 2;
 
 /// Parse a digest from a path or query, mapping errors to `DIGEST_INVALID`.
 pub(crate) fn parse_digest(s: &str) -> ApiResult<Digest> {
@@ -90,8 +95,23 @@ pub(crate) async fn get(ctx: Ctx, name: &str, digest: &str) -> ApiResult<Respons
         }
         Err(e) => return Err(e.into()),
     };
-    let body = Body::from_stream(ReaderStream::with_capacity(reader.reader, READ_CHUNK));
-    Ok(builder.body(body).unwrap())
+    Ok(builder.body(read_ahead(reader.reader)).unwrap())
+}
+
+/// A body that streams `reader` from a separate task, `READ_AHEAD` chunks ahead. When the
+/// client goes away the body (and its receiver) is dropped and the task stops.
+fn read_ahead(reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>) -> Body {
+    let mut chunks = ReaderStream::with_capacity(reader, READ_CHUNK);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        while let Some(chunk) = chunks.next().await {
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
 pub(crate) async fn delete(ctx: Ctx, name: &str, digest: &str) -> ApiResult<Response> {

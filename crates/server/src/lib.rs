@@ -6,6 +6,8 @@
 //!   [`berth_proto::route`], dispatched by method to a handler.
 //! - handlers ([`blobs`], [`uploads`], [`manifests`], [`listing`]): parse the request,
 //!   call storage, build the response; errors are [`error::ApiError`] and `?`.
+//! - [`api`]: the JSON admin API under `/api/v1/` over [`admin`], the management
+//!   operations shared with the CLI.
 //! - [`auth`]: who the caller is and whether they may; [`token`] issues Docker tokens.
 //! - storage: [`berth_storage::BlobStore`] and [`berth_storage::MetadataStore`] in
 //!   [`state::AppState`].
@@ -13,6 +15,7 @@
 //! [`app`] builds the router from a state so tests can drive it in-process.
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;

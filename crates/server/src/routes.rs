@@ -59,6 +59,7 @@ pub fn app(state: AppState) -> Router {
             "/service/token",
             get(token::get_token).post(token::post_token),
         )
+        .merge(crate::api::router())
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(log_and_tag))
         .with_state(state)

@@ -3,6 +3,7 @@
 //! requests for up to 30 seconds.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +112,39 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         limits: config.limits.clone(),
         auto_create_projects: config.auth.auto_create_projects,
     })
+}
+
+/// The account side of a data directory, for the CLI's management commands (which work
+/// on the data directory directly, also while `berth serve` runs: SQLite WAL). Opens only
+/// the metadata database and the token signing key — no blob store, no TLS — and runs the
+/// same first-start bootstrap as the server (the `library` project and the `admin`
+/// account, with `BERTH_ADMIN_PASSWORD` or a generated password, returned to be shown once).
+pub async fn open_accounts(data: &Path) -> Result<(Auth, Option<String>), ServeError> {
+    std::fs::create_dir_all(data).map_err(|source| ServeError::DataDir {
+        path: data.display().to_string(),
+        source,
+    })?;
+    let meta = SqliteMetadata::open(&data.join("metadata.db"))
+        .await
+        .map_err(|source| ServeError::Storage {
+            path: data.display().to_string(),
+            source,
+        })?;
+    let key = SigningKey::load_or_create(&data.join("token-signing-key.pem"))
+        .map_err(|e| ServeError::Auth(e.to_string()))?;
+    let defaults = ServerConfig::default();
+    let auth = Auth::new(
+        Arc::new(meta),
+        TokenService::new(key, TokenConfig::new("berth", defaults.auth.service)),
+        None,
+        false,
+        "https",
+    );
+    let admin_password = std::env::var("BERTH_ADMIN_PASSWORD").ok();
+    let generated = crate::admin::bootstrap(&auth, admin_password.as_deref())
+        .await
+        .map_err(|e| ServeError::Auth(e.detail))?;
+    Ok((auth, generated))
 }
 
 /// TLS material to serve with, creating a CA and certificate on first start if needed.

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use berth_auth::{Principal, grant, parse_scope_params, projects_in};
+use berth_auth::{Actions, Principal, ResourceType, Scope, grant, parse_scope_params, projects_in};
 use berth_proto::error::ErrorCode;
 use berth_storage::RefreshToken;
 use serde_json::json;
@@ -180,7 +180,20 @@ async fn issue<'a>(
     })?;
     let projects = projects_in(&requested);
     let lookup = auth.lookup(principal, &projects).await?;
-    let granted = grant(principal, &requested, &lookup);
+    let mut granted = grant(principal, &requested, &lookup);
+    // Requested repositories that were not granted stay in the token with no actions, so
+    // that the registry answers 403 (asked, refused) rather than 401 (ask for a token).
+    for asked in requested
+        .iter()
+        .filter(|s| s.resource_type == ResourceType::Repository)
+    {
+        if !granted.iter().any(|g| g.same_resource(asked)) {
+            granted.push(Scope {
+                actions: Actions::NONE,
+                ..asked.clone()
+            });
+        }
+    }
     let token = auth
         .tokens
         .issue(principal.subject(), &granted)
@@ -241,7 +254,7 @@ async fn issue<'a>(
 }
 
 /// Unix seconds as RFC 3339 UTC (`2026-11-26T23:00:00Z`).
-fn rfc3339(secs: u64) -> String {
+pub(crate) fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);

@@ -1,0 +1,6 @@
+//! Subcommands that live outside main.rs.
+
+pub mod admin;
+pub mod client;
+pub mod fetch;
+pub mod kube;
