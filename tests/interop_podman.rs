@@ -167,6 +167,7 @@ impl Podman {
             .unwrap();
         let authfile = dir.path().join("auth").join("config.json");
         fs::create_dir_all(authfile.parent().unwrap()).unwrap();
+        fs::write(&authfile, "{\"auths\": {}}\n").unwrap();
         Podman {
             cert_dir: reg.cert_dir(),
             dir,

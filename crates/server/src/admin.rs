@@ -516,6 +516,7 @@ pub async fn create_project(
             .await?;
     }
     let detail = if public { "public" } else { "private" };
+    auth.forget_logins();
     audit(
         auth,
         caller,
@@ -587,6 +588,7 @@ pub async fn update_project(
     auth.accounts
         .update_project(name, public, description)
         .await?;
+    auth.forget_logins();
     audit(
         auth,
         caller,
@@ -666,6 +668,7 @@ pub async fn set_member(
     auth.accounts
         .set_member(project, user, project_role(role))
         .await?;
+    auth.forget_logins();
     audit(
         auth,
         caller,
@@ -698,6 +701,7 @@ pub async fn remove_member(
             }
             e => e.into(),
         })?;
+    auth.forget_logins();
     audit(
         auth,
         caller,

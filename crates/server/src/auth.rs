@@ -74,6 +74,7 @@ pub struct Auth {
     pub scheme: &'static str,
     logins: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
     projects: Mutex<HashMap<String, (Option<Visibility>, Instant)>>,
+    roles: Mutex<HashMap<(String, String), (Option<Role>, Instant)>>,
     verified: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
 }
 
@@ -118,6 +119,7 @@ impl Auth {
             scheme,
             logins: Mutex::new(HashMap::new()),
             projects: Mutex::new(HashMap::new()),
+            roles: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
         }
     }
@@ -288,11 +290,12 @@ impl Auth {
         Ok(principal)
     }
 
-    /// Forget remembered logins and project visibility (after a password change, a
-    /// deletion, a revocation or a project change).
+    /// Forget remembered logins, project visibility and roles (after a password change, a
+    /// deletion, a revocation, a membership or project change).
     pub fn forget_logins(&self) {
         self.logins.lock().unwrap().clear();
         self.projects.lock().unwrap().clear();
+        self.roles.lock().unwrap().clear();
         self.verified.lock().unwrap().clear();
     }
 
@@ -355,6 +358,23 @@ impl Auth {
         Ok(vis)
     }
 
+    /// A user's role in a project, remembered like visibility.
+    async fn role(&self, project: &str, user: &str) -> ApiResult<Option<Role>> {
+        let key = (project.to_string(), user.to_string());
+        if let Some((role, at)) = self.roles.lock().unwrap().get(&key)
+            && at.elapsed() < VISIBILITY_TTL
+        {
+            return Ok(*role);
+        }
+        let role = self.accounts.role_of(project, user).await?.map(role_of);
+        let mut cache = self.roles.lock().unwrap();
+        if cache.len() >= CACHE_CAP {
+            cache.clear();
+        }
+        cache.insert(key, (role, Instant::now()));
+        Ok(role)
+    }
+
     /// Facts about the given projects for `principal`, for the pure policy functions.
     pub async fn lookup(
         &self,
@@ -368,20 +388,16 @@ impl Auth {
             };
             lookup = lookup.project(project, vis);
             if let Principal::User { name, .. } = principal
-                && let Some(role) = self.accounts.role_of(project, name).await?
+                && let Some(role) = self.role(project, name).await?
             {
-                lookup = lookup.member(name, project, role_of(role));
+                lookup = lookup.member(name, project, role);
             }
         }
         Ok(lookup)
     }
 
-    /// What `caller` may do on `repository`: the token's grant, or the policy's answer for
-    /// Basic and anonymous callers.
-    pub async fn actions(&self, caller: &Caller, repository: &str) -> ApiResult<Actions> {
-        if let Some(token) = &caller.token {
-            return Ok(token.repository_actions(repository));
-        }
+    /// What the caller's principal may do on `repository` now, by the policy.
+    async fn rights(&self, caller: &Caller, repository: &str) -> ApiResult<Actions> {
         let lookup = self
             .lookup(&caller.principal, &[project_of(repository)])
             .await?;
@@ -390,6 +406,16 @@ impl Auth {
             repository,
             &lookup,
         ))
+    }
+
+    /// What `caller` may do on `repository`: the policy's answer, further limited by the
+    /// token's grant when the request carries one (a token never outlives a demotion).
+    pub async fn actions(&self, caller: &Caller, repository: &str) -> ApiResult<Actions> {
+        let rights = self.rights(caller, repository).await?;
+        Ok(match &caller.token {
+            Some(token) => token.repository_actions(repository).intersect(rights),
+            None => rights,
+        })
     }
 
     /// Require `action` on `repository`, or answer 401 (with a challenge naming the scope)
@@ -402,7 +428,12 @@ impl Auth {
         action: Action,
         challenge: &ChallengeCtx,
     ) -> ApiResult<()> {
-        if self.actions(caller, repository).await?.allows(action) {
+        let rights = self.rights(caller, repository).await?;
+        let granted = match &caller.token {
+            Some(token) => token.repository_actions(repository).intersect(rights),
+            None => rights,
+        };
+        if granted.allows(action) {
             return Ok(());
         }
         let scope_actions = match action {
@@ -410,12 +441,15 @@ impl Auth {
             a => Actions::of(&[a]),
         };
         let scope = Scope::repository(repository, scope_actions);
-        // A token that never asked for this repository: ask for one that does (401). A
-        // token that asked and was refused, or Basic credentials without the right: 403.
+        // 401 (go and get a token for this) when the principal may do it but the token
+        // does not carry it, or when the token never named the repository; 403 when the
+        // token asked and was refused, or Basic credentials lack the right.
         let token_lacks_resource = caller.token.as_ref().is_some_and(|t| {
-            !t.access
-                .iter()
-                .any(|s| s.resource_type == ResourceType::Repository && s.name == repository)
+            rights.allows(action)
+                || !t
+                    .access
+                    .iter()
+                    .any(|s| s.resource_type == ResourceType::Repository && s.name == repository)
         });
         if (caller.principal.is_anonymous() && caller.token.is_none()) || token_lacks_resource {
             return Err(self.unauthorized(

@@ -155,8 +155,19 @@ fn with_challenge(state: &AppState, ctx: &ChallengeCtx, e: ApiError) -> ApiError
 async fn authorize(ctx: &Ctx, route: &V2Route, method: &Method) -> ApiResult<()> {
     let auth = &ctx.state.auth;
     let (name, action) = match (route, method) {
-        (V2Route::Base | V2Route::Catalog, _) => {
+        (V2Route::Base, _) => {
             return auth.require_authenticated(&ctx.caller, &ctx.challenge);
+        }
+        (V2Route::Catalog, _) => {
+            if ctx.caller.principal.is_anonymous() && ctx.caller.token.is_none() {
+                return Err(auth.unauthorized(
+                    &ctx.challenge,
+                    &[berth_auth::Scope::catalog()],
+                    "authentication required to list repositories; log in (docker login / berth login)".into(),
+                    None,
+                ));
+            }
+            return Ok(());
         }
         (V2Route::Manifest { name, .. } | V2Route::Blob { name, .. }, &Method::DELETE) => {
             (name, Action::Delete)
