@@ -441,26 +441,53 @@ impl Auth {
             a => Actions::of(&[a]),
         };
         let scope = Scope::repository(repository, scope_actions);
-        // 401 (go and get a token for this) when the principal may do it but the token
-        // does not carry it, or when the token never named the repository; 403 when the
-        // token asked and was refused, or Basic credentials lack the right.
-        let token_lacks_resource = caller.token.as_ref().is_some_and(|t| {
-            rights.allows(action)
-                || !t
-                    .access
-                    .iter()
-                    .any(|s| s.resource_type == ResourceType::Repository && s.name == repository)
+        // No token and no credentials: 401, ask for a token naming the scope. A token that
+        // never named this repository: 401 too. A token that named it but is too narrow
+        // for what the principal may do: 403 with an insufficient_scope challenge (RFC 6750;
+        // clients such as oras-py fetch a wider token on it, the others ask for push
+        // upfront). Otherwise the principal lacks the right: 403.
+        let token_names_resource = caller.token.as_ref().map(|t| {
+            t.access
+                .iter()
+                .any(|s| s.resource_type == ResourceType::Repository && s.name == repository)
         });
-        if (caller.principal.is_anonymous() && caller.token.is_none()) || token_lacks_resource {
-            return Err(self.unauthorized(
-                challenge,
-                &[scope],
-                format!(
-                    "authentication required to {} {repository}; log in (docker login / berth login) with an account that may",
-                    action.as_str()
-                ),
-                token_lacks_resource.then_some(ChallengeError::InsufficientScope),
-            ));
+        let login_hint = |verb: &str| {
+            format!(
+                "authentication required to {verb} {repository}; log in (docker login / berth login) with an account that may"
+            )
+        };
+        match token_names_resource {
+            None if caller.principal.is_anonymous() => {
+                return Err(self.unauthorized(
+                    challenge,
+                    &[scope],
+                    login_hint(action.as_str()),
+                    None,
+                ));
+            }
+            Some(false) => {
+                return Err(self.unauthorized(
+                    challenge,
+                    &[scope],
+                    login_hint(action.as_str()),
+                    Some(ChallengeError::InsufficientScope),
+                ));
+            }
+            Some(true) if rights.allows(action) => {
+                let mut e = self.unauthorized(
+                    challenge,
+                    &[scope],
+                    format!(
+                        "the token does not carry {} on {repository}; request a token with scope repository:{repository}:{}",
+                        action.as_str(),
+                        scope_actions
+                    ),
+                    Some(ChallengeError::InsufficientScope),
+                );
+                e.code = ErrorCode::Denied;
+                return Err(e);
+            }
+            _ => {}
         }
         let fix = if caller.principal.is_anonymous() {
             "log in (docker login / berth login) with an account that may"
