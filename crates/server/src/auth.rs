@@ -25,8 +25,9 @@ use sha2::Digest as _;
 use crate::error::{ApiError, ApiResult};
 
 /// How long a verified Basic login is remembered, so that clients sending Basic on every
-/// request do not pay for Argon2 each time. Password changes apply after at most this.
-const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
+/// request pay for Argon2 at most once a second. Changes made through this server clear it
+/// at once; changes by the CLI on the data directory apply within this time.
+const BASIC_CACHE_TTL: Duration = Duration::from_secs(1);
 /// How long a project's visibility is remembered. Changes made through this server apply
 /// at once (its caches are cleared); changes by `berth project` on the data directory
 /// apply within this time.
@@ -75,6 +76,7 @@ pub struct Auth {
     logins: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
     projects: Mutex<HashMap<String, (Option<Visibility>, Instant)>>,
     roles: Mutex<HashMap<(String, String), (Option<Role>, Instant)>>,
+    subjects: Mutex<HashMap<String, (Principal, Instant)>>,
     verified: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
 }
 
@@ -120,6 +122,7 @@ impl Auth {
             logins: Mutex::new(HashMap::new()),
             projects: Mutex::new(HashMap::new()),
             roles: Mutex::new(HashMap::new()),
+            subjects: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
         }
     }
@@ -167,7 +170,7 @@ impl Auth {
         match creds {
             Credentials::Bearer(token) => {
                 let token = self.verify_token(&token)?;
-                let principal = self.caller_principal(&token.subject).await?;
+                let principal = self.subject_principal(&token.subject).await?;
                 Ok(Caller {
                     principal,
                     token: Some(token),
@@ -209,6 +212,26 @@ impl Auth {
         }
         cache.insert(key, verified.clone());
         Ok(verified)
+    }
+
+    /// [`Auth::caller_principal`], remembered for [`VISIBILITY_TTL`]: a bearer request then
+    /// costs no database query. Deletions and revocations clear it at once.
+    async fn subject_principal(&self, subject: &str) -> ApiResult<Principal> {
+        if subject.is_empty() {
+            return Ok(Principal::Anonymous);
+        }
+        if let Some((p, at)) = self.subjects.lock().unwrap().get(subject)
+            && at.elapsed() < VISIBILITY_TTL
+        {
+            return Ok(p.clone());
+        }
+        let principal = self.caller_principal(subject).await?;
+        let mut cache = self.subjects.lock().unwrap();
+        if cache.len() >= CACHE_CAP {
+            cache.clear();
+        }
+        cache.insert(subject.to_string(), (principal.clone(), Instant::now()));
+        Ok(principal)
     }
 
     /// The principal a token subject names (it may have been deleted or revoked since).
@@ -296,6 +319,7 @@ impl Auth {
         self.logins.lock().unwrap().clear();
         self.projects.lock().unwrap().clear();
         self.roles.lock().unwrap().clear();
+        self.subjects.lock().unwrap().clear();
         self.verified.lock().unwrap().clear();
     }
 
