@@ -14,10 +14,11 @@ mod fixtures;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{Berth, ChildGuard, CmdOutput, need, run_cmd};
+use common::containerd::Containerd;
+use common::{Berth, CmdOutput, need, run_cmd};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -518,106 +519,6 @@ async fn skopeo_with_robot_credentials() {
     .await;
     let out = skopeo(&["inspect", "--creds", &puller, "--cert-dir", cert, &dst]);
     refused(&out, "inspect with a revoked robot");
-}
-
-/// A private containerd daemon (as in tests/interop_containerd.rs).
-struct Containerd {
-    proc: ChildGuard,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        need("containerd");
-        need("ctr");
-        let dir = tempfile::Builder::new()
-            .prefix("bctp")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let root = dir.path().join("root");
-        let state = dir.path().join("state");
-        let socket = dir.path().join("c.sock");
-        let config = dir.path().join("config.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{socket}"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-"#,
-                root = root.display(),
-                state = state.display(),
-                socket = socket.display(),
-                opt = dir.path().join("opt").display(),
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let proc = ChildGuard::spawn(
-            "containerd",
-            Command::new("containerd")
-                .arg("--config")
-                .arg(&config)
-                .arg("--root")
-                .arg(&root)
-                .arg("--state")
-                .arg(&state)
-                .arg("--address")
-                .arg(&socket)
-                .args(["--log-level", "warn"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log),
-        );
-        let mut c = Containerd { proc, dir, socket };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            assert!(c.proc.running(), "containerd exited early:\n{}", c.log());
-            if c.socket.exists() && c.ctr(&["version"]).success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not answer within 60 s:\n{}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-
-    fn ctr(&self, args: &[&str]) -> CmdOutput {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", "berth-auth"])
-            .args(args);
-        run_cmd(&mut cmd, TIMEOUT)
-    }
 }
 
 fn hosts_dir(reg: &Berth, under: &Path) -> PathBuf {

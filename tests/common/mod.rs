@@ -2,6 +2,8 @@
 //! ephemeral port, with its own temporary data directory; stop it by PID on drop.
 #![allow(dead_code)]
 
+pub mod containerd;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,54 +36,7 @@ impl Berth {
 
     /// Start on an existing data directory (e.g. to test restarts).
     pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Berth {
-        let mut cmd = Command::new(berth_bin());
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data")
-            .arg(data.path())
-            .args(extra)
-            .env("RUST_LOG", "berth=info,warn")
-            .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            // Tests push into projects they name on the fly; the strict default (refuse a
-            // push into a missing project) is tested on its own.
-            .env("BERTH_AUTO_CREATE_PROJECTS", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn berth serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        // The server prints `berth listening on SCHEME://ADDR` once it accepts connections.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("berth listening on ") {
-                        let (scheme, addr) = url.split_once("://").expect("url");
-                        let scheme = if scheme == "https" { "https" } else { "http" };
-                        return Berth {
-                            child,
-                            addr: addr.trim().parse().expect("listen address"),
-                            data,
-                            scheme,
-                        };
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("berth serve did not report its address within 60 s");
-                }
-            }
-        }
+        Berth::start_bin_in(berth_bin(), data, extra)
     }
 
     /// `127.0.0.1:PORT`
@@ -208,7 +163,8 @@ pub fn server_bin() -> PathBuf {
 }
 
 impl Berth {
-    /// Like [`Berth::start_in`], but runs `bin` instead of `berth`.
+    /// Start `bin serve` (normally `berth`, see [`server_bin`]) on `data`, on 127.0.0.1:0,
+    /// and wait for its `berth listening on SCHEME://ADDR` line.
     pub fn start_bin_in(bin: &Path, data: tempfile::TempDir, extra: &[&str]) -> Berth {
         let mut child = Command::new(bin)
             .arg("serve")
@@ -254,7 +210,7 @@ impl Berth {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("server did not report its address within 60 s");
+                    panic!("berth serve did not report its address within 60 s");
                 }
             }
         }
