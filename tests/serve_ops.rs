@@ -221,3 +221,50 @@ fn cert_init_writes_files_and_prints_trust_steps() {
     assert!(summary.dns_names.contains(&"harbor-vm.example".to_string()));
     assert!(summary.ips.contains(&"10.0.0.5".parse().unwrap()));
 }
+
+async fn realm_of(srv: &Berth, headers: &[(&str, &str)]) -> String {
+    let mut req = srv.anon_client().get(format!("{}/v2/", srv.url()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let realm = challenge
+        .split("realm=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no realm in {challenge}"));
+    realm.to_string()
+}
+
+#[tokio::test]
+async fn token_realm_follows_the_external_url() {
+    let srv = Berth::start_with(&["--external-url", "https://registry.example.com/"]);
+    assert_eq!(
+        realm_of(&srv, &[("x-forwarded-host", "evil.example")]).await,
+        "https://registry.example.com/service/token"
+    );
+}
+
+#[tokio::test]
+async fn token_realm_behind_a_tls_proxy() {
+    // Forwarded headers are believed only when the operator says the proxy is trusted.
+    let trusted = Berth::start_with(&["--insecure-http", "--trust-forwarded-headers"]);
+    let forwarded = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "registry.example.com"),
+    ];
+    assert_eq!(
+        realm_of(&trusted, &forwarded).await,
+        "https://registry.example.com/service/token"
+    );
+    let untrusted = Berth::start_with(&["--insecure-http"]);
+    assert_eq!(
+        realm_of(&untrusted, &forwarded).await,
+        format!("http://{}/service/token", untrusted.host())
+    );
+}
