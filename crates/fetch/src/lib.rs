@@ -11,7 +11,7 @@
 //!   `DIR` on success (or write an OCI image layout).
 //! * [`events`] — progress events and their three renderings (bars, plain lines, JSON).
 //!
-//! ```ignore
+//! ```text
 //! let cache = BlobCache::open(&default_cache_dir())?;
 //! let opts = FetchOptions { platform: Platform::current(), target: Target::Rootfs(dir),
 //!                           jobs: 4, unpack: UnpackOptions::default(), sync: true };

@@ -222,6 +222,10 @@ struct LayerState {
     dirs: HashMap<Vec<u8>, usize>,
     dir_list: Vec<DirMeta>,
     stats: LayerStats,
+    /// The parent directory of the previous entry (archives list siblings together):
+    /// its cleaned archive components and its resolution. Dropped whenever anything is
+    /// removed, so it never names a directory that was replaced.
+    parent_cache: Option<(Vec<Vec<u8>>, Resolved)>,
 }
 
 fn join(path: &[Vec<u8>]) -> Vec<u8> {
@@ -398,11 +402,12 @@ impl Unpacker {
 
         // Whiteouts.
         if let Some(target) = name.strip_prefix(b".wh.") {
+            state.parent_cache = None;
             if name == b".wh..wh..opq" {
                 state.stats.opaque_dirs += 1;
                 if let Some(dir) = self.resolve_dir(&comps, false, state, &raw_path)? {
                     self.ensure_writable(&dir, state);
-                    self.opaque(&dir.fd, &dir.path, state, &raw_path)?;
+                    self.opaque(&dir.fd, &dir.path, state)?;
                 }
             } else if target.starts_with(b".wh.") {
                 // AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not part of the filesystem.
@@ -445,9 +450,27 @@ impl Unpacker {
             return Ok(());
         }
 
-        let parent = self
-            .resolve_dir(&comps, true, state, &raw_path)?
-            .expect("resolve_dir with create always yields a directory");
+        let cached = match &state.parent_cache {
+            Some((k, r)) if *k == comps => Some(Resolved {
+                fd: rustix::io::dup(&r.fd).map_err(|e| fs_err("dup", &raw_path, e))?,
+                path: r.path.clone(),
+            }),
+            _ => None,
+        };
+        let parent = match cached {
+            Some(p) => p,
+            None => {
+                let r = self
+                    .resolve_dir(&comps, true, state, &raw_path)?
+                    .expect("resolve_dir with create always yields a directory");
+                let keep = Resolved {
+                    fd: rustix::io::dup(&r.fd).map_err(|e| fs_err("dup", &raw_path, e))?,
+                    path: r.path.clone(),
+                };
+                state.parent_cache = Some((comps.clone(), keep));
+                r
+            }
+        };
         self.ensure_writable(&parent, state);
         let key = child_key(&parent.path, &name);
 
@@ -503,6 +526,7 @@ impl Unpacker {
                 Err(e) => return Err(fs_err("stat (hard link target)", &src_key, e)),
             }
             if existing.is_some() {
+                state.parent_cache = None;
                 remove_all(&parent.fd, &name, self.is_root)
                     .map_err(|e| fs_err("replace", &key, e))?;
             }
@@ -522,8 +546,11 @@ impl Unpacker {
         let is_dir = kind == T::Directory;
         match existing {
             Some(FileType::Directory) if is_dir => {}
-            Some(_) => remove_all(&parent.fd, &name, self.is_root)
-                .map_err(|e| fs_err("replace", &key, e))?,
+            Some(_) => {
+                state.parent_cache = None;
+                remove_all(&parent.fd, &name, self.is_root)
+                    .map_err(|e| fs_err("replace", &key, e))?
+            }
             None => {}
         }
 
@@ -776,7 +803,7 @@ impl Unpacker {
         }
         let key = join(&dir.path);
         if !state.dirs.contains_key(&key) {
-            let times = timestamps(st.st_mtime as i64, st.st_mtime_nsec as i64);
+            let times = timestamps(st.st_mtime, st.st_mtime_nsec as i64);
             self.defer_dir(state, dir.path.clone(), mode, Some(times));
         }
         let _ = rustix::fs::fchmod(&dir.fd, Mode::from_raw_mode(mode | 0o700));
@@ -829,7 +856,6 @@ impl Unpacker {
         dir: &OwnedFd,
         path: &[Vec<u8>],
         state: &mut LayerState,
-        entry_path: &[u8],
     ) -> Result<(), UnpackError> {
         for name in list_dir(dir).map_err(|e| fs_err("read dir", &join(path), e))? {
             let key = child_key(path, &name);
@@ -839,7 +865,7 @@ impl Unpacker {
                 {
                     let mut sub_path = path.to_vec();
                     sub_path.push(name);
-                    self.opaque(&sub, &sub_path, state, entry_path)?;
+                    self.opaque(&sub, &sub_path, state)?;
                 }
             } else {
                 remove_all(dir, &name, self.is_root)
