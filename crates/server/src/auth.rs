@@ -73,10 +73,10 @@ pub struct Auth {
     pub trust_forwarded: bool,
     /// The scheme this server itself speaks.
     pub scheme: &'static str,
-    logins: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
-    projects: Mutex<HashMap<String, (Option<Visibility>, Instant)>>,
-    roles: Mutex<HashMap<(String, String), (Option<Role>, Instant)>>,
-    subjects: Mutex<HashMap<String, (Principal, Instant)>>,
+    logins: TtlCache<[u8; 32], Principal>,
+    projects: TtlCache<String, Option<Visibility>>,
+    roles: TtlCache<(String, String), Option<Role>>,
+    subjects: TtlCache<String, Principal>,
     verified: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
 }
 
@@ -119,10 +119,10 @@ impl Auth {
             external_url: external_url.map(|u| u.trim_end_matches('/').to_string()),
             trust_forwarded,
             scheme,
-            logins: Mutex::new(HashMap::new()),
-            projects: Mutex::new(HashMap::new()),
-            roles: Mutex::new(HashMap::new()),
-            subjects: Mutex::new(HashMap::new()),
+            logins: TtlCache::new(BASIC_CACHE_TTL),
+            projects: TtlCache::new(VISIBILITY_TTL),
+            roles: TtlCache::new(VISIBILITY_TTL),
+            subjects: TtlCache::new(VISIBILITY_TTL),
             verified: Mutex::new(HashMap::new()),
         }
     }
@@ -220,17 +220,11 @@ impl Auth {
         if subject.is_empty() {
             return Ok(Principal::Anonymous);
         }
-        if let Some((p, at)) = self.subjects.lock().unwrap().get(subject)
-            && at.elapsed() < VISIBILITY_TTL
-        {
-            return Ok(p.clone());
+        if let Some(p) = self.subjects.get(subject) {
+            return Ok(p);
         }
         let principal = self.caller_principal(subject).await?;
-        let mut cache = self.subjects.lock().unwrap();
-        if cache.len() >= CACHE_CAP {
-            cache.clear();
-        }
-        cache.insert(subject.to_string(), (principal.clone(), Instant::now()));
+        self.subjects.put(subject.to_string(), principal.clone());
         Ok(principal)
     }
 
@@ -276,10 +270,8 @@ impl Auth {
         addr: IpAddr,
     ) -> ApiResult<Principal> {
         let cache_key = key_of(&[username, password]);
-        if let Some((p, at)) = self.logins.lock().unwrap().get(&cache_key)
-            && at.elapsed() < BASIC_CACHE_TTL
-        {
-            return Ok(p.clone());
+        if let Some(p) = self.logins.get(&cache_key) {
+            return Ok(p);
         }
         if let Err(t) = self.limiter.check(username, addr) {
             return Err(
@@ -302,24 +294,17 @@ impl Auth {
             ));
         };
         self.limiter.record_success(username, addr);
-        let mut cache = self.logins.lock().unwrap();
-        if cache.len() >= CACHE_CAP {
-            cache.retain(|_, (_, at)| at.elapsed() < BASIC_CACHE_TTL);
-            if cache.len() >= CACHE_CAP {
-                cache.clear();
-            }
-        }
-        cache.insert(cache_key, (principal.clone(), Instant::now()));
+        self.logins.put(cache_key, principal.clone());
         Ok(principal)
     }
 
     /// Forget remembered logins, project visibility and roles (after a password change, a
     /// deletion, a revocation, a membership or project change).
     pub fn forget_logins(&self) {
-        self.logins.lock().unwrap().clear();
-        self.projects.lock().unwrap().clear();
-        self.roles.lock().unwrap().clear();
-        self.subjects.lock().unwrap().clear();
+        self.logins.clear();
+        self.projects.clear();
+        self.roles.clear();
+        self.subjects.clear();
         self.verified.lock().unwrap().clear();
     }
 
@@ -362,10 +347,8 @@ impl Auth {
     /// A project's visibility, remembered for [`VISIBILITY_TTL`]: anonymous pulls of public
     /// images are the hot path and need not query the database each time.
     async fn visibility(&self, project: &str) -> ApiResult<Option<Visibility>> {
-        if let Some((vis, at)) = self.projects.lock().unwrap().get(project)
-            && at.elapsed() < VISIBILITY_TTL
-        {
-            return Ok(*vis);
+        if let Some(vis) = self.projects.get(project) {
+            return Ok(vis);
         }
         let vis = self.accounts.project(project).await?.map(|p| {
             if p.public {
@@ -374,28 +357,18 @@ impl Auth {
                 Visibility::Private
             }
         });
-        let mut cache = self.projects.lock().unwrap();
-        if cache.len() >= CACHE_CAP {
-            cache.clear();
-        }
-        cache.insert(project.to_string(), (vis, Instant::now()));
+        self.projects.put(project.to_string(), vis);
         Ok(vis)
     }
 
     /// A user's role in a project, remembered like visibility.
     async fn role(&self, project: &str, user: &str) -> ApiResult<Option<Role>> {
         let key = (project.to_string(), user.to_string());
-        if let Some((role, at)) = self.roles.lock().unwrap().get(&key)
-            && at.elapsed() < VISIBILITY_TTL
-        {
-            return Ok(*role);
+        if let Some(role) = self.roles.get(&key) {
+            return Ok(role);
         }
         let role = self.accounts.role_of(project, user).await?.map(role_of);
-        let mut cache = self.roles.lock().unwrap();
-        if cache.len() >= CACHE_CAP {
-            cache.clear();
-        }
-        cache.insert(key, (role, Instant::now()));
+        self.roles.put(key, role);
         Ok(role)
     }
 
@@ -627,5 +600,47 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
         Ok(ClientAddr(ip))
+    }
+}
+
+/// A small map whose entries expire after a fixed time, bounded by [`CACHE_CAP`] entries
+/// (when full, expired entries go first, then everything).
+struct TtlCache<K, V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<K, (V, Instant)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
+    fn new(ttl: Duration) -> Self {
+        TtlCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let entries = self.entries.lock().unwrap();
+        let (value, at) = entries.get(key)?;
+        (at.elapsed() < self.ttl).then(|| value.clone())
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut entries = self.entries.lock().unwrap();
+        if entries.len() >= CACHE_CAP {
+            let ttl = self.ttl;
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            if entries.len() >= CACHE_CAP {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (value, Instant::now()));
+    }
+
+    fn clear(&self) {
+        self.entries.lock().unwrap().clear();
     }
 }
