@@ -976,6 +976,33 @@ fn docker_engine_push_pull_with_ca_trust() {
         "same manifest digest on re-push"
     );
 
+    // 3b. Berth's own client reads the config.json `docker login` wrote (an identity
+    //     token, used with the OAuth2 refresh grant) and copies the image into a private
+    //     project; Docker then pulls what Berth pushed.
+    if berth {
+        let private = format!("{host}/private-prj/from-berth:v1");
+        let out = run_timeout(
+            Command::new(common::berth_bin())
+                .env("DOCKER_CONFIG", dockerd.dir.path().join("config"))
+                .args(["copy", "--ca-bundle"])
+                .arg(registry.ca_path())
+                .args([remote.as_str(), private.as_str()]),
+            Duration::from_secs(120),
+        );
+        assert!(
+            out.status.success(),
+            "berth copy with the config.json docker login wrote:\n{}",
+            text(&out)
+        );
+        let out = dockerd.must(&["pull", &private]);
+        assert!(
+            out.contains(&format!("Digest: {digest}")),
+            "docker pull of what berth pushed:\n{out}"
+        );
+        // Untag it again so that step 5 starts with no local copy of the layers.
+        dockerd.must(&["rmi", &private]);
+    }
+
     // 4. The registry serves what Docker pushed, to a client that trusts only the CA.
     check_registry_api(&registry, &digest, &image_id);
 
