@@ -372,3 +372,75 @@ fn ctr_pulls_from_a_private_project_only_with_user() {
     );
     assert_rootfs(&ctd.snapshot_dir(&chain_id), &image.architecture);
 }
+
+/// What `berth login` + `berth push` put in the registry, containerd pulls and unpacks.
+#[test]
+fn ctr_pulls_what_berth_pushed() {
+    let reg = start_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
+    let config_dir = tmp.path().join("docker-config");
+    let ca = reg.ca_path();
+    let berth = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new("sh");
+        // run_cmd gives children no stdin: feed --password-stdin from a file instead.
+        let input = tmp.path().join("stdin");
+        std::fs::write(&input, stdin.unwrap_or("")).unwrap();
+        cmd.env("DOCKER_CONFIG", &config_dir)
+            .arg("-c")
+            .arg("exec \"$0\" \"$@\" < \"$BERTH_STDIN\"")
+            .arg(common::berth_bin())
+            .args(args)
+            .env("BERTH_STDIN", &input);
+        run_cmd(&mut cmd, Duration::from_secs(120))
+    };
+    let host = reg.host();
+    berth(
+        &[
+            "login",
+            &host,
+            "-u",
+            common::ADMIN_USER,
+            "--password-stdin",
+            "--ca-bundle",
+            ca.to_str().unwrap(),
+        ],
+        Some(common::ADMIN_PASSWORD),
+    )
+    .ok();
+    let target = format!("{host}/library/from-berth:v1");
+    berth(
+        &[
+            "push",
+            &layout.oci_ref(),
+            &target,
+            "--ca-bundle",
+            ca.to_str().unwrap(),
+        ],
+        None,
+    )
+    .ok();
+
+    let ctd = Containerd::start();
+    let hosts = hosts_dir(&reg, tmp.path(), true);
+    let pull = ctd
+        .ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts.to_str().unwrap(),
+            "--snapshotter",
+            "native",
+            "--print-chainid",
+            &target,
+        ])
+        .ok();
+    let image = &layout.images[0];
+    let chain_id = image.chain_id();
+    assert!(
+        pull.stdout.contains(&chain_id),
+        "ctr should report chain ID {chain_id}:\n{}",
+        pull.stdout
+    );
+    assert_rootfs(&ctd.snapshot_dir(&chain_id), &image.architecture);
+}
