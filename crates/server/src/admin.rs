@@ -646,11 +646,6 @@ pub async fn list_members(
         .collect())
 }
 
-/// Members of a project (unchecked; for callers that already checked).
-pub async fn members(auth: &Auth, project: &str) -> ApiResult<Vec<Member>> {
-    Ok(auth.accounts.members(project).await?)
-}
-
 /// Give `user` `role` in `project` (adding or changing the membership).
 pub async fn set_member(
     auth: &Auth,

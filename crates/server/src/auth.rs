@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use berth_auth::{
     Action, Actions, BearerChallenge, ChallengeError, Credentials, LoginLimiter, MemoryLookup,
     Principal, ResourceType, Role, Scope, TokenService, VerifiedToken, Visibility,
@@ -577,11 +577,6 @@ fn robot_principal(r: &berth_storage::Robot) -> Principal {
         expires_at: r.expires_at.map(|e| e.max(0) as u64),
         revoked: r.revoked,
     })
-}
-
-/// 403 for a caller that may not see a listing.
-pub fn denied(detail: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::Denied, detail).with_status(StatusCode::FORBIDDEN)
 }
 
 /// The client's IP address (from the connection; unspecified when served in-process).
