@@ -268,3 +268,19 @@ async fn token_realm_behind_a_tls_proxy() {
         format!("http://{}/service/token", untrusted.host())
     );
 }
+
+/// Clients push layers in parallel: the first pushes into a new project race to create it
+/// (with auto-create on), and every one of them must succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_pushes_into_a_new_project_all_succeed() {
+    let srv = Berth::start();
+    let client = srv.client();
+    let url = srv.url();
+    let uploads = (0..8).map(|i| {
+        let client = client.clone();
+        let target = format!("{url}/v2/race-prj/app{}/blobs/uploads/", i % 2);
+        async move { client.post(target).send().await.unwrap().status() }
+    });
+    let statuses = futures_util::future::join_all(uploads).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+}

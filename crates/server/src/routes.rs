@@ -208,7 +208,17 @@ async fn ensure_project(ctx: &Ctx, repository: &str) -> ApiResult<()> {
             ),
         ));
     }
-    crate::admin::create_project(auth, &ctx.caller, project, false, "created on first push").await
+    match crate::admin::create_project(auth, &ctx.caller, project, false, "created on first push")
+        .await
+    {
+        Ok(()) => Ok(()),
+        // Clients push layers in parallel: another request may have just created it.
+        Err(e) if auth.accounts.project(project).await?.is_some() => {
+            tracing::debug!(project, error = %e.detail, "project created concurrently");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn route(ctx: Ctx, body: Body, rest: &str) -> ApiResult<Response> {
