@@ -84,6 +84,17 @@ fn violation(e: &sqlx::Error) -> Option<ErrorKind> {
     e.as_database_error().map(|d| d.kind())
 }
 
+/// The outcome of an INSERT whose primary key may already be taken: `AlreadyExists(what)`.
+fn inserted<T>(result: Result<T, sqlx::Error>, what: impl FnOnce() -> String) -> StorageResult<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if violation(&e) == Some(ErrorKind::UniqueViolation) => {
+            Err(StorageError::AlreadyExists(what()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn parse_role(s: &str) -> StorageResult<ProjectRole> {
     s.parse()
         .map_err(|e| StorageError::Database(format!("invalid role in database: {e}")))
@@ -164,13 +175,7 @@ impl AccountStore for SqliteMetadata {
         .bind(p.created_at)
         .execute(&self.writer)
         .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if violation(&e) == Some(ErrorKind::UniqueViolation) => {
-                Err(StorageError::AlreadyExists(format!("project {}", p.name)))
-            }
-            Err(e) => Err(e.into()),
-        }
+        inserted(result, || format!("project {}", p.name))
     }
 
     async fn project(&self, name: &str) -> StorageResult<Option<Project>> {
@@ -272,13 +277,7 @@ impl AccountStore for SqliteMetadata {
         .bind(u.created_at)
         .execute(&self.writer)
         .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if violation(&e) == Some(ErrorKind::UniqueViolation) => {
-                Err(StorageError::AlreadyExists(format!("user {}", u.name)))
-            }
-            Err(e) => Err(e.into()),
-        }
+        inserted(result, || format!("user {}", u.name))
     }
 
     async fn user(&self, name: &str) -> StorageResult<Option<User>> {
@@ -535,17 +534,8 @@ impl AccountStore for SqliteMetadata {
         .bind(t.expires_at)
         .execute(&mut *tx)
         .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if violation(&e) == Some(ErrorKind::UniqueViolation) => {
-                // Never print the hash itself.
-                return Err(StorageError::AlreadyExists(format!(
-                    "refresh token of {}",
-                    t.subject
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        // Never print the hash itself.
+        inserted(result, || format!("refresh token of {}", t.subject))?;
         tx.commit().await?;
         Ok(())
     }
