@@ -10,16 +10,13 @@ use berth_proto::Digest;
 use berth_proto::error::ErrorCode;
 use berth_proto::range::{RangeError, parse_range};
 use futures_util::StreamExt;
-use tokio_util::io::ReaderStream;
 
 use crate::error::{ApiError, ApiResult};
 use crate::routes::Ctx;
 
-/// Read buffer for blob bodies: large enough to keep TLS records full.
-const READ_CHUNK: usize = 512 * 1024;
-/// Chunks read ahead of what the connection has sent: the file is read while the
-/// previous chunk is encrypted and sent, with at most this many chunks (plus the one being
-/// read) held per download.
+/// Chunks read ahead of what the connection has sent: the next chunk is read (or mapped)
+/// while the previous one is encrypted and sent, with at most this many chunks (plus the
+/// one being read) held per download.
 const READ_AHEAD: usize = 2;
 
 /// Parse a digest from a path or query, mapping errors to `DIGEST_INVALID`.
@@ -87,7 +84,7 @@ pub(crate) async fn get(ctx: Ctx, name: &str, digest: &str) -> ApiResult<Respons
         // HEAD never opens the file: the link's size is authoritative.
         return Ok(builder.body(Body::empty()).unwrap());
     }
-    let reader = match state.blobs.open(&digest, range).await {
+    let blob = match state.blobs.open_chunks(&digest, range).await {
         Ok(r) => r,
         // Linked in metadata but bytes gone (e.g. deleted by an operator): say so plainly.
         Err(berth_storage::StorageError::BlobUnknown(_)) => {
@@ -95,13 +92,12 @@ pub(crate) async fn get(ctx: Ctx, name: &str, digest: &str) -> ApiResult<Respons
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(builder.body(read_ahead(reader.reader)).unwrap())
+    Ok(builder.body(read_ahead(blob.chunks)).unwrap())
 }
 
-/// A body that streams `reader` from a separate task, `READ_AHEAD` chunks ahead. When the
+/// A body that streams `chunks` from a separate task, `READ_AHEAD` chunks ahead. When the
 /// client goes away the body (and its receiver) is dropped and the task stops.
-fn read_ahead(reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>) -> Body {
-    let mut chunks = ReaderStream::with_capacity(reader, READ_CHUNK);
+fn read_ahead(mut chunks: berth_storage::ByteStream) -> Body {
     let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
         while let Some(chunk) = chunks.next().await {

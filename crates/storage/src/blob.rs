@@ -26,6 +26,19 @@ pub struct BlobReader {
     pub total: u64,
 }
 
+/// A blob or byte range of a blob as chunks ready to send (see [`BlobStore::open_chunks`]).
+pub struct BlobChunks {
+    /// The bytes, in order, in chunks of the backend's choosing.
+    pub chunks: ByteStream,
+    /// Number of bytes `chunks` will yield.
+    pub len: u64,
+    /// Size of the whole blob.
+    pub total: u64,
+}
+
+/// Chunk size of the default [`BlobStore::open_chunks`].
+const DEFAULT_CHUNK: usize = 512 * 1024;
+
 /// What is known about an upload in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadState {
@@ -46,6 +59,25 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Read the blob, or the inclusive byte range `start..=end` of it.
     /// Errors: `BlobUnknown`; `SizeInvalid` when the range is outside the blob.
     async fn open(&self, digest: &Digest, range: Option<(u64, u64)>) -> StorageResult<BlobReader>;
+
+    /// The same bytes as [`open`](Self::open), as a stream of chunks: what the server sends
+    /// to a client. A backend that can hand out its bytes without copying them first (the
+    /// filesystem store maps its immutable files) overrides this.
+    async fn open_chunks(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> StorageResult<BlobChunks> {
+        let blob = self.open(digest, range).await?;
+        Ok(BlobChunks {
+            chunks: Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                blob.reader,
+                DEFAULT_CHUNK,
+            )),
+            len: blob.len,
+            total: blob.total,
+        })
+    }
 
     /// Start a new upload session and return its id.
     async fn start_upload(&self) -> StorageResult<UploadId>;

@@ -44,7 +44,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
 
-use crate::blob::{BlobReader, BlobStore, ByteStream, UploadId, UploadState};
+use crate::blob::{BlobChunks, BlobReader, BlobStore, ByteStream, UploadId, UploadState};
 use crate::{StorageError, StorageResult};
 
 /// Size of one write to an upload file (bytes are gathered up to this before writing).
@@ -54,6 +54,10 @@ const WRITE_BUFFER: usize = 1 << 20;
 const ALIGN: usize = 4096;
 /// Read buffer when re-hashing an upload file.
 const HASH_BUFFER: usize = 1 << 20;
+/// Bytes of a blob mapped at a time when sending it (see `open_chunks`).
+const MAP_WINDOW: u64 = 2 << 20;
+/// Below this, a window is read with `pread` rather than mapped.
+const MIN_MAP: u64 = 256 << 10;
 /// Longest accepted upload id.
 const MAX_ID_LEN: usize = 64;
 
@@ -111,6 +115,39 @@ impl FsBlobStore {
     /// The directory this store lives in.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Open a committed blob and resolve `range`: `(file, start, len, total)`.
+    async fn open_range(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> StorageResult<(std::fs::File, u64, u64, u64)> {
+        let path = self.blob_path(digest);
+        let unknown = digest.clone();
+        blocking(move || {
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::BlobUnknown(unknown));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let total = file.metadata()?.len();
+            let (start, len) = match range {
+                None => (0, total),
+                Some((start, end)) => {
+                    if start > end || end >= total {
+                        return Err(StorageError::SizeInvalid(format!(
+                            "range {start}-{end} is outside the blob's {total} bytes"
+                        )));
+                    }
+                    (start, end - start + 1)
+                }
+            };
+            Ok((file, start, len, total))
+        })
+        .await
     }
 
     /// Delete upload sessions whose file has not been written for `older_than`.
@@ -233,39 +270,50 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn open(&self, digest: &Digest, range: Option<(u64, u64)>) -> StorageResult<BlobReader> {
-        let path = self.blob_path(digest);
-        let unknown = digest.clone();
-        // One blocking hop: open, fstat (for the total size), seek.
-        let (file, start, len, total) = blocking(move || {
-            let mut file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(StorageError::BlobUnknown(unknown));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let total = file.metadata()?.len();
-            let (start, len) = match range {
-                None => (0, total),
-                Some((start, end)) => {
-                    if start > end || end >= total {
-                        return Err(StorageError::SizeInvalid(format!(
-                            "range {start}-{end} is outside the blob of {total} bytes"
-                        )));
-                    }
-                    (start, end - start + 1)
-                }
-            };
-            if start > 0 {
+        let (file, start, len, total) = self.open_range(digest, range).await?;
+        let mut file = file;
+        if start > 0 {
+            file = blocking(move || {
                 file.seek(SeekFrom::Start(start))?;
-            }
-            Ok((file, start, len, total))
-        })
-        .await?;
-        debug_assert!(start + len <= total);
+                Ok(file)
+            })
+            .await?;
+        }
         let reader = tokio::fs::File::from_std(file).take(len);
         Ok(BlobReader {
             reader: Box::pin(reader),
+            len,
+            total,
+        })
+    }
+
+    /// Blobs are sent from memory maps of their files, `MAP_WINDOW` bytes at a time, each
+    /// window mapped and faulted in (`MAP_POPULATE`) on the blocking pool. The bytes then go
+    /// from the page cache straight into TLS records: no read into a buffer first, which
+    /// was a fifth of the server's CPU on a pull. Small ranges are read with `pread`.
+    async fn open_chunks(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> StorageResult<BlobChunks> {
+        let (file, start, len, total) = self.open_range(digest, range).await?;
+        let file = Arc::new(file);
+        let end = start + len;
+        let chunks = futures_util::stream::try_unfold(start, move |pos| {
+            let file = file.clone();
+            async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let n = (end - pos).min(MAP_WINDOW);
+                let chunk = tokio::task::spawn_blocking(move || read_window(&file, pos, n))
+                    .await
+                    .map_err(std::io::Error::other)??;
+                Ok(Some((chunk, pos + n)))
+            }
+        });
+        Ok(BlobChunks {
+            chunks: Box::pin(chunks),
             len,
             total,
         })
@@ -844,6 +892,28 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// Run blocking filesystem work off the async threads.
+/// `n` bytes of a committed blob from offset `pos`, without copying when `n` is large.
+fn read_window(file: &std::fs::File, pos: u64, n: u64) -> std::io::Result<Bytes> {
+    let len = usize::try_from(n).map_err(std::io::Error::other)?;
+    if n < MIN_MAP {
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, pos)?;
+        return Ok(Bytes::from(buf));
+    }
+    // SAFETY: committed blob files are immutable: written and fsynced under `uploads/`,
+    // then hard-linked into `blobs/`, never opened for writing, truncated or rewritten
+    // afterwards (garbage collection unlinks them, which keeps an open mapping valid). The
+    // mapping is read-only and owned by the returned `Bytes`.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(pos)
+            .len(len)
+            .populate()
+            .map(file)?
+    };
+    Ok(Bytes::from_owner(map))
+}
+
 async fn blocking<T, F>(f: F) -> StorageResult<T>
 where
     T: Send + 'static,

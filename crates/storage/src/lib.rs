@@ -36,6 +36,6 @@ pub use accounts::{
     AccountStore, AuditEvent, AuditFilter, Member, Project, ProjectRole, RefreshToken, Robot,
     UnknownName, User, Visibility,
 };
-pub use blob::{BlobReader, BlobStore, ByteStream, UploadId, UploadState};
+pub use blob::{BlobChunks, BlobReader, BlobStore, ByteStream, UploadId, UploadState};
 pub use error::{StorageError, StorageResult};
 pub use metadata::{ManifestRecord, MetadataStore, NewManifest, Referrer, UploadSession};
