@@ -199,10 +199,17 @@ fn big_image(dir: &Path, seed: &str) -> BigImage {
     };
     add("data/", b"", tar::EntryType::Directory, 0o755);
     add("data/noise.bin", &noise, tar::EntryType::Regular, 0o644);
-    add("data/hello.txt", b"resumed\n", tar::EntryType::Regular, 0o644);
+    add(
+        "data/hello.txt",
+        b"resumed\n",
+        tar::EntryType::Regular,
+        0o644,
+    );
     let tar = tar.into_inner().unwrap();
     let diff_id = fixtures::sha256_digest(&tar);
-    let mut gz = GzBuilder::new().mtime(0).write(Vec::new(), Compression::fast());
+    let mut gz = GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), Compression::fast());
     gz.write_all(&tar).unwrap();
     let gz = gz.finish().unwrap();
 

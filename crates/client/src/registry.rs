@@ -1241,8 +1241,7 @@ impl RegistryClient {
             let file = Arc::new(file);
             let mut durable = have;
             let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-            let mut in_flight: Option<(tokio::task::JoinHandle<std::io::Result<()>>, u64)> =
-                None;
+            let mut in_flight: Option<(tokio::task::JoinHandle<std::io::Result<()>>, u64)> = None;
             async fn settle(
                 in_flight: &mut Option<(tokio::task::JoinHandle<std::io::Result<()>>, u64)>,
                 durable: &mut u64,
