@@ -17,9 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use berth_client::{
-    Descriptor, DownloadObserver, ImageRef, OciLayout, Platform, RegistryClient,
-};
+use berth_client::{Descriptor, DownloadObserver, ImageRef, OciLayout, Platform, RegistryClient};
 use tokio::task::JoinHandle;
 
 use crate::cache::{BlobCache, Ensured};
