@@ -4,7 +4,9 @@
 //! - the system roots (the OS store via rustls-native-certs; webpki verification);
 //! - `--ca-bundle FILE`: any number of PEM certificates one after another;
 //! - `--ca-configmap FILE`: the `image-fetcher-ca-bundle` ConfigMap (`data.ca-bundle`);
-//! - Docker `certs.d/<host[:port]>/*.crt` directories (per registry);
+//! - Docker `certs.d/<host[:port]>/*.crt` directories (per registry), and there a client
+//!   certificate `NAME.cert` with its key `NAME.key` (e.g. `client.cert` + `client.key`),
+//!   presented to registries that ask for one (mutual TLS), exactly as Docker does;
 //! - containerd `hosts.toml` (`<hosts-dir>/<host[:port]>/hosts.toml`: `server`, `ca`,
 //!   `skip_verify`, and `[host."URL"]` mirrors, in file order);
 //! - insecure registries (`--insecure-registry HOST[:PORT]` or CIDR, Docker `daemon.json`
@@ -279,6 +281,9 @@ impl TrustOptions {
                                 ep.ca_files.push(f);
                             }
                         }
+                        if ep.client_cert.is_none() {
+                            ep.client_cert = client_cert_in(&d)?;
+                        }
                     }
                 }
             }
@@ -320,35 +325,47 @@ impl TrustOptions {
             Arc::new(NoVerifier(provider.clone()))
         } else {
             let mut store = rustls::RootCertStore::empty();
-            if self.system_roots {
-                store.add_parsable_certificates(system_roots().iter().cloned());
-            }
             for r in &roots {
                 store
                     .add(r.clone())
                     .map_err(|e| ClientError::Config(format!("unusable CA certificate: {e}")))?;
             }
-            if store.is_empty() {
-                Arc::new(NoRoots(provider.clone()))
+            let explicit = if store.is_empty() {
+                None
             } else {
-                rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(store),
-                    provider.clone(),
-                )
-                .build()
-                .map_err(|e| ClientError::Config(format!("TLS verifier: {e}")))?
-            }
+                Some(webpki_verifier(store, &provider)?)
+            };
+            Arc::new(LayeredVerifier {
+                explicit,
+                roots: roots.clone(),
+                system: self.system_roots,
+                full: std::sync::OnceLock::new(),
+                provider: provider.clone(),
+            })
         };
         let verifier = Arc::new(RecordingVerifier {
             inner,
             failure: failure.clone(),
         });
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError::Config(format!("TLS setup: {e}")))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let tls = match &cfg.client_cert {
+            None => tls.with_no_client_auth(),
+            Some((cert, key)) => {
+                let (chain, key_der) = load_client_cert(cert, key)?;
+                tls.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    ClientError::Config(format!(
+                        "client certificate {} with key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?
+            }
+        };
+        let mut tls = tls;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -379,6 +396,9 @@ pub struct EndpointConfig {
     pub url: String,
     /// CA files for this endpoint (certs.d, hosts.toml `ca`).
     pub ca_files: Vec<PathBuf>,
+    /// A client certificate (PEM chain) and its private key (certs.d `NAME.cert` +
+    /// `NAME.key`), for registries that require mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// hosts.toml `skip_verify = true`.
     pub skip_verify: bool,
     /// Listed as an insecure registry: no verification, HTTP fallback.
@@ -608,6 +628,155 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
         }
         r.certs
     })
+}
+
+/// The client certificate of a certs.d directory, as Docker finds it: a `NAME.cert` file
+/// needs `NAME.key` next to it (an error names the missing one); the first pair in name
+/// order is used.
+fn client_cert_in(dir: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let mut certs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cert"))
+        .collect();
+    certs.sort();
+    let Some(cert) = certs.into_iter().next() else {
+        return Ok(None);
+    };
+    let key = cert.with_extension("key");
+    if !key.is_file() {
+        return Err(ClientError::Config(format!(
+            "client certificate {} has no key: put its private key (PEM) in {}",
+            cert.display(),
+            key.display()
+        )));
+    }
+    Ok(Some((cert, key)))
+}
+
+fn load_client_cert(
+    cert: &Path,
+    key: &Path,
+) -> Result<(
+    Vec<CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+)> {
+    let chain = parse_pem_bundle(&read_file(cert)?, &cert.display().to_string())?;
+    let key_der =
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(&read_file(key)?).map_err(|e| {
+            ClientError::Config(format!(
+                "{}: no usable private key (PEM PKCS#8, PKCS#1 or SEC1): {e}",
+                key.display()
+            ))
+        })?;
+    Ok((chain, key_der))
+}
+
+fn webpki_verifier(
+    store: rustls::RootCertStore,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>> {
+    let v: Arc<dyn ServerCertVerifier> =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(store),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| ClientError::Config(format!("TLS verifier: {e}")))?;
+    Ok(v)
+}
+
+/// Verification against the union of the explicitly given CAs and the system roots,
+/// without loading the system store when it is not needed: a certificate that chains to
+/// an explicit CA is accepted at once (a chain to any root of the union is a chain to a
+/// root of one of the two sets); only otherwise is the union (system roots, read and
+/// parsed once per process, plus the explicit CAs) built and asked, and its verdict is
+/// the answer, errors included.
+#[derive(Debug)]
+struct LayeredVerifier {
+    explicit: Option<Arc<dyn ServerCertVerifier>>,
+    roots: Vec<CertificateDer<'static>>,
+    system: bool,
+    full: std::sync::OnceLock<Arc<dyn ServerCertVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl LayeredVerifier {
+    fn full(&self) -> &Arc<dyn ServerCertVerifier> {
+        self.full.get_or_init(|| {
+            if !self.system
+                && let Some(e) = &self.explicit
+            {
+                return e.clone();
+            }
+            let mut store = rustls::RootCertStore::empty();
+            if self.system {
+                store.add_parsable_certificates(system_roots().iter().cloned());
+            }
+            store.add_parsable_certificates(self.roots.iter().cloned());
+            if store.is_empty() {
+                return Arc::new(NoRoots(self.provider.clone()));
+            }
+            webpki_verifier(store, &self.provider)
+                .unwrap_or_else(|_| Arc::new(NoRoots(self.provider.clone())))
+        })
+    }
+}
+
+impl ServerCertVerifier for LayeredVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if let Some(e) = &self.explicit
+            && let Ok(v) =
+                e.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            return Ok(v);
+        }
+        self.full()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Used when no root at all is available: every certificate is of unknown authority.
