@@ -218,7 +218,7 @@ async fn manifest_status(b: &Berth, repo: &str, reference: &str) -> StatusCode {
 #[tokio::test]
 async fn client_supplied_values_are_escaped_and_pages_carry_security_headers() {
     let b = Berth::start();
-    push_image(
+    let image = push_image(
         &b,
         "library/xss",
         "v1",
@@ -226,10 +226,44 @@ async fn client_supplied_values_are_escaped_and_pages_carry_security_headers() {
         json!({"org.opencontainers.image.description": "<img src=x onerror=alert(2)>"}),
     )
     .await;
+    // A signature-like referrer whose annotation carries markup too.
+    let empty = push_blob(&b, "library/xss", b"{}").await;
+    let sig = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": IMAGE,
+        "artifactType": "application/vnd.example.sig",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+        "subject": {"mediaType": IMAGE, "digest": digest_of(&image), "size": image.len()},
+        "annotations": {"signer": "<i>ci</i>"},
+    }))
+    .unwrap();
+    put_manifest(&b, "library/xss", &digest_of(&sig), IMAGE, &sig).await;
+    // A two-platform index.
+    let arm = push_image(&b, "library/xss", "arm", json!({}), json!({})).await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": IMAGE, "digest": digest_of(&image), "size": image.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": IMAGE, "digest": digest_of(&arm), "size": arm.len(),
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    }))
+    .unwrap();
+    put_manifest(
+        &b,
+        "library/xss",
+        "multi",
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    )
+    .await;
     // Anonymous visitors read the public project.
     let anon = browser(&b);
     let r = anon
-        .get(format!("{}/repositories/library/xss", b.url()))
+        .get(format!("{}/repositories/library/xss?tag=v1", b.url()))
         .send()
         .await
         .unwrap();
@@ -256,6 +290,23 @@ async fn client_supplied_values_are_escaped_and_pages_carry_security_headers() {
     assert!(
         html.contains("onerror=alert(2)"),
         "the annotation is shown as text"
+    );
+    assert!(
+        html.contains("<td class=\"referrers\">1 (application/vnd.example.sig)</td>"),
+        "{html}"
+    );
+    assert!(html.contains("id=\"referrers\""), "{html}");
+    assert!(!html.contains("<i>ci</i>"), "{html}");
+    let multi = html
+        .split("<tr data-tag=\"multi\"")
+        .nth(1)
+        .unwrap()
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(
+        multi.contains("<td class=\"platforms\">linux/amd64, linux/arm64/v8</td>"),
+        "{multi}"
     );
     // The only script is the console's own file.
     assert_eq!(html.matches("<script").count(), 1, "{html}");
