@@ -1,23 +1,738 @@
 //! End-to-end tests of the web console (issue 5) in headless Chromium.
+//!
+//! One `berth serve` (HTTPS with its own CA) and one headless Chromium (through the system
+//! `chromedriver`, see tests/common/webdriver.rs) serve the whole file: the browser trusts
+//! Berth's CA through a temporary NSS database, so the console runs as a real secure
+//! context with a valid certificate (no `acceptInsecureCerts`), exactly as an operator's
+//! browser would after following the certificate page's steps.
+//!
+//! The story follows the page contract (notes/console-contract.md): browse the public
+//! `library` signed out; sign in as the administrator; create a private project (the
+//! *Public* box is unchecked by default); push an image into it with skopeo and see the tag
+//! and its size appear; copy the `docker pull` command through the real clipboard; create a
+//! pull robot in the browser and pull with its secret (a wrong secret is refused); delete a
+//! tag in the browser and see it gone from the registry API; open the administration pages
+//! (the CA download equals the server's CA); sign out and find the private project
+//! invisible. Every page visited is written as a PNG to
+//! `$CARGO_TARGET_TMPDIR/console-screenshots/` (a CI artifact), each checked to be a
+//! non-empty PNG. Every wait polls for at most 10 s.
+//!
+//! Everything runs in one `#[tokio::test]` so that the browser and the server start once;
+//! each step is its own function and every assertion names the step and the page.
 
 mod common;
 mod fixtures;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-use common::Berth;
-use common::webdriver::Browser;
+use common::webdriver::{Browser, assert_png};
+use common::{Berth, CmdOutput, need, run_cmd};
+use fixtures::Layout;
+use serde_json::json;
 
+const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
+/// The private project the story creates in the browser.
+const PROJECT: &str = "e2e-private";
+/// The repository pushed into it.
+const REPO: &str = "e2e-private/app";
+/// The robot created in the browser.
+const ROBOT: &str = "puller";
+
+/// Where the screenshots go (kept after the test, for CI to collect).
 fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
 }
 
+/// The shared state of the story.
+struct Ctx {
+    berth: Berth,
+    browser: Browser,
+    shots: PathBuf,
+    /// Names of the screenshots taken, in order.
+    taken: std::cell::RefCell<Vec<String>>,
+    /// Scratch space for image layouts and pulls.
+    tmp: tempfile::TempDir,
+}
+
+impl Ctx {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.berth.url())
+    }
+
+    /// Navigate to `path` on the console.
+    async fn open(&self, path: &str) {
+        self.browser.goto(&self.url(path)).await;
+    }
+
+    /// Screenshot of the current page as `NN-name.png`.
+    async fn shot(&self, name: &str) {
+        let n = self.taken.borrow().len() + 1;
+        let file = format!("{n:02}-{name}");
+        self.browser.screenshot_to(&self.shots, &file).await;
+        self.taken.borrow_mut().push(file);
+    }
+
+    /// Text of the whole page, lower-cased, for "says X" checks.
+    async fn page_text_lower(&self) -> String {
+        self.browser.body_text().await.to_lowercase()
+    }
+}
+
+/// `skopeo --insecure-policy ARGS…` with an empty auth file, bounded in time.
+fn skopeo(args: &[&str]) -> CmdOutput {
+    need("skopeo");
+    let auth_dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("skopeo");
+    cmd.arg("--insecure-policy")
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", auth_dir.path().join("auth.json"))
+        .env("DOCKER_CONFIG", auth_dir.path());
+    run_cmd(&mut cmd, SKOPEO_TIMEOUT)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Push `layout` to `target` (`project/repo:tag`) as the administrator.
+fn push(berth: &Berth, layout: &Layout, target: &str, all: bool) {
+    let cert_dir = berth.cert_dir();
+    let dest = format!("docker://{}/{target}", berth.host());
+    let creds = common::admin_creds();
+    let src = layout.oci_ref();
+    let mut args = vec!["copy"];
+    if all {
+        args.push("--all");
+    }
+    args.extend([
+        "--dest-creds",
+        &creds,
+        "--dest-cert-dir",
+        path_str(&cert_dir),
+        &src,
+        &dest,
+    ]);
+    skopeo(&args).ok();
+}
+
+/// Pull `source` (`project/repo:tag`) into a fresh OCI layout with `user:secret`.
+fn pull_with(berth: &Berth, source: &str, creds: &str, out: &Path) -> CmdOutput {
+    let cert_dir = berth.cert_dir();
+    let src = format!("docker://{}/{source}", berth.host());
+    let dst = format!("oci:{}:pulled", out.display());
+    skopeo(&[
+        "copy",
+        "--src-creds",
+        creds,
+        "--src-cert-dir",
+        path_str(&cert_dir),
+        &src,
+        &dst,
+    ])
+}
+
 #[tokio::test]
-async fn harness_healthz() {
+async fn console_story_in_headless_chromium() {
     let berth = Berth::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Something public to browse signed out.
+    let library = fixtures::image_layout(&tmp.path().join("library-src"), "v1");
+    push(&berth, &library, "library/hello:v1", false);
+
+    let shots = screenshot_dir();
+    // Old screenshots from an earlier run must not pass for this run's.
+    let _ = std::fs::remove_dir_all(&shots);
     let browser = Browser::start(&[&berth.ca_path()]).await;
-    browser.goto(&format!("{}/healthz", berth.url())).await;
-    assert_eq!(browser.body_text().await.trim(), "ok");
-    let p = browser.screenshot_to(&screenshot_dir(), "healthz").await;
-    eprintln!("{}", p.display());
+    let ctx = Ctx {
+        berth,
+        browser,
+        shots,
+        taken: Default::default(),
+        tmp,
+    };
+
+    healthz(&ctx).await;
+    browse_library_signed_out(&ctx).await;
+    sign_in(&ctx).await;
+    create_private_project(&ctx).await;
+    push_and_see_tags(&ctx).await;
+    copy_pull_command(&ctx).await;
+    create_robot_and_pull(&ctx).await;
+    delete_tag(&ctx).await;
+    admin_pages(&ctx).await;
+    sign_out_and_private_is_hidden(&ctx).await;
+
+    // Every page visited left a non-empty PNG behind.
+    let taken = ctx.taken.borrow().clone();
+    assert!(
+        taken.len() >= 15,
+        "only {} screenshots: {taken:?}",
+        taken.len()
+    );
+    for name in &taken {
+        let path = ctx.shots.join(format!("{name}.png"));
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("screenshot {} missing: {e}", path.display()));
+        assert_png(&bytes, name);
+    }
+    eprintln!(
+        "console e2e: {} screenshots in {}",
+        taken.len(),
+        ctx.shots.display()
+    );
+}
+
+/// The harness itself: the browser reaches Berth over HTTPS with a valid chain.
+async fn healthz(ctx: &Ctx) {
+    ctx.open("/healthz").await;
+    assert_eq!(
+        ctx.browser.body_text().await.trim(),
+        "ok",
+        "/healthz in the browser"
+    );
+    ctx.shot("healthz").await;
+}
+
+/// Signed out: `/` leads to the projects page, `library` is listed as public, its
+/// repository and tag pages open, and a sign-in link is offered.
+async fn browse_library_signed_out(ctx: &Ctx) {
+    let b = &ctx.browser;
+    ctx.open("/").await;
+    b.wait_url("/projects", |u| u.ends_with("/projects")).await;
+    b.find("a#login-link").await;
+    assert!(
+        b.find_now("span#whoami").await.is_none(),
+        "signed out, yet span#whoami is shown"
+    );
+    let row = b.find(r#"tr[data-project="library"]"#).await;
+    assert!(
+        b.find_in(&row, "span.badge-public").await.is_some(),
+        "library is not badged public on /projects"
+    );
+    ctx.shot("signed-out-projects").await;
+
+    let link = b
+        .find_in(&row, r#"a[href$="/projects/library"]"#)
+        .await
+        .expect("library row links to /projects/library");
+    b.click(&link).await;
+    b.wait_url("/projects/library", |u| u.ends_with("/projects/library"))
+        .await;
+    let repo = b.find(r#"tr[data-repository="library/hello"]"#).await;
+    let tag_count = b
+        .find_in(&repo, "td.tag-count")
+        .await
+        .expect("td.tag-count");
+    assert_eq!(
+        b.text(&tag_count).await.trim(),
+        "1",
+        "library/hello tag count"
+    );
+    // Signed out: no way to create robots or add members.
+    assert!(
+        b.find_now("form#new-robot-form").await.is_none()
+            && b.find_now("form#add-member-form").await.is_none(),
+        "an anonymous visitor is offered project-admin forms on /projects/library"
+    );
+    ctx.shot("signed-out-project-library").await;
+
+    ctx.open("/repositories/library/hello").await;
+    b.find(r#"tr[data-tag="v1"]"#).await;
+    assert!(
+        b.find_now("form.delete-tag").await.is_none(),
+        "an anonymous visitor is offered to delete tags"
+    );
+    ctx.shot("signed-out-repository-library-hello").await;
+}
+
+/// Sign in as the administrator through the form; the session cookie has the promised
+/// attributes.
+async fn sign_in(ctx: &Ctx) {
+    let b = &ctx.browser;
+    ctx.open("/projects").await;
+    b.click_css("a#login-link").await;
+    b.wait_url("/login", |u| u.contains("/login")).await;
+    b.find("form#login-form").await;
+    ctx.shot("login-form").await;
+
+    // A wrong password shows the form again with an error, and no session.
+    b.fill("input#username", common::ADMIN_USER).await;
+    b.fill("input#password", "not-the-password").await;
+    b.click_css("button#login-submit").await;
+    let err = b.text_of("div#error").await;
+    assert!(
+        !err.trim().is_empty(),
+        "div#error is empty after a bad password"
+    );
+    assert!(
+        b.find_now("span#whoami").await.is_none(),
+        "a wrong password signed in"
+    );
+    ctx.shot("login-wrong-password").await;
+
+    b.fill("input#username", common::ADMIN_USER).await;
+    b.fill("input#password", common::ADMIN_PASSWORD).await;
+    b.click_css("button#login-submit").await;
+    b.wait_url("/projects after sign-in", |u| u.ends_with("/projects"))
+        .await;
+    assert_eq!(b.text_of("span#whoami").await.trim(), common::ADMIN_USER);
+    b.find("form#logout-form button#logout").await;
+    b.find("a#nav-admin").await;
+
+    let cookie = b
+        .cookie("berth_session")
+        .await
+        .expect("no berth_session cookie after signing in");
+    assert_eq!(cookie["httpOnly"], json!(true), "berth_session: {cookie}");
+    assert_eq!(cookie["secure"], json!(true), "berth_session: {cookie}");
+    assert_eq!(
+        cookie["sameSite"],
+        json!("Strict"),
+        "berth_session: {cookie}"
+    );
+    assert_eq!(cookie["path"], json!("/"), "berth_session: {cookie}");
+    ctx.shot("signed-in-projects").await;
+}
+
+/// "New project" with the Public box left as it is (unchecked) creates a private project.
+async fn create_private_project(ctx: &Ctx) {
+    let b = &ctx.browser;
+    ctx.open("/projects").await;
+    b.find("form#new-project-form").await;
+    let public = b.find("input#project-public").await;
+    assert_eq!(
+        b.attr(&public, "type").await.as_deref(),
+        Some("checkbox"),
+        "input#project-public is not a checkbox"
+    );
+    assert!(
+        !b.selected(&public).await,
+        "the Public checkbox of New project is checked by default"
+    );
+    b.fill("input#project-name", PROJECT).await;
+    ctx.shot("new-project-filled").await;
+    b.click_css("button#create-project").await;
+    b.wait_url("the new project's page", |u| {
+        u.ends_with(&format!("/projects/{PROJECT}"))
+    })
+    .await;
+    b.find("table#repositories").await;
+    assert!(
+        b.find_now("tr[data-repository]").await.is_none(),
+        "a brand-new project lists repositories"
+    );
+    // The creator administers it.
+    let me = b
+        .find(&format!(r#"tr[data-member="{}"]"#, common::ADMIN_USER))
+        .await;
+    let role = b.find_in(&me, "td.role").await.expect("td.role");
+    assert!(
+        b.text(&role).await.to_lowercase().contains("admin"),
+        "the creator's role on the new project is not admin"
+    );
+    ctx.shot("project-created").await;
+
+    ctx.open("/projects").await;
+    let row = b.find(&format!(r#"tr[data-project="{PROJECT}"]"#)).await;
+    assert!(
+        b.find_in(&row, "span.badge-private").await.is_some(),
+        "the new project is not badged private"
+    );
+    assert!(
+        b.find_in(&row, "span.badge-public").await.is_none(),
+        "the new project is badged public"
+    );
+    // And the registry agrees: anonymous reads are challenged.
+    let resp = ctx
+        .berth
+        .anon_client()
+        .get(ctx.url(&format!("/v2/{REPO}/tags/list")))
+        .send()
+        .await
+        .expect("anonymous tags/list");
+    assert_eq!(resp.status().as_u16(), 401, "anonymous read of {REPO}");
+    ctx.shot("projects-with-private").await;
+}
+
+/// Push `:v1` (one image) and `:v2` (a linux/amd64 + linux/arm64 index) with skopeo,
+/// reload, and see the repository, its tags and sizes appear.
+async fn push_and_see_tags(ctx: &Ctx) {
+    let b = &ctx.browser;
+    let v1 = fixtures::image_layout(&ctx.tmp.path().join("v1"), "v1");
+    let v2 = fixtures::multi_arch_layout(&ctx.tmp.path().join("v2"), "v2");
+    push(&ctx.berth, &v1, &format!("{REPO}:v1"), false);
+    push(&ctx.berth, &v2, &format!("{REPO}:v2"), true);
+
+    ctx.open(&format!("/projects/{PROJECT}")).await;
+    b.refresh().await;
+    let row = b.find(&format!(r#"tr[data-repository="{REPO}"]"#)).await;
+    let count = b.find_in(&row, "td.tag-count").await.expect("td.tag-count");
+    assert_eq!(b.text(&count).await.trim(), "2", "{REPO} tag count");
+    for cell in ["td.last-push", "td.size"] {
+        let c = b
+            .find_in(&row, cell)
+            .await
+            .unwrap_or_else(|| panic!("{cell}"));
+        assert!(
+            !b.text(&c).await.trim().is_empty(),
+            "{cell} of {REPO} is empty"
+        );
+    }
+    ctx.shot("project-with-repository").await;
+
+    let link = b
+        .find_in(&row, &format!(r#"a[href$="/repositories/{REPO}"]"#))
+        .await
+        .expect("repository row links to /repositories/REPO");
+    b.click(&link).await;
+    b.wait_url("the repository page", |u| {
+        u.ends_with(&format!("/repositories/{REPO}"))
+    })
+    .await;
+
+    // v1: digest and exact compressed size.
+    let img = &v1.images[0];
+    let layers: u64 = img.layers.iter().map(|l| l.size).sum();
+    let most = layers + img.config.size + img.manifest.size;
+    let row = b.find(r#"tr[data-tag="v1"]"#).await;
+    let digest = b.find_in(&row, "td.digest").await.expect("td.digest");
+    let shown = format!(
+        "{} {}",
+        b.attr(&digest, "title").await.unwrap_or_default(),
+        b.text(&digest).await
+    );
+    assert!(
+        shown.contains(v1.manifest_digest()),
+        "v1's td.digest shows neither in title nor text {}: {shown}",
+        v1.manifest_digest()
+    );
+    let size = b.find_in(&row, "td.size").await.expect("td.size");
+    let bytes: u64 = b
+        .attr(&size, "data-bytes")
+        .await
+        .expect("td.size has data-bytes")
+        .trim()
+        .parse()
+        .expect("data-bytes is a number");
+    assert!(
+        (layers..=most).contains(&bytes),
+        "v1 size {bytes} B is not its compressed size (layers {layers} B, with config and \
+         manifest {most} B)"
+    );
+    let human = b.text(&size).await;
+    assert!(
+        human.chars().any(|c| c.is_ascii_digit()) && human.contains('B'),
+        "v1 human size {human:?}"
+    );
+    assert!(
+        b.find_in(&row, "td.pushed").await.is_some(),
+        "v1 row lacks td.pushed"
+    );
+
+    // v2: an index; its platforms are listed.
+    let row = b.find(r#"tr[data-tag="v2"]"#).await;
+    let platforms = b.find_in(&row, "td.platforms").await.expect("td.platforms");
+    let p = b.text(&platforms).await;
+    assert!(
+        p.contains("linux/amd64") && p.contains("linux/arm64"),
+        "v2 platforms {p:?}"
+    );
+    ctx.shot("repository-tags").await;
+}
+
+/// The copy button of `code#pull-docker` puts exactly `docker pull HOST:PORT/REPO:TAG` on
+/// the clipboard (read back through the real clipboard API, permission granted through
+/// WebDriver).
+async fn copy_pull_command(ctx: &Ctx) {
+    let b = &ctx.browser;
+    ctx.open(&format!("/repositories/{REPO}")).await;
+    let code = b.text_of("code#pull-docker").await;
+    let host = ctx.berth.host();
+    let prefix = format!("docker pull {host}/{REPO}:");
+    let tag = code
+        .trim()
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("code#pull-docker is {code:?}, expected `{prefix}TAG`"));
+    assert!(
+        tag == "v1" || tag == "v2",
+        "code#pull-docker names tag {tag:?}, not a pushed one"
+    );
+    let expected = format!("{prefix}{tag}");
+    for (id, cmd) in [("pull-podman", "podman pull"), ("pull-berth", "berth")] {
+        let t = b.text_of(&format!("code#{id}")).await;
+        assert!(
+            t.starts_with(cmd) && t.contains(&format!("{host}/{REPO}:{tag}")),
+            "code#{id} is {t:?}"
+        );
+    }
+
+    b.set_permission("clipboard-read", "granted")
+        .await
+        .expect("grant clipboard-read");
+    b.set_permission("clipboard-write", "granted")
+        .await
+        .expect("grant clipboard-write");
+    // Something else on the clipboard first, so a button that copies nothing is caught.
+    let seeded = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             navigator.clipboard.writeText('clipboard before the click')
+               .then(() => done('ok'), e => done('error: ' + e));",
+            json!([]),
+        )
+        .await
+        .expect("seed the clipboard");
+    assert_eq!(seeded, json!("ok"), "writing the clipboard from a script");
+
+    let button = b
+        .find(r#"button.copy[data-copy-target="pull-docker"]"#)
+        .await;
+    b.click(&button).await;
+    let deadline = std::time::Instant::now() + common::webdriver::WAIT;
+    while b.attr(&button, "data-copied").await.as_deref() != Some("true") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy button never set data-copied=\"true\""
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        b.text(&button).await.contains("Copied"),
+        "the copy button's label did not change to Copied"
+    );
+    let copied = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             navigator.clipboard.readText().then(t => done(t), e => done('error: ' + e));",
+            json!([]),
+        )
+        .await
+        .expect("read the clipboard");
+    assert_eq!(
+        copied,
+        json!(expected),
+        "text copied by the pull-docker button"
+    );
+    ctx.shot("repository-copied").await;
+}
+
+/// Create a pull robot in the browser, read its login and secret from the page, and pull
+/// with them (a wrong secret is refused).
+async fn create_robot_and_pull(ctx: &Ctx) {
+    let b = &ctx.browser;
+    ctx.open(&format!("/projects/{PROJECT}")).await;
+    b.find("form#new-robot-form").await;
+    b.fill("input#robot-name", ROBOT).await;
+    b.click_css(r#"select#robot-permission option[value="pull"]"#)
+        .await;
+    let sel = b.find("select#robot-permission").await;
+    assert_eq!(b.prop(&sel, "value").await, json!("pull"));
+    b.fill("input#robot-expires", "").await;
+    ctx.shot("new-robot-filled").await;
+    b.click_css("button#create-robot").await;
+
+    let login = b.text_of("code#robot-login").await.trim().to_string();
+    let secret = b.text_of("code#robot-secret").await.trim().to_string();
+    assert_eq!(
+        login,
+        format!("robot${PROJECT}+{ROBOT}"),
+        "code#robot-login"
+    );
+    assert!(secret.len() >= 16, "robot secret {secret:?} is too short");
+    b.find(r#"button.copy[data-copy-target="robot-secret"]"#)
+        .await;
+    ctx.shot("robot-created").await;
+
+    // The project page lists it, without the secret.
+    ctx.open(&format!("/projects/{PROJECT}")).await;
+    b.find(&format!(r#"tr[data-robot="{login}"]"#)).await;
+    assert!(
+        !b.source().await.contains(&secret),
+        "the project page shows the robot's secret again"
+    );
+    ctx.shot("project-with-robot").await;
+
+    let out = ctx.tmp.path().join("robot-pull");
+    pull_with(
+        &ctx.berth,
+        &format!("{REPO}:v1"),
+        &format!("{login}:{secret}"),
+        &out,
+    )
+    .ok();
+    assert!(
+        fixtures::read_index_json(&out)["manifests"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty()),
+        "the robot's pull wrote no image"
+    );
+    let wrong = pull_with(
+        &ctx.berth,
+        &format!("{REPO}:v1"),
+        &format!("{login}:{secret}x"),
+        &ctx.tmp.path().join("robot-pull-wrong"),
+    );
+    assert!(
+        !wrong.success(),
+        "a pull with a wrong robot secret succeeded: {}",
+        wrong.stderr
+    );
+}
+
+/// Delete tag v1 in the browser; the registry API no longer lists it, v2 stays.
+async fn delete_tag(ctx: &Ctx) {
+    let b = &ctx.browser;
+    ctx.open(&format!("/repositories/{REPO}")).await;
+    let row = b.find(r#"tr[data-tag="v1"]"#).await;
+    let button = b
+        .find_in(&row, "form.delete-tag button.delete-tag-button")
+        .await
+        .expect("v1 row has form.delete-tag with button.delete-tag-button");
+    b.click(&button).await;
+    // The console may ask for confirmation with confirm(); accept it.
+    let _ = b.accept_dialog(Duration::from_secs(2)).await;
+    b.wait_gone(r#"tr[data-tag="v1"]"#).await;
+    b.find(r#"tr[data-tag="v2"]"#).await;
+    ctx.shot("tag-deleted").await;
+
+    let resp = ctx
+        .berth
+        .client()
+        .get(ctx.url(&format!("/v2/{REPO}/tags/list")))
+        .send()
+        .await
+        .expect("tags/list");
+    assert_eq!(resp.status().as_u16(), 200, "tags/list after the delete");
+    let v: serde_json::Value = resp.json().await.expect("tags/list json");
+    assert_eq!(
+        v["tags"],
+        json!(["v2"]),
+        "tags after deleting v1 in the console"
+    );
+}
+
+/// Users, audit log and certificate pages open for the administrator; the CA download
+/// is the server's CA.
+async fn admin_pages(ctx: &Ctx) {
+    let b = &ctx.browser;
+    ctx.open("/projects").await;
+    b.click_css("a#nav-admin").await;
+    b.wait_url("/admin/users", |u| u.ends_with("/admin/users"))
+        .await;
+    b.find(&format!(
+        r#"table#users tr[data-user="{}"]"#,
+        common::ADMIN_USER
+    ))
+    .await;
+    b.find("form#new-user-form").await;
+    ctx.shot("admin-users").await;
+
+    ctx.open("/admin/audit").await;
+    b.find("table#audit").await;
+    b.find("form#audit-filter").await;
+    let audit = ctx.page_text_lower().await;
+    assert!(
+        audit.contains(PROJECT),
+        "the audit log does not mention the project created in the console"
+    );
+    ctx.shot("admin-audit").await;
+
+    ctx.open("/admin/certificate").await;
+    let a = b.find("a#download-ca").await;
+    let href = b.prop(&a, "href").await;
+    let href = href.as_str().expect("a#download-ca href").to_string();
+    assert_eq!(href, ctx.url("/ca.crt"), "a#download-ca target");
+    let text = ctx.page_text_lower().await;
+    for step in ["certs.d", "hosts.toml", "image-fetcher-ca-bundle"] {
+        assert!(
+            text.contains(step),
+            "the certificate page does not show the {step} trust step"
+        );
+    }
+    ctx.shot("admin-certificate").await;
+    // The link's body, fetched as the browser would (anonymously, trusting the CA).
+    let resp = ctx
+        .berth
+        .anon_client()
+        .get(&href)
+        .send()
+        .await
+        .expect("GET /ca.crt");
+    assert_eq!(resp.status().as_u16(), 200, "GET /ca.crt");
+    let body = resp.bytes().await.expect("ca.crt body");
+    assert_eq!(
+        body.as_ref(),
+        ctx.berth.ca_pem().as_slice(),
+        "/ca.crt differs from the server's CA"
+    );
+}
+
+/// Sign out: the session is gone and the private project can be neither listed nor opened.
+async fn sign_out_and_private_is_hidden(ctx: &Ctx) {
+    let b = &ctx.browser;
+    ctx.open(&format!("/search?q={}", "app")).await;
+    b.find(&format!(
+        r#"table#search-results tr[data-repository="{REPO}"]"#
+    ))
+    .await;
+    ctx.shot("search-signed-in").await;
+
+    b.click_css("form#logout-form button#logout").await;
+    b.wait_url("/projects after sign-out", |u| u.ends_with("/projects"))
+        .await;
+    b.find("a#login-link").await;
+    assert!(
+        b.find_now("span#whoami").await.is_none(),
+        "span#whoami still shown after signing out"
+    );
+    b.find(r#"tr[data-project="library"]"#).await;
+    assert!(
+        b.find_now(&format!(r#"tr[data-project="{PROJECT}"]"#))
+            .await
+            .is_none(),
+        "the private project is listed after signing out"
+    );
+    assert!(
+        !ctx.page_text_lower().await.contains(PROJECT),
+        "the private project's name appears on /projects after signing out"
+    );
+    ctx.shot("signed-out-projects-after-logout").await;
+
+    ctx.open(&format!("/projects/{PROJECT}")).await;
+    let text = ctx.page_text_lower().await;
+    assert!(
+        text.contains("not found"),
+        "/projects/{PROJECT} signed out does not say not found: {text}"
+    );
+    assert!(
+        b.find_now("table#repositories").await.is_none() && !text.contains(ROBOT),
+        "/projects/{PROJECT} shows its contents signed out"
+    );
+    ctx.shot("signed-out-private-project").await;
+
+    ctx.open(&format!("/repositories/{REPO}")).await;
+    let text = ctx.page_text_lower().await;
+    assert!(
+        text.contains("not found") && b.find_now("table#tags").await.is_none(),
+        "/repositories/{REPO} signed out does not say not found: {text}"
+    );
+    ctx.shot("signed-out-private-repository").await;
+
+    ctx.open("/search?q=app").await;
+    assert!(
+        b.find_now(&format!(r#"tr[data-repository="{REPO}"]"#))
+            .await
+            .is_none(),
+        "search shows the private repository signed out"
+    );
+    ctx.shot("search-signed-out").await;
+
+    ctx.open("/admin/users").await;
+    assert!(
+        b.find_now("table#users").await.is_none(),
+        "/admin/users lists users signed out"
+    );
+    ctx.shot("signed-out-admin-users").await;
 }
