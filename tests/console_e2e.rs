@@ -37,6 +37,11 @@ const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
 const PROJECT: &str = "e2e-private";
 /// The repository pushed into it.
 const REPO: &str = "e2e-private/app";
+/// A project name tried with the CSRF token removed (must not be created).
+const CSRF_PROBE: &str = "csrf-probe";
+/// A label and an annotation that would run script if the console did not escape them.
+const XSS_LABEL: &str = r#"<img id="xss-label" src="x" onerror="window.__xss = 1">"#;
+const XSS_ANNOTATION: &str = r#"<script id="xss-annotation">window.__xss = 2</script>"#;
 /// The robot created in the browser.
 const ROBOT: &str = "puller";
 
@@ -140,6 +145,8 @@ async fn console_story_in_headless_chromium() {
     // Something public to browse signed out.
     let library = fixtures::image_layout(&tmp.path().join("library-src"), "v1");
     push(&berth, &library, "library/hello:v1", false);
+    let hostile = hostile_layout(&tmp.path().join("hostile-src"));
+    push(&berth, &hostile, "library/hostile:v1", false);
 
     let shots = screenshot_dir();
     // Old screenshots from an earlier run must not pass for this run's.
@@ -155,6 +162,7 @@ async fn console_story_in_headless_chromium() {
 
     healthz(&ctx).await;
     browse_library_signed_out(&ctx).await;
+    client_values_are_text(&ctx).await;
     sign_in(&ctx).await;
     create_private_project(&ctx).await;
     push_and_see_tags(&ctx).await;
@@ -247,6 +255,96 @@ async fn browse_library_signed_out(ctx: &Ctx) {
     ctx.shot("signed-out-repository-library-hello").await;
 }
 
+/// An image whose config label and manifest annotation are HTML: the console must show
+/// them as text. Built by hand (one small layer) so the hostile strings are exact.
+fn hostile_layout(dir: &Path) -> Layout {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    let data = b"hostile fixture\n";
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(1_700_000_000);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, "hostile.txt", &data[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).unwrap();
+    let gz = gz.finish().unwrap();
+    fixtures::write_blob(dir, &gz);
+    let layer = fixtures::Descriptor::of(fixtures::OCI_LAYER_GZIP, &gz);
+    let config = json!({
+        "architecture": fixtures::host_arch(),
+        "os": "linux",
+        "config": { "Labels": { "org.example.note": XSS_LABEL } },
+        "rootfs": { "type": "layers", "diff_ids": [fixtures::sha256_digest(&tar)] },
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    fixtures::write_blob(dir, &config);
+    let config = fixtures::Descriptor::of(fixtures::OCI_CONFIG, &config);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": fixtures::OCI_MANIFEST,
+        "config": config.to_json(),
+        "layers": [layer.to_json()],
+        "annotations": { "org.opencontainers.image.description": XSS_ANNOTATION },
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    fixtures::write_blob(dir, &manifest_bytes);
+    let top = fixtures::Descriptor::of(fixtures::OCI_MANIFEST, &manifest_bytes);
+    let mut entry = top.to_json();
+    entry["annotations"] = json!({ fixtures::REF_NAME: "v1" });
+    let index =
+        json!({ "schemaVersion": 2, "mediaType": fixtures::OCI_INDEX, "manifests": [entry] });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    Layout {
+        path: dir.to_path_buf(),
+        tag: "v1".into(),
+        top: top.clone(),
+        top_bytes: manifest_bytes.clone(),
+        images: vec![fixtures::Image {
+            architecture: fixtures::host_arch().into(),
+            os: "linux".into(),
+            manifest: top,
+            config,
+            layers: vec![layer],
+            diff_ids: vec![fixtures::sha256_digest(&tar)],
+            manifest_bytes,
+        }],
+    }
+}
+
+/// A label and an annotation holding HTML are shown as text on the repository page:
+/// no element of theirs exists, no script of theirs ran, and the label reads literally.
+async fn client_values_are_text(ctx: &Ctx) {
+    let b = &ctx.browser;
+    ctx.open("/repositories/library/hostile").await;
+    b.find(r#"tr[data-tag="v1"]"#).await;
+    for css in ["#xss-label", "#xss-annotation"] {
+        assert!(
+            b.find_now(css).await.is_none(),
+            "the repository page made an element `{css}` out of an image's label/annotation"
+        );
+    }
+    assert_eq!(
+        b.execute("return window.__xss === undefined", json!([]))
+            .await,
+        json!(true),
+        "script from an image's label/annotation ran"
+    );
+    let text = b.body_text().await;
+    assert!(
+        text.contains(XSS_LABEL),
+        "the repository page does not show the label {XSS_LABEL:?} as text:\n{text}"
+    );
+    ctx.shot("hostile-label-as-text").await;
+}
+
 /// Sign in as the administrator through the form; the session cookie has the promised
 /// attributes.
 async fn sign_in(ctx: &Ctx) {
@@ -310,6 +408,45 @@ async fn create_private_project(ctx: &Ctx) {
     assert!(
         !b.selected(&public).await,
         "the Public checkbox of New project is checked by default"
+    );
+
+    // The same form without its CSRF token is refused (403) and creates nothing.
+    b.fill("input#project-name", CSRF_PROBE).await;
+    let removed = b
+        .execute(
+            "const i = document.querySelectorAll('form#new-project-form input[name=csrf]');
+             i.forEach(e => e.remove()); return i.length;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        removed,
+        json!(1),
+        "form#new-project-form has one hidden csrf input"
+    );
+    b.click_css("button#create-project").await;
+    b.wait_url("the refused POST /projects", |u| u.ends_with("/projects"))
+        .await;
+    let text = ctx.page_text_lower().await;
+    assert!(
+        text.contains("csrf") && text.contains("reload"),
+        "POST /projects without its CSRF token: the page does not say the token was \
+         missing and to reload: {text}"
+    );
+    ctx.shot("csrf-refused").await;
+    ctx.open("/projects").await;
+    b.find("form#new-project-form").await;
+    assert!(
+        b.find_now(&format!(r#"tr[data-project="{CSRF_PROBE}"]"#))
+            .await
+            .is_none(),
+        "a POST without a CSRF token created project {CSRF_PROBE}"
+    );
+
+    let public = b.find("input#project-public").await;
+    assert!(
+        !b.selected(&public).await,
+        "Public is checked on a fresh form"
     );
     b.fill("input#project-name", PROJECT).await;
     ctx.shot("new-project-filled").await;
