@@ -666,7 +666,8 @@ async fn create_robot_and_pull(ctx: &Ctx) {
         .await;
     let sel = b.find("select#robot-permission").await;
     assert_eq!(b.prop(&sel, "value").await, json!("pull"));
-    b.fill("input#robot-expires", "").await;
+    let expires = b.find("input#robot-expires").await;
+    b.clear(&expires).await; // empty = never expires
     ctx.shot("new-robot-filled").await;
     b.click_css("button#create-robot").await;
 
