@@ -338,10 +338,12 @@ async fn client_values_are_text(ctx: &Ctx) {
         "script from an image's label/annotation ran"
     );
     let text = b.body_text().await;
-    assert!(
-        text.contains(XSS_LABEL),
-        "the repository page does not show the label {XSS_LABEL:?} as text:\n{text}"
-    );
+    for (what, value) in [("label", XSS_LABEL), ("annotation", XSS_ANNOTATION)] {
+        assert!(
+            text.contains(value),
+            "the repository page does not show the {what} {value:?} as text:\n{text}"
+        );
+    }
     ctx.shot("hostile-label-as-text").await;
 }
 
