@@ -772,7 +772,7 @@ async fn existing_user(auth: &Auth, name: &str) -> ApiResult<User> {
 }
 
 /// Set a user's password (system admins for anyone; users for themselves). Ends the
-/// user's sessions: remembered logins and refresh tokens.
+/// user's sessions: remembered logins, refresh tokens and web-console sessions.
 pub async fn set_password(
     auth: &Auth,
     caller: &Caller,
@@ -789,6 +789,7 @@ pub async fn set_password(
     auth.accounts.set_password(name, &hash).await?;
     auth.forget_logins();
     auth.accounts.delete_refresh_tokens_of(name).await?;
+    auth.accounts.delete_sessions_of(name).await?;
     audit(auth, caller, "user.password", &format!("user:{name}"), "").await;
     Ok(())
 }

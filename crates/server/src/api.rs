@@ -576,6 +576,7 @@ mod tests {
             auth: Arc::new(auth),
             limits: Default::default(),
             auto_create_projects: false,
+            tls: Default::default(),
         };
         (state, dir)
     }

@@ -8,6 +8,8 @@
 //!   call storage, build the response; errors are [`error::ApiError`] and `?`.
 //! - [`api`]: the JSON admin API under `/api/v1/` over [`admin`], the management
 //!   operations shared with the CLI.
+//! - [`console`]: the web console (server-rendered HTML at `/`) over the same [`admin`]
+//!   operations and [`auth`] checks, with its own sessions and CSRF tokens.
 //! - [`auth`]: who the caller is and whether they may; [`token`] issues Docker tokens.
 //! - storage: [`berth_storage::BlobStore`] and [`berth_storage::MetadataStore`] in
 //!   [`state::AppState`].
@@ -18,6 +20,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod routes;
 pub mod serve;

@@ -60,6 +60,7 @@ pub fn app(state: AppState) -> Router {
             get(token::get_token).post(token::post_token),
         )
         .merge(crate::api::router())
+        .merge(crate::console::router())
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(log_and_tag))
         .with_state(state)
@@ -152,7 +153,7 @@ fn with_challenge(state: &AppState, ctx: &ChallengeCtx, e: ApiError) -> ApiError
 }
 
 /// Check the caller may perform the route's action before any handler runs.
-async fn authorize(ctx: &Ctx, route: &V2Route, method: &Method) -> ApiResult<()> {
+pub(crate) async fn authorize(ctx: &Ctx, route: &V2Route, method: &Method) -> ApiResult<()> {
     let auth = &ctx.state.auth;
     let (name, action) = match (route, method) {
         (V2Route::Base, _) => {

@@ -16,7 +16,7 @@ use berth_auth::{SigningKey, TokenConfig, TokenService};
 
 use crate::auth::Auth;
 use crate::config::ServerConfig;
-use crate::state::AppState;
+use crate::state::{AppState, TlsInfo};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -105,12 +105,20 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
              (shown only now; change it with: berth user passwd admin)"
         );
     }
+    let tls = match (&config.tls.cert, config.tls.insecure_http) {
+        (_, true) => TlsInfo::PlainHttp,
+        (Some(cert), false) => TlsInfo::Operator { cert: cert.clone() },
+        (None, false) => TlsInfo::OwnCa {
+            ca_crt: config.tls_dir().join("ca.crt"),
+        },
+    };
     Ok(AppState {
         blobs,
         meta: Arc::new(meta),
         auth: Arc::new(auth),
         limits: config.limits.clone(),
         auto_create_projects: config.auth.auto_create_projects,
+        tls,
     })
 }
 

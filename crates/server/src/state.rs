@@ -1,5 +1,6 @@
 //! Shared state handed to every handler.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_storage::{BlobStore, MetadataStore};
@@ -15,4 +16,18 @@ pub struct AppState {
     pub limits: Limits,
     /// Create a missing project on first push instead of refusing it.
     pub auto_create_projects: bool,
+    /// Where the served certificate came from (for the console's certificate page).
+    pub tls: TlsInfo,
+}
+
+/// Where the certificate this server presents came from.
+#[derive(Debug, Clone, Default)]
+pub enum TlsInfo {
+    /// Berth made a CA and signed its own certificate: clients trust this `ca.crt`.
+    OwnCa { ca_crt: PathBuf },
+    /// The operator gave `--tls-cert`: the issuing CA is not known to Berth.
+    Operator { cert: PathBuf },
+    /// Plain HTTP behind a TLS-terminating proxy (or a test without TLS).
+    #[default]
+    PlainHttp,
 }

@@ -279,6 +279,18 @@ pub struct RefreshToken {
     pub expires_at: i64,
 }
 
+/// A signed-in web-console session, stored by a hash of its id (the id itself is only in
+/// the browser's cookie).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    pub id_hash: String,
+    /// The user signed in.
+    pub username: String,
+    pub created_at: i64,
+    /// Seconds since the epoch after which the caller refuses it.
+    pub expires_at: i64,
+}
+
 /// Access-control persistence. Errors: `NotFound` for a missing project, user, member,
 /// robot; `AlreadyExists` for a duplicate name; `Conflict` for a project that still has
 /// repositories. Listings are ordered by name.
@@ -363,6 +375,20 @@ pub trait AccountStore: Send + Sync + 'static {
 
     /// Delete every refresh token of `subject` (idempotent).
     async fn delete_refresh_tokens_of(&self, subject: &str) -> StorageResult<()>;
+
+    /// Store a console session; `NotFound` if its user does not exist, `AlreadyExists` if
+    /// its id hash is taken. The backend may drop sessions whose `expires_at` has passed.
+    /// Deleting the user deletes its sessions.
+    async fn create_session(&self, s: &ConsoleSession) -> StorageResult<()>;
+
+    /// The session with this id hash, expired or not (the caller checks `expires_at`).
+    async fn session(&self, id_hash: &str) -> StorageResult<Option<ConsoleSession>>;
+
+    /// Delete one session (idempotent).
+    async fn delete_session(&self, id_hash: &str) -> StorageResult<()>;
+
+    /// Delete every session of `username` (idempotent).
+    async fn delete_sessions_of(&self, username: &str) -> StorageResult<()>;
 
     /// Append an event; its `id` is ignored and assigned by the store.
     async fn audit(&self, e: &AuditEvent) -> StorageResult<()>;

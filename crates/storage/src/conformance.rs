@@ -17,7 +17,7 @@ use crate::accounts::{
     Visibility,
 };
 use crate::blob::{BlobStore, ByteStream};
-use crate::metadata::{ManifestRecord, MetadataStore, NewManifest, Referrer, UploadSession};
+use crate::metadata::{ManifestRecord, MetadataStore, NewManifest, Referrer, UploadSession, Usage};
 use crate::{StorageError, StorageResult};
 
 const NO_LIMIT: u64 = u64::MAX;
@@ -1757,4 +1757,179 @@ pub async fn account_repository_suite(accounts: &dyn AccountStore, metadata: &dy
     ok(metadata.link_blob("ghost/app", &d, 5).await, "orphan repo");
     let e = err(accounts.delete_project("ghost").await, "missing project");
     assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+}
+
+/// Web-console sessions (on an empty store): stored by hash, tied to an existing user,
+/// deleted one by one, per user, and with the user.
+pub async fn session_suite(store: &dyn AccountStore) {
+    use crate::accounts::ConsoleSession;
+    let session = |id_hash: &str, user: &str| ConsoleSession {
+        id_hash: id_hash.to_owned(),
+        username: user.to_owned(),
+        created_at: 1_700_000_000,
+        expires_at: 4_000_000_000,
+    };
+    ok(store.create_user(&new_user("sam", false)).await, "sam");
+    ok(store.create_user(&new_user("tia", false)).await, "tia");
+    let e = err(
+        store.create_session(&session("h0", "nobody")).await,
+        "session of a missing user",
+    );
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    assert_eq!(ok(store.session("h0").await, "missing session"), None);
+
+    for (h, u) in [("h1", "sam"), ("h2", "sam"), ("h3", "tia")] {
+        ok(store.create_session(&session(h, u)).await, "create session");
+    }
+    let e = err(
+        store.create_session(&session("h1", "tia")).await,
+        "duplicate id hash",
+    );
+    assert!(matches!(e, StorageError::AlreadyExists(_)), "{e:?}");
+    assert!(
+        !e.to_string().contains("h1"),
+        "the error never prints the hash: {e}"
+    );
+    assert_eq!(
+        ok(store.session("h1").await, "get"),
+        Some(session("h1", "sam")),
+        "a refused duplicate changes nothing"
+    );
+
+    // An expired session is returned until purged (the caller checks expiry).
+    let expired = ConsoleSession {
+        expires_at: 1,
+        ..session("old", "tia")
+    };
+    ok(store.create_session(&expired).await, "expired session");
+    assert!(matches!(
+        ok(store.session("old").await, "expired"),
+        None | Some(ConsoleSession { expires_at: 1, .. })
+    ));
+
+    ok(store.delete_session("h1").await, "delete one");
+    ok(store.delete_session("h1").await, "delete again (idempotent)");
+    assert_eq!(ok(store.session("h1").await, "deleted"), None);
+    assert!(ok(store.session("h2").await, "other kept").is_some());
+
+    ok(store.delete_sessions_of("sam").await, "delete sam's");
+    assert_eq!(ok(store.session("h2").await, "sam's gone"), None);
+    assert!(ok(store.session("h3").await, "tia's kept").is_some());
+
+    ok(store.delete_user("tia").await, "delete tia");
+    assert_eq!(
+        ok(store.session("h3").await, "deleting the user ends its sessions"),
+        None
+    );
+    ok(store.delete_user("sam").await, "delete sam");
+}
+
+/// The web console's queries (on an empty store): usage by project, repository summaries,
+/// tag details with sizes, search; all paged by name.
+pub async fn console_suite(store: &dyn MetadataStore) {
+    let layer = Digest::sha256(b"console layer");
+    let config = Digest::sha256(b"console config");
+    let shared = Digest::sha256(b"console shared");
+    ok(store.link_blob("shop/web", &layer, 1000).await, "layer");
+    ok(store.link_blob("shop/web", &config, 100).await, "config");
+    ok(store.link_blob("shop/web", &shared, 10).await, "shared");
+    ok(store.link_blob("shop/api/v1", &shared, 10).await, "shared again");
+    ok(store.link_blob("shopping/x", &layer, 1000).await, "lookalike");
+
+    let image = manifest("shop/web", r#"{"m":"image"}"#, Some("v1"), &[&config, &layer], None, None);
+    ok(store.put_manifest(image.clone()).await, "image");
+    let image_size = image.content.len() as u64;
+    // Many tags on the same manifest.
+    for t in ["v2", "v3", "latest"] {
+        ok(
+            store
+                .put_manifest(NewManifest {
+                    tag: Some(t.to_owned()),
+                    ..image.clone()
+                })
+                .await,
+            "retag",
+        );
+    }
+    // An index over the image, with a blob of its own.
+    let index_content = r#"{"m":"index"}"#;
+    let index = NewManifest {
+        media_type: "application/vnd.oci.image.index.v1+json".to_owned(),
+        children: vec![image.digest.clone()],
+        blobs: vec![shared.clone()],
+        ..manifest("shop/web", index_content, Some("multi"), &[], None, None)
+    };
+    ok(store.put_manifest(index).await, "index");
+
+    let usage = ok(store.project_usage("shop").await, "usage");
+    assert_eq!(usage.repositories, 2, "shop/web and shop/api/v1, not shopping/x");
+    assert_eq!(
+        usage.bytes,
+        1000 + 100 + 10 + image_size + index_content.len() as u64,
+        "a blob linked twice counts once; manifests count"
+    );
+    assert_eq!(
+        ok(store.project_usage("nothing").await, "empty"),
+        Usage::default()
+    );
+
+    let all = ok(store.repository_summaries("shop", None, 10).await, "summaries");
+    assert_eq!(names(&all, |r| &r.name), ["shop/api/v1", "shop/web"]);
+    let web = &all[1];
+    assert_eq!(web.tag_count, 5);
+    assert!(web.last_push.is_some(), "pushed");
+    assert_eq!(
+        web.bytes,
+        1000 + 100 + 10 + image_size + index_content.len() as u64
+    );
+    assert_eq!(all[0].tag_count, 0);
+    assert_eq!(all[0].bytes, 10);
+    let page = ok(
+        store.repository_summaries("shop", Some("shop/api/v1"), 10).await,
+        "after",
+    );
+    assert_eq!(names(&page, |r| &r.name), ["shop/web"]);
+    let page = ok(store.repository_summaries("shop", None, 1).await, "limit");
+    assert_eq!(names(&page, |r| &r.name), ["shop/api/v1"]);
+    assert_eq!(
+        ok(store.repository_summary("shop/web").await, "one").as_ref(),
+        Some(web)
+    );
+    assert_eq!(ok(store.repository_summary("shop/none").await, "missing"), None);
+
+    let tags = ok(store.tag_details("shop/web", None, 100).await, "tags");
+    assert_eq!(
+        names(&tags, |t| &t.tag),
+        ["latest", "multi", "v1", "v2", "v3"]
+    );
+    let v1 = &tags[2];
+    assert_eq!(v1.digest, image.digest);
+    assert_eq!(v1.bytes, image_size + 1100, "manifest, config and layer");
+    let multi = &tags[1];
+    assert_eq!(multi.media_type, "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        multi.bytes,
+        index_content.len() as u64 + image_size + 1110,
+        "the index, its child manifest, and every distinct blob below it"
+    );
+    assert!(tags.iter().all(|t| t.pushed_at > 0));
+    let page = ok(store.tag_details("shop/web", Some("multi"), 2).await, "page");
+    assert_eq!(names(&page, |t| &t.tag), ["v1", "v2"]);
+    assert!(
+        ok(store.tag_details("shop/none", None, 10).await, "missing repo").is_empty()
+    );
+
+    let found = ok(store.search_repositories("shop", None, 10).await, "search");
+    assert_eq!(found, ["shop/api/v1", "shop/web", "shopping/x"]);
+    let found = ok(store.search_repositories("web", None, 10).await, "search");
+    assert_eq!(found, ["shop/web"]);
+    let found = ok(
+        store.search_repositories("shop", Some("shop/api/v1"), 1).await,
+        "search page",
+    );
+    assert_eq!(found, ["shop/web"]);
+    assert!(
+        ok(store.search_repositories("%", None, 10).await, "no wildcards").is_empty(),
+        "% is not a wildcard"
+    );
 }

@@ -7,7 +7,7 @@
 //!   repository may serve. [`sqlite::SqliteMetadata`] keeps them in an embedded SQLite
 //!   database (WAL); a PostgreSQL backend can implement the same trait later.
 //! - [`AccountStore`]: access control — projects (public or private), users, per-project
-//!   roles, robot accounts, OAuth2 refresh tokens and the audit log.
+//!   roles, robot accounts, OAuth2 refresh tokens, web-console sessions and the audit log.
 //!   [`sqlite::SqliteMetadata`] implements it too, in the same database file and pools
 //!   ([`sqlite_accounts`]). It stores password and secret hashes made by the auth crate
 //!   and never hashes or checks anything itself.
@@ -33,9 +33,12 @@ pub mod sqlite;
 pub mod sqlite_accounts;
 
 pub use accounts::{
-    AccountStore, AuditEvent, AuditFilter, Member, Project, ProjectRole, RefreshToken, Robot,
-    UnknownName, User, Visibility,
+    AccountStore, AuditEvent, AuditFilter, ConsoleSession, Member, Project, ProjectRole,
+    RefreshToken, Robot, UnknownName, User, Visibility,
 };
 pub use blob::{BlobReader, BlobStore, ByteStream, UploadId, UploadState};
 pub use error::{StorageError, StorageResult};
-pub use metadata::{ManifestRecord, MetadataStore, NewManifest, Referrer, UploadSession};
+pub use metadata::{
+    ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
+    UploadSession, Usage,
+};

@@ -54,6 +54,38 @@ pub struct UploadSession {
     pub started_at: i64,
 }
 
+/// How much a set of repositories holds (for the web console).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub repositories: u64,
+    /// Bytes of distinct blobs linked in those repositories plus their manifests' bytes.
+    pub bytes: u64,
+}
+
+/// One repository as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositorySummary {
+    pub name: String,
+    pub tag_count: u64,
+    /// Seconds since the epoch of the newest tag or manifest push (None: nothing pushed).
+    pub last_push: Option<i64>,
+    /// Bytes of the distinct blobs the repository links plus its manifests' bytes.
+    pub bytes: u64,
+}
+
+/// One tag with what the console shows about the manifest it points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagDetail {
+    pub tag: String,
+    pub digest: Digest,
+    pub media_type: String,
+    /// When the tag was last set (seconds since the epoch).
+    pub pushed_at: i64,
+    /// Compressed size: the manifest's bytes, plus the distinct blobs it references and
+    /// (for an index) those its child manifests reference.
+    pub bytes: u64,
+}
+
 /// Registry metadata. Every write that touches several rows is one transaction.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
@@ -128,4 +160,42 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Forget an upload session (after finish or cancel). Idempotent.
     async fn delete_upload(&self, id: &str) -> StorageResult<()>;
+
+    // --- Queries of the web console: bounded, counted in the database. ---
+
+    /// Repositories `project/…` and the bytes they hold (a blob linked in several of
+    /// them counted once).
+    async fn project_usage(&self, project: &str) -> StorageResult<Usage>;
+
+    /// Repositories `project/…` in lexical order after `after` (exclusive), at most
+    /// `limit`, each with its tag count, last push and size.
+    async fn repository_summaries(
+        &self,
+        project: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<RepositorySummary>>;
+
+    /// One repository's summary; None if it does not exist.
+    async fn repository_summary(&self, repository: &str)
+    -> StorageResult<Option<RepositorySummary>>;
+
+    /// Tags of `repository` in lexical order after `after` (exclusive), at most `limit`,
+    /// with their manifests' digest, media type, push time and compressed size (empty for
+    /// a missing repository).
+    async fn tag_details(
+        &self,
+        repository: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<TagDetail>>;
+
+    /// Repository names containing `needle` (byte-wise, no wildcards), in lexical order
+    /// after `after` (exclusive), at most `limit`.
+    async fn search_repositories(
+        &self,
+        needle: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<String>>;
 }

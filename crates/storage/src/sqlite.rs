@@ -20,7 +20,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::metadata::{ManifestRecord, MetadataStore, NewManifest, Referrer, UploadSession};
+use crate::metadata::{
+    ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
+    UploadSession, Usage,
+};
 use crate::{StorageError, StorageResult};
 
 /// Concurrent read connections of a file database.
@@ -175,6 +178,30 @@ fn to_i64(v: u64) -> StorageResult<i64> {
 
 fn to_u64(v: i64) -> StorageResult<u64> {
     u64::try_from(v).map_err(|_| StorageError::Database(format!("negative size {v} in database")))
+}
+
+/// `[lo, hi)` bounds of the names `project/…` (`0` is the byte after `/`).
+fn project_range(project: &str) -> (String, String) {
+    (format!("{project}/"), format!("{project}0"))
+}
+
+/// A repository's summary columns, for rows of `repositories r`.
+const SUMMARY_COLUMNS: &str = "r.name,
+    (SELECT COUNT(*) FROM tags t WHERE t.repository = r.name),
+    (SELECT MAX(t.updated_at) FROM tags t WHERE t.repository = r.name),
+    (SELECT MAX(m.created_at) FROM manifests m WHERE m.repository = r.name),
+    (SELECT COALESCE(SUM(b.size), 0) FROM blob_links b WHERE b.repository = r.name)
+      + (SELECT COALESCE(SUM(m.size), 0) FROM manifests m WHERE m.repository = r.name)";
+
+type SummaryRow = (String, i64, Option<i64>, Option<i64>, i64);
+
+fn summary((name, tags, tagged, pushed, bytes): SummaryRow) -> StorageResult<RepositorySummary> {
+    Ok(RepositorySummary {
+        name,
+        tag_count: to_u64(tags)?,
+        last_push: tagged.max(pushed),
+        bytes: to_u64(bytes)?,
+    })
 }
 
 fn parse_digest(s: &str) -> StorageResult<Digest> {
@@ -575,6 +602,125 @@ impl MetadataStore for SqliteMetadata {
             .await?;
         Ok(())
     }
+
+    async fn project_usage(&self, project: &str) -> StorageResult<Usage> {
+        let (lo, hi) = project_range(project);
+        let (repositories, blobs, manifests) = sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT
+                (SELECT COUNT(*) FROM repositories WHERE name >= ?1 AND name < ?2),
+                (SELECT COALESCE(SUM(size), 0) FROM
+                    (SELECT MAX(size) AS size FROM blob_links
+                     WHERE repository >= ?1 AND repository < ?2 GROUP BY digest)),
+                (SELECT COALESCE(SUM(size), 0) FROM manifests
+                 WHERE repository >= ?1 AND repository < ?2)",
+        )
+        .bind(&lo)
+        .bind(&hi)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(Usage {
+            repositories: to_u64(repositories)?,
+            bytes: to_u64(blobs)? + to_u64(manifests)?,
+        })
+    }
+
+    async fn repository_summaries(
+        &self,
+        project: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<RepositorySummary>> {
+        let (lo, hi) = project_range(project);
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM repositories r
+             WHERE r.name >= ?1 AND r.name < ?2 AND r.name > ?3
+             ORDER BY r.name LIMIT ?4"
+        );
+        let rows = sqlx::query_as::<_, SummaryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(&lo)
+            .bind(&hi)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(summary).collect()
+    }
+
+    async fn repository_summary(
+        &self,
+        repository: &str,
+    ) -> StorageResult<Option<RepositorySummary>> {
+        let sql = format!("SELECT {SUMMARY_COLUMNS} FROM repositories r WHERE r.name = ?1");
+        let row = sqlx::query_as::<_, SummaryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(repository)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(summary).transpose()
+    }
+
+    async fn tag_details(
+        &self,
+        repository: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<TagDetail>> {
+        // Size: the manifest, the distinct blobs it and its children reference, and the
+        // children themselves; computed only for the rows of this page.
+        let rows = sqlx::query_as::<_, (String, String, String, i64, i64)>(
+            "SELECT t.tag, t.digest, m.media_type, t.updated_at,
+                m.size
+                + (SELECT COALESCE(SUM(b.size), 0) FROM blob_links b
+                   WHERE b.repository = t.repository AND b.digest IN (
+                       SELECT mb.blob FROM manifest_blobs mb
+                       WHERE mb.repository = t.repository AND mb.manifest = t.digest
+                       UNION
+                       SELECT mb.blob FROM manifest_children c
+                       JOIN manifest_blobs mb
+                         ON mb.repository = c.repository AND mb.manifest = c.child
+                       WHERE c.repository = t.repository AND c.manifest = t.digest))
+                + (SELECT COALESCE(SUM(cm.size), 0) FROM manifest_children c
+                   JOIN manifests cm ON cm.repository = c.repository AND cm.digest = c.child
+                   WHERE c.repository = t.repository AND c.manifest = t.digest)
+             FROM tags t
+             JOIN manifests m ON m.repository = t.repository AND m.digest = t.digest
+             WHERE t.repository = ?1 AND t.tag > ?2
+             ORDER BY t.tag LIMIT ?3",
+        )
+        .bind(repository)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(tag, digest, media_type, pushed_at, bytes)| {
+                Ok(TagDetail {
+                    tag,
+                    digest: parse_digest(&digest)?,
+                    media_type,
+                    pushed_at,
+                    bytes: to_u64(bytes)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn search_repositories(
+        &self,
+        needle: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<String>> {
+        let rows = sqlx::query_scalar::<_, String>(
+            "SELECT name FROM repositories WHERE name > ?2 AND instr(name, ?1) > 0
+             ORDER BY name LIMIT ?3",
+        )
+        .bind(needle)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows)
+    }
 }
 
 #[cfg(test)]
@@ -634,6 +780,44 @@ mod tests {
             .await
             .expect("in-memory database");
         conformance::account_repository_suite(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn console_suites_in_memory_and_on_disk() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        conformance::session_suite(&store).await;
+        conformance::console_suite(&store).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteMetadata::open(&dir.path().join("berth.db"))
+            .await
+            .expect("open");
+        conformance::session_suite(&store).await;
+        conformance::console_suite(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn console_queries_use_indexes() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        for sql in [
+            "SELECT username FROM console_sessions WHERE id_hash = 'h'",
+            "DELETE FROM console_sessions WHERE username = 'u'",
+            "DELETE FROM console_sessions WHERE expires_at < 5",
+            "SELECT tag FROM tags WHERE repository = 'r' AND tag > '' ORDER BY tag LIMIT 100",
+            "SELECT COUNT(*) FROM tags t WHERE t.repository = 'r'",
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .fetch_all(&store.reader)
+                    .await
+                    .expect("plan");
+            for (_, _, _, detail) in &plan {
+                assert!(
+                    !detail.starts_with("SCAN") && !detail.contains("TEMP B-TREE"),
+                    "{sql}: {plan:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -14,7 +14,8 @@ use sqlx::error::ErrorKind;
 use sqlx::{QueryBuilder, Sqlite};
 
 use crate::accounts::{
-    AccountStore, AuditEvent, AuditFilter, Member, Project, ProjectRole, RefreshToken, Robot, User,
+    AccountStore, AuditEvent, AuditFilter, ConsoleSession, Member, Project, ProjectRole,
+    RefreshToken, Robot, User,
 };
 use crate::sqlite::{SqliteMetadata, now};
 use crate::{StorageError, StorageResult};
@@ -63,6 +64,15 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refresh_tokens_by_subject ON refresh_tokens(subject);
 CREATE INDEX IF NOT EXISTS refresh_tokens_by_expiry ON refresh_tokens(expires_at);
+
+CREATE TABLE IF NOT EXISTS console_sessions (
+    id_hash     TEXT    NOT NULL PRIMARY KEY,
+    username    TEXT    NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS console_sessions_by_user ON console_sessions(username);
+CREATE INDEX IF NOT EXISTS console_sessions_by_expiry ON console_sessions(expires_at);
 
 CREATE TABLE IF NOT EXISTS audit_events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -557,6 +567,65 @@ impl AccountStore for SqliteMetadata {
     async fn delete_refresh_tokens_of(&self, subject: &str) -> StorageResult<()> {
         sqlx::query("DELETE FROM refresh_tokens WHERE subject = ?1")
             .bind(subject)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_session(&self, session: &ConsoleSession) -> StorageResult<()> {
+        let mut tx = self.writer.begin().await?;
+        // Housekeeping: sessions past their expiry can never be used again.
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at < ?1")
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        let result = sqlx::query(
+            "INSERT INTO console_sessions (id_hash, username, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&session.id_hash)
+        .bind(&session.username)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = &result
+            && violation(e) == Some(ErrorKind::ForeignKeyViolation)
+        {
+            return Err(StorageError::NotFound(format!("user {}", session.username)));
+        }
+        // Never print the hash itself.
+        inserted(result, || format!("console session of {}", session.username))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str) -> StorageResult<Option<ConsoleSession>> {
+        let row = sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT username, created_at, expires_at FROM console_sessions WHERE id_hash = ?1",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|(username, created_at, expires_at)| ConsoleSession {
+            id_hash: id_hash.to_owned(),
+            username,
+            created_at,
+            expires_at,
+        }))
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StorageResult<()> {
+        sqlx::query("DELETE FROM console_sessions WHERE id_hash = ?1")
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_sessions_of(&self, username: &str) -> StorageResult<()> {
+        sqlx::query("DELETE FROM console_sessions WHERE username = ?1")
+            .bind(username)
             .execute(&self.writer)
             .await?;
         Ok(())

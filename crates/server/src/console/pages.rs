@@ -1,0 +1,210 @@
+//! Read-only pages: home, projects, one project, the administration entry.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use berth_auth::Principal;
+use serde::Deserialize;
+
+use super::session::see_other;
+use super::view::{human_bytes, time};
+use super::{Layout, PageError, PageResult, Viewer, render, respond};
+use crate::admin;
+use crate::state::AppState;
+
+/// Repositories listed per page of a project.
+pub(crate) const REPOS_PER_PAGE: u32 = 100;
+
+/// `GET /`
+pub(crate) async fn home() -> Response {
+    see_other("/projects")
+}
+
+/// `GET /admin`
+pub(crate) async fn admin_home() -> Response {
+    see_other("/admin/users")
+}
+
+struct ProjectRow {
+    name: String,
+    public: bool,
+    repositories: u64,
+    bytes: u64,
+    storage: String,
+    role: String,
+}
+
+#[derive(Template)]
+#[template(path = "projects.html")]
+struct ProjectsPage {
+    l: Layout,
+    rows: Vec<ProjectRow>,
+    can_create: bool,
+}
+
+/// `GET /projects`: what [`admin::list_projects`] lets the viewer see.
+pub(crate) async fn projects(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let result = async {
+        let list = admin::list_projects(&state.auth, &viewer.caller).await?;
+        let mut rows = Vec::with_capacity(list.len());
+        for p in list {
+            let usage = state.meta.project_usage(&p.name).await?;
+            rows.push(ProjectRow {
+                storage: human_bytes(usage.bytes),
+                bytes: usage.bytes,
+                repositories: usage.repositories,
+                public: p.public,
+                role: p.role.unwrap_or_default(),
+                name: p.name,
+            });
+        }
+        let page = ProjectsPage {
+            l: viewer.layout("Projects"),
+            rows,
+            can_create: matches!(viewer.caller.principal, Principal::User { .. }),
+        };
+        Ok(render(StatusCode::OK, &page))
+    }
+    .await;
+    respond(&viewer, result)
+}
+
+struct RepoRow {
+    name: String,
+    tags: u64,
+    last_push: String,
+    size: String,
+    bytes: u64,
+}
+
+struct MemberRow {
+    user: String,
+    role: String,
+}
+
+struct RobotRow {
+    name: String,
+    permission: &'static str,
+    expires: String,
+    status: &'static str,
+    active: bool,
+    description: String,
+}
+
+#[derive(Template)]
+#[template(path = "project.html")]
+struct ProjectPage {
+    l: Layout,
+    name: String,
+    public: bool,
+    description: String,
+    role: String,
+    repositories: u64,
+    storage: String,
+    repos: Vec<RepoRow>,
+    next_after: Option<String>,
+    show_members: bool,
+    members: Vec<MemberRow>,
+    manage: bool,
+    robots: Vec<RobotRow>,
+    roles: [&'static str; 4],
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AfterQuery {
+    #[serde(default)]
+    after: String,
+}
+
+/// `GET /projects/NAME`: 404 for a project the viewer may not see (as for a missing one).
+pub(crate) async fn project(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+    Query(q): Query<AfterQuery>,
+) -> Response {
+    let result = project_page(&state, &viewer, &name, &q.after).await;
+    respond(&viewer, result)
+}
+
+async fn project_page(state: &AppState, viewer: &Viewer, name: &str, after: &str) -> PageResult {
+    let auth = &state.auth;
+    let info = admin::get_project(auth, &viewer.caller, name).await?;
+    let usage = state.meta.project_usage(name).await?;
+    let after = (!after.is_empty()).then_some(after);
+    let mut summaries = state
+        .meta
+        .repository_summaries(name, after, REPOS_PER_PAGE + 1)
+        .await?;
+    let next_after = (summaries.len() > REPOS_PER_PAGE as usize).then(|| {
+        summaries.truncate(REPOS_PER_PAGE as usize);
+        summaries.last().map(|s| s.name.clone()).unwrap_or_default()
+    });
+    let repos = summaries
+        .into_iter()
+        .map(|s| RepoRow {
+            tags: s.tag_count,
+            last_push: time(s.last_push),
+            size: human_bytes(s.bytes),
+            bytes: s.bytes,
+            name: s.name,
+        })
+        .collect();
+    // Members are shown to those admin::list_members allows; robots and the management
+    // forms to those admin::list_robots allows (project admins, system admins).
+    let members = admin::list_members(auth, &viewer.caller, name).await;
+    let robots = admin::list_robots(auth, &viewer.caller, name).await;
+    let manage = robots.is_ok();
+    let show_members = members.is_ok();
+    let members = members
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| MemberRow {
+            user: m.user,
+            role: m.role,
+        })
+        .collect();
+    let robots = robots
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| RobotRow {
+            permission: if r.push { "pull, push" } else { "pull" },
+            expires: r
+                .expires_at
+                .map_or_else(|| "never".to_string(), admin::format_time),
+            status: if r.revoked {
+                "revoked"
+            } else if r.active {
+                "active"
+            } else {
+                "expired"
+            },
+            active: r.active,
+            description: r.description,
+            name: r.name,
+        })
+        .collect();
+    let page = ProjectPage {
+        l: viewer.layout(format!("Project {name}")),
+        name: info.name,
+        public: info.public,
+        description: info.description,
+        role: info.role.unwrap_or_default(),
+        repositories: usage.repositories,
+        storage: human_bytes(usage.bytes),
+        repos,
+        next_after,
+        show_members,
+        members,
+        manage,
+        robots,
+        roles: ["guest", "developer", "maintainer", "project_admin"],
+    };
+    Ok(render(StatusCode::OK, &page))
+}
+
+/// A 404 for what the viewer may not see or what does not exist.
+pub(crate) fn not_found(what: String) -> PageError {
+    PageError::new(StatusCode::NOT_FOUND, what)
+}
