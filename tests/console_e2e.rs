@@ -501,10 +501,11 @@ async fn push_and_see_tags(ctx: &Ctx) {
     let b = &ctx.browser;
     let v1 = fixtures::image_layout(&ctx.tmp.path().join("v1"), "v1");
     let v2 = fixtures::multi_arch_layout(&ctx.tmp.path().join("v2"), "v2");
+    ctx.open(&format!("/projects/{PROJECT}")).await;
+    b.find("table#repositories").await;
+    assert!(b.find_now("tr[data-repository]").await.is_none());
     push(&ctx.berth, &v1, &format!("{REPO}:v1"), false);
     push(&ctx.berth, &v2, &format!("{REPO}:v2"), true);
-
-    ctx.open(&format!("/projects/{PROJECT}")).await;
     b.refresh().await;
     let row = b.find(&format!(r#"tr[data-repository="{REPO}"]"#)).await;
     let count = b.find_in(&row, "td.tag-count").await.expect("td.tag-count");
@@ -625,36 +626,43 @@ async fn copy_pull_command(ctx: &Ctx) {
         .expect("seed the clipboard");
     assert_eq!(seeded, json!("ok"), "writing the clipboard from a script");
 
-    let button = b
-        .find(r#"button.copy[data-copy-target="pull-docker"]"#)
+    b.click_css(r#"button.copy[data-copy-target="pull-docker"]"#)
         .await;
-    b.click(&button).await;
+    assert_eq!(
+        read_clipboard_after_copy(ctx, "pull-docker").await,
+        json!(expected),
+        "text copied by the pull-docker button"
+    );
+    ctx.shot("repository-copied").await;
+}
+
+/// After a click on the copy button of `#target`: wait for it to say it copied
+/// (`data-copied="true"`, label "Copied"), then read the clipboard back.
+async fn read_clipboard_after_copy(ctx: &Ctx, target: &str) -> serde_json::Value {
+    let b = &ctx.browser;
+    let button = b
+        .find(&format!(r#"button.copy[data-copy-target="{target}"]"#))
+        .await;
     let deadline = std::time::Instant::now() + common::webdriver::WAIT;
     while b.attr(&button, "data-copied").await.as_deref() != Some("true") {
         assert!(
             std::time::Instant::now() < deadline,
-            "the copy button never set data-copied=\"true\""
+            "the copy button of #{target} never set data-copied=\"true\" (it is {:?})",
+            b.attr(&button, "data-copied").await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
         b.text(&button).await.contains("Copied"),
-        "the copy button's label did not change to Copied"
+        "the copy button of #{target} did not change its label to Copied"
     );
-    let copied = b
-        .execute_async(
-            "const done = arguments[arguments.length - 1];
-             navigator.clipboard.readText().then(t => done(t), e => done('error: ' + e));",
-            json!([]),
-        )
-        .await
-        .expect("read the clipboard");
-    assert_eq!(
-        copied,
-        json!(expected),
-        "text copied by the pull-docker button"
-    );
-    ctx.shot("repository-copied").await;
+    b.execute_async(
+        "const done = arguments[arguments.length - 1];
+         navigator.clipboard.readText().then(t => done(t), e => done('error: ' + e));",
+        json!([]),
+    )
+    .await
+    .expect("read the clipboard")
 }
 
 /// Create a pull robot in the browser, read its login and secret from the page, and pull
@@ -681,8 +689,14 @@ async fn create_robot_and_pull(ctx: &Ctx) {
         "code#robot-login"
     );
     assert!(secret.len() >= 16, "robot secret {secret:?} is too short");
-    b.find(r#"button.copy[data-copy-target="robot-secret"]"#)
+    // Its copy button copies exactly the secret (clipboard permission granted earlier).
+    b.click_css(r#"button.copy[data-copy-target="robot-secret"]"#)
         .await;
+    assert_eq!(
+        read_clipboard_after_copy(ctx, "robot-secret").await,
+        json!(secret),
+        "text copied by the robot-secret button"
+    );
     ctx.shot("robot-created").await;
 
     // The project page lists it, without the secret.
@@ -730,13 +744,44 @@ async fn delete_tag(ctx: &Ctx) {
         .find_in(&row, "form.delete-tag button.delete-tag-button")
         .await
         .expect("v1 row has form.delete-tag with button.delete-tag-button");
+    // The console asks first; "Cancel" keeps the tag.
     b.click(&button).await;
-    // The console may ask for confirmation with confirm(); accept it.
-    let _ = b.accept_dialog(Duration::from_secs(2)).await;
+    let question = b
+        .answer_dialog(Duration::from_secs(5), false)
+        .await
+        .expect("deleting a tag asked for no confirmation");
+    assert!(
+        question.contains("v1"),
+        "the confirmation {question:?} does not name the tag"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.find(r#"tr[data-tag="v1"]"#).await;
+    assert_eq!(
+        tag_list(ctx).await,
+        json!(["v1", "v2"]),
+        "tags after cancelling the delete"
+    );
+    // "OK" deletes it.
+    let button = b
+        .find(r#"tr[data-tag="v1"] form.delete-tag button.delete-tag-button"#)
+        .await;
+    b.click(&button).await;
+    b.answer_dialog(Duration::from_secs(5), true)
+        .await
+        .expect("the second delete asked for no confirmation");
     b.wait_gone(r#"tr[data-tag="v1"]"#).await;
     b.find(r#"tr[data-tag="v2"]"#).await;
     ctx.shot("tag-deleted").await;
 
+    assert_eq!(
+        tag_list(ctx).await,
+        json!(["v2"]),
+        "tags after deleting v1 in the console"
+    );
+}
+
+/// The tags of [`REPO`] as the registry API lists them (as the administrator), sorted.
+async fn tag_list(ctx: &Ctx) -> serde_json::Value {
     let resp = ctx
         .berth
         .client()
@@ -744,13 +789,12 @@ async fn delete_tag(ctx: &Ctx) {
         .send()
         .await
         .expect("tags/list");
-    assert_eq!(resp.status().as_u16(), 200, "tags/list after the delete");
-    let v: serde_json::Value = resp.json().await.expect("tags/list json");
-    assert_eq!(
-        v["tags"],
-        json!(["v2"]),
-        "tags after deleting v1 in the console"
-    );
+    assert_eq!(resp.status().as_u16(), 200, "GET /v2/{REPO}/tags/list");
+    let mut v: serde_json::Value = resp.json().await.expect("tags/list json");
+    if let Some(tags) = v["tags"].as_array_mut() {
+        tags.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    }
+    v["tags"].take()
 }
 
 /// Users, audit log and certificate pages open for the administrator; the CA download

@@ -509,15 +509,20 @@ impl Browser {
         .map(|_| ())
     }
 
-    /// If a `confirm()`/`alert()` dialog opens within `within`, accept it and return its
-    /// text; None if none opened.
-    pub async fn accept_dialog(&self, within: Duration) -> Option<String> {
+    /// Wait up to `within` for a `confirm()`/`alert()` dialog; accept it (or dismiss it,
+    /// i.e. "Cancel") and return its text. None if no dialog opened.
+    pub async fn answer_dialog(&self, within: Duration, accept: bool) -> Option<String> {
         let deadline = Instant::now() + within;
         loop {
             match self.cmd("GET", "/alert/text", None).await {
                 Ok(v) => {
                     let text = v.as_str().unwrap_or_default().to_string();
-                    self.must("POST", "/alert/accept", None).await;
+                    let action = if accept {
+                        "/alert/accept"
+                    } else {
+                        "/alert/dismiss"
+                    };
+                    self.must("POST", action, None).await;
                     return Some(text);
                 }
                 Err(e) if e.error == "no such alert" => {}
