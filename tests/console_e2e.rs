@@ -13,7 +13,7 @@
 //! pull robot in the browser and pull with its secret (a wrong secret is refused); delete a
 //! tag in the browser and see it gone from the registry API; open the administration pages
 //! (the CA download equals the server's CA); sign out and find the private project
-//! invisible. Every page visited is written as a PNG to
+//! invisible. Every page visited is written as a full-page PNG to
 //! `$CARGO_TARGET_TMPDIR/console-screenshots/` (a CI artifact), each checked to be a
 //! non-empty PNG. Every wait polls for at most 10 s.
 //!

@@ -544,19 +544,46 @@ impl Browser {
         }
     }
 
-    /// PNG bytes of the viewport.
+    /// PNG bytes of the viewport (W3C Take Screenshot).
     pub async fn screenshot_png(&self) -> Vec<u8> {
-        use base64::Engine as _;
         let v = self.must("GET", "/screenshot", None).await;
-        base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().expect("screenshot base64"))
-            .expect("screenshot is base64")
+        decode_png(&v)
     }
 
-    /// Write a screenshot of the current page to `dir/NAME.png`, check that it is a
-    /// non-empty PNG, and return its path.
+    /// PNG bytes of the whole page, below the fold too (at most 8000 px tall), through
+    /// chromedriver's DevTools passthrough (`Page.captureScreenshot` beyond the viewport).
+    pub async fn full_page_png(&self) -> Vec<u8> {
+        let size = self
+            .execute(
+                "const e = document.documentElement;
+                 return [Math.max(e.scrollWidth, window.innerWidth),
+                         Math.max(e.scrollHeight, document.body ? document.body.scrollHeight : 0)];",
+                json!([]),
+            )
+            .await;
+        let width = size[0].as_f64().unwrap_or(1280.0).max(1.0);
+        let height = size[1].as_f64().unwrap_or(1024.0).clamp(1.0, 8000.0);
+        let v = self
+            .must(
+                "POST",
+                "/goog/cdp/execute",
+                Some(json!({
+                    "cmd": "Page.captureScreenshot",
+                    "params": {
+                        "format": "png",
+                        "captureBeyondViewport": true,
+                        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+                    },
+                })),
+            )
+            .await;
+        decode_png(&v["data"])
+    }
+
+    /// Write a full-page screenshot of the current page to `dir/NAME.png`, check that it
+    /// is a non-empty PNG, and return its path.
     pub async fn screenshot_to(&self, dir: &Path, name: &str) -> PathBuf {
-        let png = self.screenshot_png().await;
+        let png = self.full_page_png().await;
         assert_png(&png, name);
         std::fs::create_dir_all(dir).expect("screenshot dir");
         let path = dir.join(format!("{name}.png"));
@@ -594,6 +621,14 @@ impl Drop for Browser {
         }
         // ChildGuard's own drop reaps chromedriver.
     }
+}
+
+/// The PNG in a base64 string answer.
+fn decode_png(v: &Value) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("screenshot: base64 string"))
+        .expect("screenshot is base64")
 }
 
 /// Panic unless `bytes` is a non-empty PNG image.
