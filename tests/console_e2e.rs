@@ -6,7 +6,7 @@
 //! context with a valid certificate (no `acceptInsecureCerts`), exactly as an operator's
 //! browser would after following the certificate page's steps.
 //!
-//! The story follows the page contract (notes/console-contract.md): browse the public
+//! The story follows the console's page contract (URLs, element ids): browse the public
 //! `library` signed out; sign in as the administrator; create a private project (the
 //! *Public* box is unchecked by default); push an image into it with skopeo and see the tag
 //! and its size appear; copy the `docker pull` command through the real clipboard; create a
