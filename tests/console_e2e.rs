@@ -12,8 +12,11 @@
 //! and its size appear; copy the `docker pull` command through the real clipboard; create a
 //! pull robot in the browser and pull with its secret (a wrong secret is refused); delete a
 //! tag in the browser and see it gone from the registry API; open the administration pages
-//! (the CA download equals the server's CA); sign out and find the private project
-//! invisible. Every page visited is written as a full-page PNG to
+//! (the CA download equals the server's CA); add a user as a project guest; sign out and
+//! find the private project invisible; sign in as the guest and find no maintainer action,
+//! not even by replaying the administrator's delete form with the guest's own CSRF token.
+//! Along the way: a form without its CSRF token is refused, and HTML in an image's label
+//! and annotation is shown as text. Every page visited is written as a full-page PNG to
 //! `$CARGO_TARGET_TMPDIR/console-screenshots/` (a CI artifact), each checked to be a
 //! non-empty PNG. Every wait polls for at most 10 s.
 //!
@@ -42,6 +45,9 @@ const CSRF_PROBE: &str = "csrf-probe";
 /// A label and an annotation that would run script if the console did not escape them.
 const XSS_LABEL: &str = r#"<img id="xss-label" src="x" onerror="window.__xss = 1">"#;
 const XSS_ANNOTATION: &str = r#"<script id="xss-annotation">window.__xss = 2</script>"#;
+/// A user the administrator creates in the browser and adds to the project as a guest.
+const GUEST: &str = "viewer";
+const GUEST_PASSWORD: &str = "viewer-password-0123456789";
 /// The robot created in the browser.
 const ROBOT: &str = "puller";
 
@@ -170,7 +176,9 @@ async fn console_story_in_headless_chromium() {
     create_robot_and_pull(&ctx).await;
     delete_tag(&ctx).await;
     admin_pages(&ctx).await;
+    let delete_form = add_guest_member(&ctx).await;
     sign_out_and_private_is_hidden(&ctx).await;
+    guest_sees_no_maintainer_actions(&ctx, &delete_form).await;
 
     // Every page visited left a non-empty PNG behind.
     let taken = ctx.taken.borrow().clone();
@@ -851,6 +859,150 @@ async fn admin_pages(ctx: &Ctx) {
         ctx.berth.ca_pem().as_slice(),
         "/ca.crt differs from the server's CA"
     );
+}
+
+/// What the administrator's "Delete tag" form for v2 posts: its absolute action and its
+/// fields other than the CSRF token.
+struct DeleteForm {
+    action: String,
+    fields: serde_json::Value,
+}
+
+/// The administrator creates a user in the browser and adds them to the private project
+/// as a guest; returns the administrator's delete form of tag v2 (replayed by the guest).
+async fn add_guest_member(ctx: &Ctx) -> DeleteForm {
+    let b = &ctx.browser;
+    ctx.open("/admin/users").await;
+    b.fill("form#new-user-form input[name=username]", GUEST)
+        .await;
+    b.fill("form#new-user-form input[name=password]", GUEST_PASSWORD)
+        .await;
+    b.click_css("form#new-user-form [type=submit]").await;
+    b.find(&format!(r#"table#users tr[data-user="{GUEST}"]"#))
+        .await;
+    ctx.shot("admin-user-created").await;
+
+    ctx.open(&format!("/projects/{PROJECT}")).await;
+    b.fill("input#member-username", GUEST).await;
+    b.click_css(r#"select#member-role option[value="guest"]"#)
+        .await;
+    b.click_css("button#add-member").await;
+    let row = b.find(&format!(r#"tr[data-member="{GUEST}"]"#)).await;
+    let role = b.find_in(&row, "td.role").await.expect("td.role");
+    assert!(
+        b.text(&role).await.to_lowercase().contains("guest"),
+        "{GUEST}'s role is not guest"
+    );
+    ctx.shot("project-guest-added").await;
+
+    ctx.open(&format!("/repositories/{REPO}")).await;
+    let form = b.find(r#"tr[data-tag="v2"] form.delete-tag"#).await;
+    let v = b
+        .execute(
+            "const f = arguments[0];
+             const fields = [];
+             for (const e of f.elements) {
+               if (e.name && e.name !== 'csrf') { fields.push([e.name, e.value]); }
+             }
+             return {action: f.action, fields: fields};",
+            json!([Browser::arg(&form)]),
+        )
+        .await;
+    DeleteForm {
+        action: v["action"].as_str().expect("form action").to_string(),
+        fields: v["fields"].clone(),
+    }
+}
+
+/// A project guest signed in sees the private project and its tags but none of the
+/// maintainers' actions, and replaying the administrator's delete form by hand (with the
+/// guest's own valid CSRF token) is refused: the tag stays in the registry.
+async fn guest_sees_no_maintainer_actions(ctx: &Ctx, delete: &DeleteForm) {
+    let b = &ctx.browser;
+    ctx.open("/login").await;
+    b.fill("input#username", GUEST).await;
+    b.fill("input#password", GUEST_PASSWORD).await;
+    b.click_css("button#login-submit").await;
+    b.wait_url("/projects after the guest signs in", |u| {
+        u.ends_with("/projects")
+    })
+    .await;
+    assert_eq!(b.text_of("span#whoami").await.trim(), GUEST);
+    assert!(
+        b.find_now("a#nav-admin").await.is_none(),
+        "a project guest is shown the administration link"
+    );
+    let row = b.find(&format!(r#"tr[data-project="{PROJECT}"]"#)).await;
+    assert!(b.find_in(&row, "span.badge-private").await.is_some());
+    ctx.shot("guest-projects").await;
+
+    ctx.open(&format!("/projects/{PROJECT}")).await;
+    b.find(&format!(r#"tr[data-repository="{REPO}"]"#)).await;
+    assert!(
+        b.find_now("form#new-robot-form").await.is_none()
+            && b.find_now("form#add-member-form").await.is_none(),
+        "a project guest is offered the project admins' forms"
+    );
+    ctx.shot("guest-project").await;
+
+    ctx.open(&format!("/repositories/{REPO}")).await;
+    b.find(r#"tr[data-tag="v2"]"#).await;
+    assert!(
+        b.find_now("form.delete-tag").await.is_none(),
+        "a project guest is offered to delete tags"
+    );
+    ctx.shot("guest-repository").await;
+
+    ctx.open("/admin/users").await;
+    assert!(
+        b.find_now("table#users").await.is_none(),
+        "a project guest can list users"
+    );
+    ctx.shot("guest-admin-users-refused").await;
+
+    // The delete by URL, with the guest's own (valid) CSRF token.
+    ctx.open(&format!("/repositories/{REPO}")).await;
+    b.find("form#logout-form").await;
+    b.execute(
+        "const [action, fields] = [arguments[0], arguments[1]];
+         const f = document.createElement('form');
+         f.method = 'post';
+         f.action = action;
+         const add = (n, v) => {
+           const i = document.createElement('input');
+           i.type = 'hidden'; i.name = n; i.value = v; f.appendChild(i);
+         };
+         add('csrf', document.querySelector('form#logout-form input[name=csrf]').value);
+         for (const [n, v] of fields) { add(n, v); }
+         document.body.appendChild(f);
+         f.submit();",
+        json!([delete.action, delete.fields]),
+    )
+    .await;
+    b.wait_url("the replayed delete form's action", |u| u == delete.action)
+        .await;
+    let text = ctx.page_text_lower().await;
+    assert!(
+        text.contains("403") || text.contains("forbidden") || text.contains("may not"),
+        "a guest's replayed delete-tag form was not refused: {text}"
+    );
+    assert!(
+        !text.contains("csrf"),
+        "the replayed form was refused for its CSRF token, not for the guest's role: {text}"
+    );
+    ctx.shot("guest-delete-by-url-refused").await;
+    assert_eq!(
+        tag_list(ctx).await,
+        json!(["v2"]),
+        "tags after a guest's delete attempt"
+    );
+
+    b.click_css("form#logout-form button#logout").await;
+    b.wait_url("/projects after the guest signs out", |u| {
+        u.ends_with("/projects")
+    })
+    .await;
+    b.find("a#login-link").await;
 }
 
 /// Sign out: the session is gone and the private project can be neither listed nor opened.
