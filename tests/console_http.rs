@@ -145,7 +145,12 @@ async fn push_blob(b: &Berth, repo: &str, bytes: &[u8]) -> String {
         .send()
         .await
         .expect("blob upload");
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     digest
 }
 
@@ -158,14 +163,25 @@ async fn put_manifest(b: &Berth, repo: &str, reference: &str, media_type: &str, 
         .send()
         .await
         .expect("manifest put");
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
 }
 
 const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Push a one-layer image whose config carries `labels` and whose manifest carries
 /// `annotations`; returns the manifest bytes.
-async fn push_image(b: &Berth, repo: &str, tag: &str, labels: Value, annotations: Value) -> Vec<u8> {
+async fn push_image(
+    b: &Berth,
+    repo: &str,
+    tag: &str,
+    labels: Value,
+    annotations: Value,
+) -> Vec<u8> {
     let layer = format!("layer of {repo}:{tag}").into_bytes();
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
@@ -202,7 +218,7 @@ async fn manifest_status(b: &Berth, repo: &str, reference: &str) -> StatusCode {
 #[tokio::test]
 async fn client_supplied_values_are_escaped_and_pages_carry_security_headers() {
     let b = Berth::start();
-    push_image(
+    let image = push_image(
         &b,
         "library/xss",
         "v1",
@@ -210,17 +226,54 @@ async fn client_supplied_values_are_escaped_and_pages_carry_security_headers() {
         json!({"org.opencontainers.image.description": "<img src=x onerror=alert(2)>"}),
     )
     .await;
+    // A signature-like referrer whose annotation carries markup too.
+    let empty = push_blob(&b, "library/xss", b"{}").await;
+    let sig = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": IMAGE,
+        "artifactType": "application/vnd.example.sig",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+        "subject": {"mediaType": IMAGE, "digest": digest_of(&image), "size": image.len()},
+        "annotations": {"signer": "<i>ci</i>"},
+    }))
+    .unwrap();
+    put_manifest(&b, "library/xss", &digest_of(&sig), IMAGE, &sig).await;
+    // A two-platform index.
+    let arm = push_image(&b, "library/xss", "arm", json!({}), json!({})).await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": IMAGE, "digest": digest_of(&image), "size": image.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": IMAGE, "digest": digest_of(&arm), "size": arm.len(),
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    }))
+    .unwrap();
+    put_manifest(
+        &b,
+        "library/xss",
+        "multi",
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    )
+    .await;
     // Anonymous visitors read the public project.
     let anon = browser(&b);
     let r = anon
-        .get(format!("{}/repositories/library/xss", b.url()))
+        .get(format!("{}/repositories/library/xss?tag=v1", b.url()))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let h = r.headers().clone();
     let csp = h["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["x-content-type-options"], "nosniff");
@@ -234,12 +287,35 @@ async fn client_supplied_values_are_escaped_and_pages_carry_security_headers() {
     assert!(!html.contains("<script>alert(1)"), "{html}");
     assert!(!html.contains("<img src=x"), "{html}");
     assert!(!html.contains("<b>key</b>"), "{html}");
-    assert!(html.contains("onerror=alert(2)"), "the annotation is shown as text");
+    assert!(
+        html.contains("onerror=alert(2)"),
+        "the annotation is shown as text"
+    );
+    assert!(
+        html.contains("<td class=\"referrers\">1 (application/vnd.example.sig)</td>"),
+        "{html}"
+    );
+    assert!(html.contains("id=\"referrers\""), "{html}");
+    assert!(!html.contains("<i>ci</i>"), "{html}");
+    let multi = html
+        .split("<tr data-tag=\"multi\"")
+        .nth(1)
+        .unwrap()
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(
+        multi.contains("<td class=\"platforms\">linux/amd64, linux/arm64/v8</td>"),
+        "{multi}"
+    );
     // The only script is the console's own file.
     assert_eq!(html.matches("<script").count(), 1, "{html}");
     assert!(html.contains("<script src=\"/static/console.js\" defer></script>"));
     // Config details and pull commands with the host the browser used.
-    assert!(html.contains("[&#34;/bin/app&#34;]") || html.contains("[&quot;/bin/app&quot;]"), "{html}");
+    assert!(
+        html.contains("[&#34;/bin/app&#34;]") || html.contains("[&quot;/bin/app&quot;]"),
+        "{html}"
+    );
     assert!(html.contains("linux/amd64"), "{html}");
     assert!(
         html.contains(&format!(
@@ -317,7 +393,11 @@ async fn state_changing_posts_need_the_csrf_token() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // A POST with no body at all.
-    let r = c.post(format!("{}/admin/users", b.url())).send().await.unwrap();
+    let r = c
+        .post(format!("{}/admin/users", b.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // Nothing changed.
     let r = b
@@ -338,7 +418,10 @@ async fn state_changing_posts_need_the_csrf_token() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, html) = text(&c, &format!("{}/projects", b.url())).await;
     assert!(html.contains("data-project=\"withcsrf\""), "{html}");
-    assert!(html.contains("Project withcsrf created (private)."), "flash: {html}");
+    assert!(
+        html.contains("Project withcsrf created (private)."),
+        "flash: {html}"
+    );
 }
 
 #[tokio::test]
@@ -380,7 +463,10 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{user}: {html}");
         assert!(html.contains("may not delete team/app"), "{html}");
-        assert!(html.contains("repository:team/app:delete"), "the scope: {html}");
+        assert!(
+            html.contains("repository:team/app:delete"),
+            "the scope: {html}"
+        );
         let digest = digest_of(
             &b.client()
                 .get(format!("{}/v2/team/app/manifests/v1", b.url()))
@@ -404,7 +490,11 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
         let (status, html) = post_form(
             &c,
             &format!("{}/projects/team/members", b.url()),
-            &[("csrf", &csrf), ("username", user), ("role", "project_admin")],
+            &[
+                ("csrf", &csrf),
+                ("username", user),
+                ("role", "project_admin"),
+            ],
         )
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
@@ -446,7 +536,11 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
         let (status, _) = post_form(
             &c,
             &format!("{}/admin/users/password", b.url()),
-            &[("csrf", &csrf), ("username", ADMIN_USER), ("password", "hijacked-pass-1")],
+            &[
+                ("csrf", &csrf),
+                ("username", ADMIN_USER),
+                ("password", "hijacked-pass-1"),
+            ],
         )
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
@@ -465,11 +559,22 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["user"].as_str().unwrap().into(), m["role"].as_str().unwrap().into()))
+        .map(|m| {
+            (
+                m["user"].as_str().unwrap().into(),
+                m["role"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert!(roles.contains(&("gus".into(), "guest".into())), "{roles:?}");
-    assert!(roles.contains(&("dev".into(), "developer".into())), "{roles:?}");
-    assert!(roles.contains(&("mae".into(), "maintainer".into())), "{roles:?}");
+    assert!(
+        roles.contains(&("dev".into(), "developer".into())),
+        "{roles:?}"
+    );
+    assert!(
+        roles.contains(&("mae".into(), "maintainer".into())),
+        "{roles:?}"
+    );
     let users: Value = b
         .client()
         .get(format!("{}/api/v1/users", b.url()))
@@ -533,15 +638,15 @@ async fn private_projects_are_invisible_to_anonymous_visitors_and_non_members() 
         &b,
         reqwest::Method::POST,
         "/api/v1/projects",
-        json!({"name": "hidden"}),
+        json!({"name": "vault"}),
         201,
     )
     .await;
-    push_image(&b, "hidden/secret-app", "v1", json!({}), json!({})).await;
+    push_image(&b, "vault/secret-app", "v1", json!({}), json!({})).await;
     push_image(&b, "library/open-app", "v1", json!({}), json!({})).await;
     add_user(&b, "outsider").await;
     add_user(&b, "insider").await;
-    set_role(&b, "hidden", "insider", "guest").await;
+    set_role(&b, "vault", "insider", "guest").await;
 
     let anon = browser(&b);
     let outsider = browser(&b);
@@ -550,41 +655,58 @@ async fn private_projects_are_invisible_to_anonymous_visitors_and_non_members() 
         let (status, html) = text(c, &format!("{}/projects", b.url())).await;
         assert_eq!(status, StatusCode::OK);
         assert!(html.contains("data-project=\"library\""), "{who}: {html}");
-        assert!(!html.contains("hidden"), "{who}: {html}");
-        let (s1, project) = text(c, &format!("{}/projects/hidden", b.url())).await;
+        assert!(!html.contains("data-project=\"vault\""), "{who}: {html}");
+        assert!(!html.contains("/projects/vault"), "{who}: {html}");
+        let (s1, project) = text(c, &format!("{}/projects/vault", b.url())).await;
         let (s2, missing) = text(c, &format!("{}/projects/nosuch", b.url())).await;
         assert_eq!(s1, StatusCode::NOT_FOUND, "{who}: {project}");
         assert_eq!(s2, StatusCode::NOT_FOUND);
         assert!(project.contains("not found"), "{project}");
         assert!(!project.contains("secret-app"), "{project}");
         assert_eq!(
-            project.replace("hidden", "X"),
+            project.replace("vault", "X"),
             missing.replace("nosuch", "X"),
             "a private project looks exactly like a missing one"
         );
-        let (status, html) = text(c, &format!("{}/repositories/hidden/secret-app", b.url())).await;
+        let (status, html) = text(c, &format!("{}/repositories/vault/secret-app", b.url())).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{who}: {html}");
         assert!(!html.contains("data-tag"), "{html}");
         let (status, html) = text(c, &format!("{}/search?q=app", b.url())).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(html.contains("data-repository=\"library/open-app\""), "{who}: {html}");
+        assert!(
+            html.contains("data-repository=\"library/open-app\""),
+            "{who}: {html}"
+        );
         assert!(!html.contains("secret-app"), "{who}: {html}");
     }
 
     let insider = browser(&b);
     sign_in(&b, &insider, "insider", PASSWORD).await;
     let (_, html) = text(&insider, &format!("{}/projects", b.url())).await;
-    assert!(html.contains("data-project=\"hidden\""), "{html}");
+    assert!(html.contains("data-project=\"vault\""), "{html}");
     assert!(html.contains("badge-private"), "{html}");
-    let (status, html) = text(&insider, &format!("{}/projects/hidden", b.url())).await;
+    let (status, html) = text(&insider, &format!("{}/projects/vault", b.url())).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("data-repository=\"hidden/secret-app\""), "{html}");
+    assert!(
+        html.contains("data-repository=\"vault/secret-app\""),
+        "{html}"
+    );
     assert!(html.contains("data-member=\"insider\""), "{html}");
-    assert!(!html.contains("new-robot-form"), "a guest does not manage: {html}");
-    let (status, _) = text(&insider, &format!("{}/repositories/hidden/secret-app", b.url())).await;
+    assert!(
+        !html.contains("new-robot-form"),
+        "a guest does not manage: {html}"
+    );
+    let (status, _) = text(
+        &insider,
+        &format!("{}/repositories/vault/secret-app", b.url()),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let (_, html) = text(&insider, &format!("{}/search?q=app", b.url())).await;
-    assert!(html.contains("data-repository=\"hidden/secret-app\""), "{html}");
+    assert!(
+        html.contains("data-repository=\"vault/secret-app\""),
+        "{html}"
+    );
 }
 
 #[tokio::test]
@@ -651,7 +773,10 @@ async fn session_cookies_end_on_sign_out_and_survive_a_restart() {
     let b = Berth::start_in(data, &[]);
     let replay = with_cookie(&b, &cookie);
     let (_, html) = text(&replay, &format!("{}/projects", b.url())).await;
-    assert!(html.contains("<span id=\"whoami\">admin</span>"), "after restart: {html}");
+    assert!(
+        html.contains("<span id=\"whoami\">admin</span>"),
+        "after restart: {html}"
+    );
     let csrf = hidden(&html, "csrf");
 
     let r = replay
@@ -663,7 +788,10 @@ async fn session_cookies_end_on_sign_out_and_survive_a_restart() {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], "/projects");
     let cleared = r.headers()["set-cookie"].to_str().unwrap();
-    assert!(cleared.starts_with("berth_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(
+        cleared.starts_with("berth_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
     // The old cookie no longer works: deleted server-side, not only in the browser.
     let (_, html) = text(&replay, &format!("{}/projects", b.url())).await;
     assert!(!html.contains("whoami"), "{html}");
@@ -726,7 +854,10 @@ async fn sign_in_uses_the_registry_login_rate_limit() {
         statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
         "{statuses:?}"
     );
-    assert!(last.contains("retry") || last.contains("Retry") || last.contains("try again"), "{last}");
+    assert!(
+        last.contains("retry") || last.contains("Retry") || last.contains("try again"),
+        "{last}"
+    );
     // Even the right password is refused while the account is blocked.
     let (_, html) = text(&c, &format!("{}/login", b.url())).await;
     let (status, _) = post_form(
@@ -806,7 +937,10 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{html}");
-    assert!(html.contains("<code id=\"robot-login\">robot$ci+deploy</code>"), "{html}");
+    assert!(
+        html.contains("<code id=\"robot-login\">robot$ci+deploy</code>"),
+        "{html}"
+    );
     assert!(html.contains("data-copy-target=\"robot-secret\""), "{html}");
     let secret = html
         .split("<code id=\"robot-secret\">")
@@ -823,7 +957,11 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "the robot logs in to the registry");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the robot logs in to the registry"
+    );
     let (_, html) = text(&c, &url("/projects/ci")).await;
     assert!(html.contains("data-robot=\"robot$ci+deploy\""), "{html}");
     assert!(!html.contains(&secret), "the secret is never shown again");
@@ -864,7 +1002,11 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     let (status, _) = post_form(
         &c,
         &url("/projects/ci/members"),
-        &[("csrf", &csrf), ("username", "newbie"), ("role", "developer")],
+        &[
+            ("csrf", &csrf),
+            ("username", "newbie"),
+            ("role", "developer"),
+        ],
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
@@ -878,12 +1020,19 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, html) = text(&newbie, &url("/admin/users")).await;
-    assert!(html.contains("data-user=\"newbie\""), "now an admin: {html}");
+    assert!(
+        html.contains("data-user=\"newbie\""),
+        "now an admin: {html}"
+    );
     // A password reset ends the user's console sessions.
     let (status, _) = post_form(
         &c,
         &url("/admin/users/password"),
-        &[("csrf", &csrf), ("username", "newbie"), ("password", "another-password-2")],
+        &[
+            ("csrf", &csrf),
+            ("username", "newbie"),
+            ("password", "another-password-2"),
+        ],
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
@@ -918,7 +1067,10 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
 
     // The certificate page and the CA download.
     let (_, html) = text(&c, &url("/admin/certificate")).await;
-    assert!(html.contains("id=\"download-ca\" class=\"button\" href=\"/ca.crt\""), "{html}");
+    assert!(
+        html.contains("id=\"download-ca\" class=\"button\" href=\"/ca.crt\""),
+        "{html}"
+    );
     assert!(
         html.contains(&format!("/etc/docker/certs.d/{}", b.host())),
         "trust steps for this host:port: {html}"
@@ -935,8 +1087,14 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     }
     let (_, html) = text(&c, &url("/repositories/ci/many")).await;
     assert_eq!(html.matches("<tr data-tag=").count(), 100);
-    assert!(html.contains("<span id=\"repo-tag-count\">150</span>"), "{html}");
-    assert!(html.contains("id=\"next-page\" href=\"/repositories/ci/many?after=t099\""), "{html}");
+    assert!(
+        html.contains("<span id=\"repo-tag-count\">150</span>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("id=\"next-page\" href=\"/repositories/ci/many?after=t099\""),
+        "{html}"
+    );
     let (_, html) = text(&c, &url("/repositories/ci/many?after=t099")).await;
     assert_eq!(html.matches("<tr data-tag=").count(), 50);
     assert!(html.contains("data-tag=\"t149\""));

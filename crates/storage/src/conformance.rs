@@ -1808,7 +1808,10 @@ pub async fn session_suite(store: &dyn AccountStore) {
     ));
 
     ok(store.delete_session("h1").await, "delete one");
-    ok(store.delete_session("h1").await, "delete again (idempotent)");
+    ok(
+        store.delete_session("h1").await,
+        "delete again (idempotent)",
+    );
     assert_eq!(ok(store.session("h1").await, "deleted"), None);
     assert!(ok(store.session("h2").await, "other kept").is_some());
 
@@ -1818,7 +1821,10 @@ pub async fn session_suite(store: &dyn AccountStore) {
 
     ok(store.delete_user("tia").await, "delete tia");
     assert_eq!(
-        ok(store.session("h3").await, "deleting the user ends its sessions"),
+        ok(
+            store.session("h3").await,
+            "deleting the user ends its sessions"
+        ),
         None
     );
     ok(store.delete_user("sam").await, "delete sam");
@@ -1833,10 +1839,23 @@ pub async fn console_suite(store: &dyn MetadataStore) {
     ok(store.link_blob("shop/web", &layer, 1000).await, "layer");
     ok(store.link_blob("shop/web", &config, 100).await, "config");
     ok(store.link_blob("shop/web", &shared, 10).await, "shared");
-    ok(store.link_blob("shop/api/v1", &shared, 10).await, "shared again");
-    ok(store.link_blob("shopping/x", &layer, 1000).await, "lookalike");
+    ok(
+        store.link_blob("shop/api/v1", &shared, 10).await,
+        "shared again",
+    );
+    ok(
+        store.link_blob("shopping/x", &layer, 1000).await,
+        "lookalike",
+    );
 
-    let image = manifest("shop/web", r#"{"m":"image"}"#, Some("v1"), &[&config, &layer], None, None);
+    let image = manifest(
+        "shop/web",
+        r#"{"m":"image"}"#,
+        Some("v1"),
+        &[&config, &layer],
+        None,
+        None,
+    );
     ok(store.put_manifest(image.clone()).await, "image");
     let image_size = image.content.len() as u64;
     // Many tags on the same manifest.
@@ -1862,7 +1881,10 @@ pub async fn console_suite(store: &dyn MetadataStore) {
     ok(store.put_manifest(index).await, "index");
 
     let usage = ok(store.project_usage("shop").await, "usage");
-    assert_eq!(usage.repositories, 2, "shop/web and shop/api/v1, not shopping/x");
+    assert_eq!(
+        usage.repositories, 2,
+        "shop/web and shop/api/v1, not shopping/x"
+    );
     assert_eq!(
         usage.bytes,
         1000 + 100 + 10 + image_size + index_content.len() as u64,
@@ -1873,7 +1895,10 @@ pub async fn console_suite(store: &dyn MetadataStore) {
         Usage::default()
     );
 
-    let all = ok(store.repository_summaries("shop", None, 10).await, "summaries");
+    let all = ok(
+        store.repository_summaries("shop", None, 10).await,
+        "summaries",
+    );
     assert_eq!(names(&all, |r| &r.name), ["shop/api/v1", "shop/web"]);
     let web = &all[1];
     assert_eq!(web.tag_count, 5);
@@ -1885,7 +1910,9 @@ pub async fn console_suite(store: &dyn MetadataStore) {
     assert_eq!(all[0].tag_count, 0);
     assert_eq!(all[0].bytes, 10);
     let page = ok(
-        store.repository_summaries("shop", Some("shop/api/v1"), 10).await,
+        store
+            .repository_summaries("shop", Some("shop/api/v1"), 10)
+            .await,
         "after",
     );
     assert_eq!(names(&page, |r| &r.name), ["shop/web"]);
@@ -1895,7 +1922,10 @@ pub async fn console_suite(store: &dyn MetadataStore) {
         ok(store.repository_summary("shop/web").await, "one").as_ref(),
         Some(web)
     );
-    assert_eq!(ok(store.repository_summary("shop/none").await, "missing"), None);
+    assert_eq!(
+        ok(store.repository_summary("shop/none").await, "missing"),
+        None
+    );
 
     let tags = ok(store.tag_details("shop/web", None, 100).await, "tags");
     assert_eq!(
@@ -1913,10 +1943,17 @@ pub async fn console_suite(store: &dyn MetadataStore) {
         "the index, its child manifest, and every distinct blob below it"
     );
     assert!(tags.iter().all(|t| t.pushed_at > 0));
-    let page = ok(store.tag_details("shop/web", Some("multi"), 2).await, "page");
+    let page = ok(
+        store.tag_details("shop/web", Some("multi"), 2).await,
+        "page",
+    );
     assert_eq!(names(&page, |t| &t.tag), ["v1", "v2"]);
     assert!(
-        ok(store.tag_details("shop/none", None, 10).await, "missing repo").is_empty()
+        ok(
+            store.tag_details("shop/none", None, 10).await,
+            "missing repo"
+        )
+        .is_empty()
     );
 
     let found = ok(store.search_repositories("shop", None, 10).await, "search");
@@ -1924,12 +1961,18 @@ pub async fn console_suite(store: &dyn MetadataStore) {
     let found = ok(store.search_repositories("web", None, 10).await, "search");
     assert_eq!(found, ["shop/web"]);
     let found = ok(
-        store.search_repositories("shop", Some("shop/api/v1"), 1).await,
+        store
+            .search_repositories("shop", Some("shop/api/v1"), 1)
+            .await,
         "search page",
     );
     assert_eq!(found, ["shop/web"]);
     assert!(
-        ok(store.search_repositories("%", None, 10).await, "no wildcards").is_empty(),
+        ok(
+            store.search_repositories("%", None, 10).await,
+            "no wildcards"
+        )
+        .is_empty(),
         "% is not a wildcard"
     );
 }

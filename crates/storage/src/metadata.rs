@@ -177,8 +177,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> StorageResult<Vec<RepositorySummary>>;
 
     /// One repository's summary; None if it does not exist.
-    async fn repository_summary(&self, repository: &str)
-    -> StorageResult<Option<RepositorySummary>>;
+    async fn repository_summary(
+        &self,
+        repository: &str,
+    ) -> StorageResult<Option<RepositorySummary>>;
 
     /// Tags of `repository` in lexical order after `after` (exclusive), at most `limit`,
     /// with their manifests' digest, media type, push time and compressed size (empty for

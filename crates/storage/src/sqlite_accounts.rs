@@ -595,7 +595,9 @@ impl AccountStore for SqliteMetadata {
             return Err(StorageError::NotFound(format!("user {}", session.username)));
         }
         // Never print the hash itself.
-        inserted(result, || format!("console session of {}", session.username))?;
+        inserted(result, || {
+            format!("console session of {}", session.username)
+        })?;
         tx.commit().await?;
         Ok(())
     }
@@ -607,12 +609,14 @@ impl AccountStore for SqliteMetadata {
         .bind(id_hash)
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|(username, created_at, expires_at)| ConsoleSession {
-            id_hash: id_hash.to_owned(),
-            username,
-            created_at,
-            expires_at,
-        }))
+        Ok(
+            row.map(|(username, created_at, expires_at)| ConsoleSession {
+                id_hash: id_hash.to_owned(),
+                username,
+                created_at,
+                expires_at,
+            }),
+        )
     }
 
     async fn delete_session(&self, id_hash: &str) -> StorageResult<()> {

@@ -310,7 +310,9 @@ pub(crate) async fn reset_password(
         }
         Ok(viewer.redirect(
             "/admin/users",
-            Some(&format!("Password of {name} changed; their sessions ended.")),
+            Some(&format!(
+                "Password of {name} changed; their sessions ended."
+            )),
         ))
     })
     .await
@@ -542,7 +544,10 @@ mod tests {
     #[test]
     fn trust_steps_name_the_registry_and_the_downloaded_file() {
         let steps = super::trust_steps("registry.example:5443");
-        assert!(steps.contains("/etc/docker/certs.d/registry.example:5443"), "{steps}");
+        assert!(
+            steps.contains("/etc/docker/certs.d/registry.example:5443"),
+            "{steps}"
+        );
         assert!(steps.contains("hosts.toml"), "{steps}");
         assert!(steps.contains("image-fetcher-ca-bundle"), "{steps}");
         assert!(steps.contains("cp ca.crt "), "{steps}");

@@ -52,10 +52,16 @@ pub fn router() -> Router<AppState> {
         .route("/", get(pages::home))
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
-        .route("/projects", get(pages::projects).post(manage::create_project))
+        .route(
+            "/projects",
+            get(pages::projects).post(manage::create_project),
+        )
         .route("/projects/{name}", get(pages::project))
         .route("/projects/{name}/members", post(manage::set_member))
-        .route("/projects/{name}/members/remove", post(manage::remove_member))
+        .route(
+            "/projects/{name}/members/remove",
+            post(manage::remove_member),
+        )
         .route("/projects/{name}/robots", post(manage::create_robot))
         .route("/projects/{name}/robots/revoke", post(manage::revoke_robot))
         .route(

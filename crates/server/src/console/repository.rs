@@ -129,7 +129,12 @@ pub(crate) async fn page(
     respond(&viewer, result)
 }
 
-async fn repository_page(state: &AppState, viewer: &Viewer, rest: &str, q: &RepoQuery) -> PageResult {
+async fn repository_page(
+    state: &AppState,
+    viewer: &Viewer,
+    rest: &str,
+    q: &RepoQuery,
+) -> PageResult {
     let name = parse_name(rest.trim_end_matches('/'))?;
     let can_delete = readable(state, viewer, name).await?;
     let meta = &state.meta;

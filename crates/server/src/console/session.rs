@@ -65,15 +65,20 @@ pub(crate) fn csrf_of(id: &str) -> String {
 /// Equal without an early exit (tokens are compared to secrets).
 pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
 }
 
 /// A `Set-Cookie` value with the console's attributes.
-pub(crate) fn set_cookie(name: &str, value: &str, path: &str, max_age: i64, secure: bool) -> String {
+pub(crate) fn set_cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age: i64,
+    secure: bool,
+) -> String {
     let secure = if secure { "; Secure" } else { "" };
     format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly{secure}; SameSite=Strict")
 }
@@ -321,11 +326,7 @@ pub(crate) async fn login(
         );
     }
     let addr = viewer.caller.addr;
-    let principal = match state
-        .auth
-        .login(username, form.get("password"), addr)
-        .await
-    {
+    let principal = match state.auth.login(username, form.get("password"), addr).await {
         Ok(p) => p,
         Err(e) => {
             let e = PageError::from(e);
@@ -418,7 +419,10 @@ mod tests {
     #[test]
     fn cookies_are_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; berth_session=xyz"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; berth_session=xyz"),
+        );
         h.append(header::COOKIE, HeaderValue::from_static("b=2"));
         assert_eq!(cookie(&h, "berth_session"), Some("xyz"));
         assert_eq!(cookie(&h, "b"), Some("2"));
