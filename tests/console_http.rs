@@ -513,6 +513,16 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
         )
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
+        for (path, form) in [
+            (
+                "/projects/team/settings",
+                vec![("csrf", csrf.as_str()), ("public", "true")],
+            ),
+            ("/projects/team/delete", vec![("csrf", csrf.as_str())]),
+        ] {
+            let (status, html) = post_form(&c, &format!("{}{path}", b.url()), &form).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{user} {path}: {html}");
+        }
         // Administration.
         for page in ["/admin/users", "/admin/audit", "/admin/certificate"] {
             let (status, html) = text(&c, &format!("{}{page}", b.url())).await;
@@ -585,6 +595,16 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
         .await
         .unwrap();
     assert!(!users.to_string().contains("intruder"));
+    let project: Value = b
+        .client()
+        .get(format!("{}/api/v1/projects/team", b.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(project["public"], false, "{project}");
     let robots: Value = b
         .client()
         .get(format!("{}/api/v1/projects/team/robots", b.url()))
@@ -924,6 +944,46 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
 
+    // Settings: visibility and description; deletion refused while repositories exist.
+    let (status, _) = post_form(
+        &c,
+        &url("/projects/ci/settings"),
+        &[("csrf", &csrf), ("description", "CI images")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = text(&c, &url("/projects/ci")).await;
+    assert!(
+        html.contains("badge-private"),
+        "unchecked = private: {html}"
+    );
+    assert!(html.contains("CI images"), "{html}");
+    assert!(html.contains("Settings of ci saved (private)."), "{html}");
+    let (status, _) = post_form(
+        &c,
+        &url("/projects/ci/settings"),
+        &[
+            ("csrf", &csrf),
+            ("description", "CI images"),
+            ("public", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = text(&browser(&b), &url("/projects")).await;
+    assert!(html.contains("data-project=\"ci\""), "public again: {html}");
+    let (status, _) = post_form(
+        &c,
+        &url("/projects"),
+        &[("csrf", &csrf), ("name", "doomed")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _) = post_form(&c, &url("/projects/doomed/delete"), &[("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _) = text(&c, &url("/projects/doomed")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
     // A robot: secret shown once, usable with the registry, revocable.
     let (status, html) = post_form(
         &c,
@@ -1101,6 +1161,12 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     assert!(!html.contains("id=\"next-page\""));
     let (_, html) = text(&c, &url("/projects/ci")).await;
     assert!(html.contains("<td class=\"tag-count\">150</td>"), "{html}");
+    let (status, html) = post_form(&c, &url("/projects/ci/delete"), &[("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{html}");
+    assert!(
+        html.contains("ci/many"),
+        "the error names a repository: {html}"
+    );
     // A name that breaks the grammar is refused with the rule.
     let (status, html) = text(&c, &url("/repositories/ci/Bad_Name")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

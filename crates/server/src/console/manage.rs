@@ -62,6 +62,49 @@ pub(crate) async fn create_project(
     .await
 }
 
+/// `POST /projects/NAME/settings`: visibility and description (project admins).
+pub(crate) async fn update_project(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(project): Path<String>,
+    body: Body,
+) -> Response {
+    let (state, viewer) = (&state, &viewer);
+    with_form(viewer, body, |form| async move {
+        let public = form.checked("public");
+        let description = form.get("description").trim().to_string();
+        admin::update_project(
+            &state.auth,
+            &viewer.caller,
+            &project,
+            Some(public),
+            Some(description),
+        )
+        .await?;
+        let vis = if public { "public" } else { "private" };
+        Ok(viewer.redirect(
+            &project_url(&project),
+            Some(&format!("Settings of {project} saved ({vis}).")),
+        ))
+    })
+    .await
+}
+
+/// `POST /projects/NAME/delete`: refused (409) while the project has repositories.
+pub(crate) async fn delete_project(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(project): Path<String>,
+    body: Body,
+) -> Response {
+    let (state, viewer) = (&state, &viewer);
+    with_form(viewer, body, |_form| async move {
+        admin::delete_project(&state.auth, &viewer.caller, &project).await?;
+        Ok(viewer.redirect("/projects", Some(&format!("Project {project} deleted."))))
+    })
+    .await
+}
+
 /// `POST /projects/NAME/members`: add a member or change their role.
 pub(crate) async fn set_member(
     State(state): State<AppState>,

@@ -57,6 +57,8 @@ pub fn router() -> Router<AppState> {
             get(pages::projects).post(manage::create_project),
         )
         .route("/projects/{name}", get(pages::project))
+        .route("/projects/{name}/settings", post(manage::update_project))
+        .route("/projects/{name}/delete", post(manage::delete_project))
         .route("/projects/{name}/members", post(manage::set_member))
         .route(
             "/projects/{name}/members/remove",
