@@ -27,7 +27,8 @@
 //! test's own `DOCKER_CONFIG` directory) makes it work. The pulls from the public project
 //! `library` are done after `docker logout`, i.e. anonymously. Finally the seed's story:
 //! an image pushed to the private project `private-prj` cannot be pulled anonymously,
-//! and can after logging in again.
+//! and can after logging in again — and after `berth login` into Docker's `DOCKER_CONFIG`
+//! with no `docker login` at all (the config.json berth writes is one Docker accepts).
 //!
 //! Every process started here is stopped by PID when its guard drops, pass or fail; the
 //! namespace, veth pair and temporary directories are removed too. A missing `dockerd`,
@@ -1099,6 +1100,57 @@ fn docker_engine_push_pull_with_ca_trust() {
         );
         let id = dockerd.must(&["image", "inspect", &private, "--format", "{{.Id}}"]);
         assert_eq!(id.trim(), image_id, "pulled private image ID");
+
+        // 8. `berth login` writes the config.json, and Docker uses it with no login of its
+        //    own: log Docker out (its config.json has no entry for the host any more),
+        //    remove the local image, let berth log in into the same DOCKER_CONFIG, pull.
+        dockerd.must(&["logout", &host]);
+        dockerd.must(&["rmi", &private]);
+        assert!(
+            dockerd
+                .config_json()
+                .is_none_or(|c| c["auths"].get(&host).is_none()),
+            "docker logout left credentials behind"
+        );
+        let o = dockerd.run(&["pull", &private]);
+        assert!(
+            !o.status.success(),
+            "anonymous pull from the private project succeeded before berth login:\n{}",
+            text(&o)
+        );
+        let out = run_timeout_stdin(
+            Command::new(common::berth_bin())
+                .env("DOCKER_CONFIG", dockerd.dir.path().join("config"))
+                .args(["login", &host, "-u", common::ADMIN_USER, "--password-stdin"])
+                .arg("--ca-bundle")
+                .arg(registry.ca_path()),
+            format!("{}\n", common::ADMIN_PASSWORD).as_bytes(),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "berth login:\n{}", text(&out));
+        let cfg = dockerd
+            .config_json()
+            .expect("berth login wrote config.json");
+        assert_eq!(
+            cfg["auths"][&host]["auth"].as_str(),
+            common::basic_auth(common::ADMIN_USER, common::ADMIN_PASSWORD).strip_prefix("Basic "),
+            "config.json written by berth login: {cfg}"
+        );
+        let out = dockerd.must(&["pull", &private]);
+        assert!(
+            out.contains(&format!("Digest: {digest}")),
+            "docker pull with the login berth stored:\n{out}"
+        );
+        let id = dockerd.must(&["image", "inspect", &private, "--format", "{{.Id}}"]);
+        assert_eq!(id.trim(), image_id, "image pulled with berth's login");
+        // And Docker's logout removes what berth stored.
+        dockerd.must(&["logout", &host]);
+        assert!(
+            dockerd
+                .config_json()
+                .is_none_or(|c| c["auths"].get(&host).is_none()),
+            "docker logout did not remove the login berth stored"
+        );
     }
 
     drop(work);

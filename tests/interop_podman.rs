@@ -4,7 +4,8 @@
 //! into and out of a private project and an anonymous `skopeo inspect` that is refused;
 //! robot accounts' credentials used by skopeo; containerd `ctr images pull --user` from a
 //! private project with a non-admin user and with a robot; oras-py login and push into a
-//! private project as a developer.
+//! private project as a developer; `berth login`'s config.json used by podman (and podman's
+//! auth file used by berth).
 //!
 //! Accounts are set up through the admin API. Every child process is bounded in time
 //! and killed by PID on drop; a missing peer is a failure, never a skip.
@@ -371,6 +372,115 @@ async fn podman_login_push_pull_private_project() {
     pm.run(&["logout", "--authfile", &pm.auth(), &host]).ok();
     let cfg: Value = serde_json::from_str(&fs::read_to_string(&pm.authfile).unwrap()).unwrap();
     assert!(cfg["auths"].get(&host).is_none(), "{cfg}");
+}
+
+/// `berth login` writes a config.json that podman uses with no login of its own (given as
+/// `--authfile` and as `REGISTRY_AUTH_FILE`) to pull from a private project; the reverse:
+/// berth reads the auth file `podman login` wrote (same format) and pulls with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_with_the_config_json_berth_login_wrote() {
+    let reg = start();
+    private_project(&reg, "bl-prj").await;
+    user(&reg, "bl-dev", "bl-prj", "developer").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
+    let host = reg.host();
+    let target = format!("{host}/bl-prj/app:v1");
+    let cert = reg.cert_dir();
+    let cert = cert.to_str().unwrap();
+    skopeo(&[
+        "copy",
+        "--dest-creds",
+        &format!("bl-dev:{PW}"),
+        "--dest-cert-dir",
+        cert,
+        &layout.oci_ref(),
+        &format!("docker://{target}"),
+    ])
+    .ok();
+
+    // berth login as the developer into a DOCKER_CONFIG of its own.
+    let docker_config = tmp.path().join("docker");
+    let out = run_cmd(
+        Command::new(common::berth_bin())
+            .args(["login", &host, "-u", "bl-dev", "--ca-bundle"])
+            .arg(reg.ca_path())
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("BERTH_PASSWORD", PW),
+        TIMEOUT,
+    )
+    .ok();
+    assert!(out.stdout.contains("Login Succeeded"), "{}", out.stdout);
+    let config_json = docker_config.join("config.json");
+    let cfg: Value = serde_json::from_str(&fs::read_to_string(&config_json).unwrap()).unwrap();
+    assert!(cfg["auths"][&host]["auth"].is_string(), "{cfg}");
+
+    let pull = |pm: &Podman, authfile_flag: bool| {
+        let mut args = vec!["pull", "--cert-dir", cert];
+        if authfile_flag {
+            args.extend(["--authfile", config_json.to_str().unwrap()]);
+        }
+        let target = format!("docker://{target}");
+        args.push(&target);
+        pm.run(&args)
+    };
+    // A fresh podman with an empty auth file of its own is refused ...
+    let anon = Podman::new(&reg);
+    refused(
+        &pull(&anon, false),
+        "podman pull from a private project without a login",
+    );
+    // ... and pulls with berth's config.json: as --authfile ...
+    let pm = Podman::new(&reg);
+    let out = pull(&pm, true).ok();
+    let id = out.stdout.trim().lines().last().unwrap().trim().to_string();
+    let inspect = pm.run(&["image", "inspect", &id]).ok();
+    let v: Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert_eq!(
+        v[0]["RootFS"]["Layers"].as_array().unwrap().len(),
+        layout.images[0].layers.len(),
+        "{}",
+        inspect.stdout
+    );
+    assert!(
+        v[0]["RepoDigests"]
+            .to_string()
+            .contains(layout.manifest_digest()),
+        "{}",
+        inspect.stdout
+    );
+    // ... and as REGISTRY_AUTH_FILE (podman's environment variable).
+    let pm_env = Podman {
+        dir: tempfile::Builder::new()
+            .prefix("bpod")
+            .tempdir_in("/tmp")
+            .unwrap(),
+        cert_dir: reg.cert_dir(),
+        authfile: config_json.clone(),
+    };
+    pull(&pm_env, false).ok();
+
+    // The reverse: `podman login` writes an auth file; berth pulls with it.
+    let pm_login = Podman::new(&reg);
+    pm_login.login(&host, "bl-dev", PW).ok();
+    let podman_dir = pm_login.authfile.parent().unwrap();
+    let pulled = tmp.path().join("pulled");
+    run_cmd(
+        Command::new(common::berth_bin())
+            .args(["pull", &target, "--layout"])
+            .arg(&pulled)
+            .arg("--ca-bundle")
+            .arg(reg.ca_path())
+            .env("DOCKER_CONFIG", podman_dir)
+            .env_remove("BERTH_PASSWORD"),
+        TIMEOUT,
+    )
+    .ok();
+    assert_eq!(
+        fixtures::blob_digests(&pulled),
+        layout.all_blob_digests(),
+        "berth pull with podman's auth file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
