@@ -153,6 +153,13 @@ impl Ctx<'_> {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
+        if let (Side::Registry(r), Side::Layout(l, _)) = (self.src, self.dst) {
+            // Registry → layout: resumable (a partial file survives an interruption).
+            l.download_blob(&self.client, r, desc).await?;
+            self.copied.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(desc.size, Ordering::Relaxed);
+            return Ok(());
+        }
         let stream = self.src_blob(desc).await?;
         match self.dst {
             Side::Registry(r) => {

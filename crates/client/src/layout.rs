@@ -77,6 +77,52 @@ impl OciLayout {
         std::fs::metadata(self.blob_path(&d.digest)).is_ok_and(|m| m.len() == d.size)
     }
 
+    /// Download a blob from a registry into the layout, resumably: the bytes go to
+    /// `blobs/ALG/.partial-HEX` (kept when the transfer is interrupted, so the next attempt
+    /// or the next run continues with `Range`), verified, then renamed into place. A lock
+    /// on `.partial-HEX.lock` keeps concurrent downloads of the same blob apart.
+    pub async fn download_blob(
+        &self,
+        client: &crate::RegistryClient,
+        image: &crate::ImageRef,
+        desc: &Descriptor,
+    ) -> Result<()> {
+        let path = self.blob_path(&desc.digest);
+        let dir = path.parent().expect("parent").to_path_buf();
+        let partial = dir.join(format!(".partial-{}", desc.digest.hex()));
+        let lock_path = dir.join(format!(".partial-{}.lock", desc.digest.hex()));
+        let lp = lock_path.clone();
+        let lock = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::create_dir_all(lp.parent().expect("parent"))?;
+            loop {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lp)?;
+                f.lock()?;
+                // The holder before us removes the lock file when done: only a lock on
+                // the file still at that path counts.
+                let (mine, there) = (f.metadata()?, std::fs::metadata(&lp));
+                if there.is_ok_and(|t| t.ino() == mine.ino() && t.dev() == mine.dev()) {
+                    return Ok(f);
+                }
+            }
+        })
+        .await
+        .map_err(|e| io("locking", std::io::Error::other(e)))?
+        .map_err(|e| io(format!("locking {}", lock_path.display()), e))?;
+        if !self.has_blob(desc) {
+            client.fetch_blob_to_file(image, desc, &partial).await?;
+            std::fs::rename(&partial, &path)
+                .map_err(|e| io(format!("renaming into {}", path.display()), e))?;
+        }
+        let _ = std::fs::remove_file(&lock_path);
+        drop(lock);
+        Ok(())
+    }
+
     /// Write a blob from a stream (verified against `desc`), atomically.
     pub async fn write_blob(&self, desc: &Descriptor, stream: ByteStream) -> Result<()> {
         let path = self.blob_path(&desc.digest);

@@ -64,5 +64,7 @@ pub use error::{ClientError, Result};
 pub use image::{Descriptor, FetchedManifest, Platform};
 pub use layout::OciLayout;
 pub use reference::ImageRef;
-pub use registry::{ByteStream, ClientOptions, RegistryClient, Resolved};
+pub use registry::{
+    BlobDownload, ByteStream, ClientOptions, DownloadObserver, RegistryClient, Resolved,
+};
 pub use trust::TrustOptions;

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, RANGE};
 use reqwest::{StatusCode, Url};
-use tokio::io::AsyncWriteExt;
 
 use crate::auth::{Challenge, TokenResponse, merge_scopes, parse_challenges, repo_scope};
 use crate::creds::{Credential, Keyring};
@@ -52,6 +51,31 @@ impl Default for ClientOptions {
             attempts: 4,
         }
     }
+}
+
+/// Bytes written to the download file per batch (one batch in flight at a time).
+const WRITE_BATCH: usize = 512 * 1024;
+
+/// Told how far a blob download into a file has got, so that the file can be read while
+/// it is written (e.g. unpacked as it arrives). Bytes below the reported length are in the
+/// file and readable through any descriptor; they are not verified until the download
+/// returns `Ok` (a reader must treat them as untrusted until then).
+pub trait DownloadObserver: Send + Sync {
+    /// An attempt starts: the file holds its first `kept` bytes (0 when it was created
+    /// or truncated, e.g. because the registry ignored `Range`); later bytes follow.
+    fn restarted(&self, kept: u64);
+    /// The file's first `len` bytes are written.
+    fn written(&self, len: u64);
+}
+
+/// What [`RegistryClient::fetch_blob_to_file_observed`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobDownload {
+    /// The largest prefix reused with a `Range` request (from an existing partial file or
+    /// an earlier interrupted attempt); 0 if every byte came in one transfer.
+    pub resumed_from: u64,
+    /// Attempts made (1 = no interruption).
+    pub attempts: u32,
 }
 
 /// An image resolved to one platform's manifest.
@@ -1113,12 +1137,34 @@ impl RegistryClient {
         desc: &Descriptor,
         dest: &Path,
     ) -> Result<()> {
+        self.fetch_blob_to_file_observed(image, desc, dest, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`fetch_blob_to_file`](Self::fetch_blob_to_file), telling `observer` how far `dest`
+    /// has been written (so a reader can consume the file while it grows), and reporting
+    /// how many bytes were reused from an earlier partial file or interrupted attempt.
+    pub async fn fetch_blob_to_file_observed(
+        &self,
+        image: &ImageRef,
+        desc: &Descriptor,
+        dest: &Path,
+        observer: Option<&dyn DownloadObserver>,
+    ) -> Result<BlobDownload> {
         let what = format!("blob {} from {}", desc.digest, image.name());
         let mut attempt = 0;
+        let mut report = BlobDownload::default();
         loop {
             attempt += 1;
-            match self.fetch_attempt(image, desc, dest, &what).await {
-                Ok(()) => return Ok(()),
+            match self
+                .fetch_attempt(image, desc, dest, &what, observer, &mut report)
+                .await
+            {
+                Ok(()) => {
+                    report.attempts = attempt;
+                    return Ok(report);
+                }
                 Err(
                     e @ (ClientError::Integrity(_)
                     | ClientError::Auth { .. }
@@ -1145,8 +1191,10 @@ impl RegistryClient {
         desc: &Descriptor,
         dest: &Path,
         what: &str,
+        observer: Option<&dyn DownloadObserver>,
+        report: &mut BlobDownload,
     ) -> Result<()> {
-        use tokio::io::AsyncReadExt;
+        use std::io::Write as _;
         let io = |ctx: &str, e| ClientError::io(format!("{ctx} {}", dest.display()), e);
         let mut hasher = Hasher::new(desc.digest.algorithm());
         let mut have: u64 = 0;
@@ -1156,6 +1204,7 @@ impl RegistryClient {
                     .await
                     .map_err(|e| io("removing", e))?;
             } else {
+                use tokio::io::AsyncReadExt;
                 let mut f = tokio::fs::File::open(dest)
                     .await
                     .map_err(|e| io("opening", e))?;
@@ -1171,43 +1220,98 @@ impl RegistryClient {
             }
         }
         if have < desc.size || desc.size == 0 {
-            let (mut stream, ranged) = if have > 0 {
-                self.blob_stream_from(image, &desc.digest, have).await?
-            } else {
-                self.blob_stream_from(image, &desc.digest, 0).await?
-            };
-            let mut file = if have > 0 && ranged {
-                tokio::fs::OpenOptions::new()
+            let (mut stream, ranged) = self.blob_stream_from(image, &desc.digest, have).await?;
+            let file = if have > 0 && ranged {
+                report.resumed_from = report.resumed_from.max(have);
+                std::fs::OpenOptions::new()
                     .append(true)
                     .open(dest)
-                    .await
                     .map_err(|e| io("opening", e))?
             } else {
                 hasher = Hasher::new(desc.digest.algorithm());
                 have = 0;
-                tokio::fs::File::create(dest)
-                    .await
-                    .map_err(|e| io("creating", e))?
+                std::fs::File::create(dest).map_err(|e| io("creating", e))?
+            };
+            if let Some(o) = observer {
+                o.restarted(have);
+            }
+            // Writes go to a blocking thread in batches, one batch in flight while the
+            // next is received (double buffering); the observer hears of a batch once it
+            // is in the file.
+            let file = Arc::new(file);
+            let mut durable = have;
+            let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+            let mut in_flight: Option<(tokio::task::JoinHandle<std::io::Result<()>>, u64)> = None;
+            async fn settle(
+                in_flight: &mut Option<(tokio::task::JoinHandle<std::io::Result<()>>, u64)>,
+                durable: &mut u64,
+                observer: Option<&dyn DownloadObserver>,
+            ) -> std::io::Result<()> {
+                if let Some((h, len)) = in_flight.take() {
+                    h.await.map_err(std::io::Error::other)??;
+                    *durable += len;
+                    if let Some(o) = observer {
+                        o.written(*durable);
+                    }
+                }
+                Ok(())
+            }
+            let submit = |batch: &mut Vec<u8>| {
+                let data = std::mem::replace(batch, Vec::with_capacity(WRITE_BATCH));
+                let len = data.len() as u64;
+                let f = file.clone();
+                (
+                    tokio::task::spawn_blocking(move || (&*f).write_all(&data)),
+                    len,
+                )
             };
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ClientError::Connect(format!(
-                        "{what}: transfer interrupted at byte {have}: {e}"
-                    ))
-                })?;
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Keep what arrived: the next attempt resumes after it.
+                        let _ = settle(&mut in_flight, &mut durable, observer).await;
+                        if !batch.is_empty() {
+                            let (h, len) = submit(&mut batch);
+                            in_flight = Some((h, len));
+                            let _ = settle(&mut in_flight, &mut durable, observer).await;
+                        }
+                        return Err(ClientError::Connect(format!(
+                            "{what}: transfer interrupted at byte {have}: {e}"
+                        )));
+                    }
+                };
                 have += chunk.len() as u64;
                 if have > desc.size {
-                    drop(file);
+                    let _ = settle(&mut in_flight, &mut durable, observer).await;
                     return Err(ClientError::Integrity(format!(
                         "{what}: the registry sent more than the expected {} bytes; aborted",
                         desc.size
                     )));
                 }
                 hasher.update(&chunk);
-                file.write_all(&chunk).await.map_err(|e| io("writing", e))?;
+                batch.extend_from_slice(&chunk);
+                if batch.len() >= WRITE_BATCH {
+                    settle(&mut in_flight, &mut durable, observer)
+                        .await
+                        .map_err(|e| io("writing", e))?;
+                    in_flight = Some(submit(&mut batch));
+                }
             }
-            file.flush().await.map_err(|e| io("writing", e))?;
-            file.sync_all().await.map_err(|e| io("syncing", e))?;
+            settle(&mut in_flight, &mut durable, observer)
+                .await
+                .map_err(|e| io("writing", e))?;
+            if !batch.is_empty() {
+                in_flight = Some(submit(&mut batch));
+                settle(&mut in_flight, &mut durable, observer)
+                    .await
+                    .map_err(|e| io("writing", e))?;
+            }
+            let f = file.clone();
+            tokio::task::spawn_blocking(move || f.sync_all())
+                .await
+                .map_err(|e| io("syncing", std::io::Error::other(e)))?
+                .map_err(|e| io("syncing", e))?;
         }
         if have != desc.size {
             return Err(ClientError::Connect(format!(

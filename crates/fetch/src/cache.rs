@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_client::{Descriptor, ImageRef, RegistryClient};
+use berth_client::{Descriptor, DownloadObserver, ImageRef, RegistryClient};
 use berth_proto::Digest;
 
 /// Where a blob came from.
@@ -109,6 +109,20 @@ impl BlobCache {
         image: &ImageRef,
         desc: &Descriptor,
     ) -> anyhow::Result<Ensured> {
+        self.ensure_observed(client, image, desc, None).await
+    }
+
+    /// [`ensure`](Self::ensure), telling `observer` how far the partial file
+    /// ([`partial_path`](Self::partial_path)) has been written while it downloads. When
+    /// this returns `Ok`, the blob is complete, verified and at
+    /// [`blob_path`](Self::blob_path).
+    pub async fn ensure_observed(
+        &self,
+        client: &RegistryClient,
+        image: &ImageRef,
+        desc: &Descriptor,
+        observer: Option<&dyn DownloadObserver>,
+    ) -> anyhow::Result<Ensured> {
         if self.has(desc) {
             return Ok(Ensured {
                 cached: true,
@@ -135,11 +149,11 @@ impl BlobCache {
             });
         }
         let partial = self.partial_path(&desc.digest);
-        let resumed_from = self.partial_len(&desc.digest).min(desc.size);
-        client
-            .fetch_blob_to_file(image, desc, &partial)
+        let download = client
+            .fetch_blob_to_file_observed(image, desc, &partial, observer)
             .await
             .map_err(anyhow::Error::new)?;
+        let resumed_from = download.resumed_from.min(desc.size);
         let dest = self.blob_path(&desc.digest);
         let parent = dest.parent().expect("blob path has a parent").to_path_buf();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
