@@ -155,7 +155,7 @@ impl Ctx<'_> {
         }
         if let (Side::Registry(r), Side::Layout(l, _)) = (self.src, self.dst) {
             // Registry → layout: resumable (a partial file survives an interruption).
-            l.download_blob(&self.client, r, desc).await?;
+            l.download_blob(self.client, r, desc).await?;
             self.copied.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(desc.size, Ordering::Relaxed);
             return Ok(());

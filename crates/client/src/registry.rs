@@ -1241,14 +1241,20 @@ impl RegistryClient {
             let file = Arc::new(file);
             let mut durable = have;
             let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-            let mut in_flight: Option<(tokio::task::JoinHandle<std::io::Result<()>>, u64)> = None;
+            type Write = tokio::task::JoinHandle<std::io::Result<Vec<u8>>>;
+            let mut in_flight: Option<(Write, u64)> = None;
+            // The buffer of the last finished write, reused for the next batch.
+            let mut spare: Option<Vec<u8>> = None;
             async fn settle(
-                in_flight: &mut Option<(tokio::task::JoinHandle<std::io::Result<()>>, u64)>,
+                in_flight: &mut Option<(Write, u64)>,
+                spare: &mut Option<Vec<u8>>,
                 durable: &mut u64,
                 observer: Option<&dyn DownloadObserver>,
             ) -> std::io::Result<()> {
                 if let Some((h, len)) = in_flight.take() {
-                    h.await.map_err(std::io::Error::other)??;
+                    let mut buf = h.await.map_err(std::io::Error::other)??;
+                    buf.clear();
+                    *spare = Some(buf);
                     *durable += len;
                     if let Some(o) = observer {
                         o.written(*durable);
@@ -1256,12 +1262,15 @@ impl RegistryClient {
                 }
                 Ok(())
             }
-            let submit = |batch: &mut Vec<u8>| {
-                let data = std::mem::replace(batch, Vec::with_capacity(WRITE_BATCH));
+            let submit = |batch: &mut Vec<u8>, spare: &mut Option<Vec<u8>>| {
+                let next = spare
+                    .take()
+                    .unwrap_or_else(|| Vec::with_capacity(WRITE_BATCH));
+                let data = std::mem::replace(batch, next);
                 let len = data.len() as u64;
                 let f = file.clone();
                 (
-                    tokio::task::spawn_blocking(move || (&*f).write_all(&data)),
+                    tokio::task::spawn_blocking(move || (&*f).write_all(&data).map(|()| data)),
                     len,
                 )
             };
@@ -1270,11 +1279,12 @@ impl RegistryClient {
                     Ok(c) => c,
                     Err(e) => {
                         // Keep what arrived: the next attempt resumes after it.
-                        let _ = settle(&mut in_flight, &mut durable, observer).await;
+                        let _ = settle(&mut in_flight, &mut spare, &mut durable, observer).await;
                         if !batch.is_empty() {
-                            let (h, len) = submit(&mut batch);
+                            let (h, len) = submit(&mut batch, &mut spare);
                             in_flight = Some((h, len));
-                            let _ = settle(&mut in_flight, &mut durable, observer).await;
+                            let _ =
+                                settle(&mut in_flight, &mut spare, &mut durable, observer).await;
                         }
                         return Err(ClientError::Connect(format!(
                             "{what}: transfer interrupted at byte {have}: {e}"
@@ -1283,7 +1293,7 @@ impl RegistryClient {
                 };
                 have += chunk.len() as u64;
                 if have > desc.size {
-                    let _ = settle(&mut in_flight, &mut durable, observer).await;
+                    let _ = settle(&mut in_flight, &mut spare, &mut durable, observer).await;
                     return Err(ClientError::Integrity(format!(
                         "{what}: the registry sent more than the expected {} bytes; aborted",
                         desc.size
@@ -1292,18 +1302,18 @@ impl RegistryClient {
                 hasher.update(&chunk);
                 batch.extend_from_slice(&chunk);
                 if batch.len() >= WRITE_BATCH {
-                    settle(&mut in_flight, &mut durable, observer)
+                    settle(&mut in_flight, &mut spare, &mut durable, observer)
                         .await
                         .map_err(|e| io("writing", e))?;
-                    in_flight = Some(submit(&mut batch));
+                    in_flight = Some(submit(&mut batch, &mut spare));
                 }
             }
-            settle(&mut in_flight, &mut durable, observer)
+            settle(&mut in_flight, &mut spare, &mut durable, observer)
                 .await
                 .map_err(|e| io("writing", e))?;
             if !batch.is_empty() {
-                in_flight = Some(submit(&mut batch));
-                settle(&mut in_flight, &mut durable, observer)
+                in_flight = Some(submit(&mut batch, &mut spare));
+                settle(&mut in_flight, &mut spare, &mut durable, observer)
                     .await
                     .map_err(|e| io("writing", e))?;
             }

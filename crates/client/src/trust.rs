@@ -320,24 +320,23 @@ impl TrustOptions {
             Arc::new(NoVerifier(provider.clone()))
         } else {
             let mut store = rustls::RootCertStore::empty();
-            if self.system_roots {
-                store.add_parsable_certificates(system_roots().iter().cloned());
-            }
             for r in &roots {
                 store
                     .add(r.clone())
                     .map_err(|e| ClientError::Config(format!("unusable CA certificate: {e}")))?;
             }
-            if store.is_empty() {
-                Arc::new(NoRoots(provider.clone()))
+            let explicit = if store.is_empty() {
+                None
             } else {
-                rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(store),
-                    provider.clone(),
-                )
-                .build()
-                .map_err(|e| ClientError::Config(format!("TLS verifier: {e}")))?
-            }
+                Some(webpki_verifier(store, &provider)?)
+            };
+            Arc::new(LayeredVerifier {
+                explicit,
+                roots: roots.clone(),
+                system: self.system_roots,
+                full: std::sync::OnceLock::new(),
+                provider: provider.clone(),
+            })
         };
         let verifier = Arc::new(RecordingVerifier {
             inner,
@@ -608,6 +607,111 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
         }
         r.certs
     })
+}
+
+fn webpki_verifier(
+    store: rustls::RootCertStore,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>> {
+    let v: Arc<dyn ServerCertVerifier> =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(store),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| ClientError::Config(format!("TLS verifier: {e}")))?;
+    Ok(v)
+}
+
+/// Verification against the union of the explicitly given CAs and the system roots,
+/// without loading the system store when it is not needed: a certificate that chains to
+/// an explicit CA is accepted at once (a chain to any root of the union is a chain to a
+/// root of one of the two sets); only otherwise is the union (system roots, read and
+/// parsed once per process, plus the explicit CAs) built and asked, and its verdict is
+/// the answer, errors included.
+#[derive(Debug)]
+struct LayeredVerifier {
+    explicit: Option<Arc<dyn ServerCertVerifier>>,
+    roots: Vec<CertificateDer<'static>>,
+    system: bool,
+    full: std::sync::OnceLock<Arc<dyn ServerCertVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl LayeredVerifier {
+    fn full(&self) -> &Arc<dyn ServerCertVerifier> {
+        self.full.get_or_init(|| {
+            if !self.system
+                && let Some(e) = &self.explicit
+            {
+                return e.clone();
+            }
+            let mut store = rustls::RootCertStore::empty();
+            if self.system {
+                store.add_parsable_certificates(system_roots().iter().cloned());
+            }
+            store.add_parsable_certificates(self.roots.iter().cloned());
+            if store.is_empty() {
+                return Arc::new(NoRoots(self.provider.clone()));
+            }
+            webpki_verifier(store, &self.provider)
+                .unwrap_or_else(|_| Arc::new(NoRoots(self.provider.clone())))
+        })
+    }
+}
+
+impl ServerCertVerifier for LayeredVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if let Some(e) = &self.explicit
+            && let Ok(v) =
+                e.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            return Ok(v);
+        }
+        self.full()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Used when no root at all is available: every certificate is of unknown authority.

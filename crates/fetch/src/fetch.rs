@@ -1,18 +1,23 @@
 //! `berth fetch`: resolve, download (parallel, bounded, through the cache), apply in order.
 //!
-//! Downloads of all layers start at once (at most `jobs` in flight); layer *i* is applied
-//! as soon as it and every layer below it have been applied and it is in the cache, so
-//! unpacking overlaps the downloads of the layers above. The root filesystem is built in
+//! Downloads of all layers start at once (at most `jobs` in flight) into the cache; layer
+//! *i* is unpacked as soon as every layer below it has been applied, *while it downloads*:
+//! the unpacker reads the cache's partial file as it grows (see [`FeedReader`]), so
+//! decompression and file creation overlap the transfer. Bytes read that way are not yet
+//! verified by the blob digest; they are only trusted because the uncompressed stream must
+//! match the image config's sha256 `diff_id` (checked by the unpacker) and the layer fails
+//! if the download's digest check fails. Without a sha256 `diff_id` the layer is unpacked
+//! from the verified blob after its download. The root filesystem is built in
 //! a sibling `DIR.tmp-…` directory that is removed on any failure (digest mismatch,
 //! network error, hostile archive, cancellation) and renamed to `DIR` only on success.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use berth_client::{Descriptor, ImageRef, OciLayout, Platform, RegistryClient};
+use berth_client::{Descriptor, DownloadObserver, ImageRef, OciLayout, Platform, RegistryClient};
 use tokio::task::JoinHandle;
 
 use crate::cache::{BlobCache, Ensured};
@@ -97,6 +102,146 @@ impl Drop for Tasks {
     }
 }
 
+/// One layer's download as the unpacker sees it: how far the partial file in the cache has
+/// been written, and whether the download finished (the blob verified and in the cache) or
+/// failed.
+struct Feed {
+    state: Mutex<FeedState>,
+    cond: Condvar,
+    partial: PathBuf,
+    blob: PathBuf,
+}
+
+#[derive(Default)]
+struct FeedState {
+    /// The partial file exists (an attempt started).
+    started: bool,
+    /// Bytes written to it so far.
+    len: u64,
+    /// `Some(true)`: verified and at `blob`; `Some(false)`: the download failed.
+    done: Option<bool>,
+}
+
+impl Feed {
+    fn new(cache: &BlobCache, desc: &Descriptor) -> Feed {
+        Feed {
+            state: Mutex::default(),
+            cond: Condvar::new(),
+            partial: cache.partial_path(&desc.digest),
+            blob: cache.blob_path(&desc.digest),
+        }
+    }
+
+    fn finish(&self, ok: bool) {
+        let mut st = self.state.lock().unwrap();
+        if st.done.is_none() {
+            st.done = Some(ok);
+        }
+        self.cond.notify_all();
+    }
+}
+
+impl DownloadObserver for Feed {
+    fn restarted(&self, kept: u64) {
+        let mut st = self.state.lock().unwrap();
+        st.started = true;
+        st.len = kept;
+        self.cond.notify_all();
+    }
+
+    fn written(&self, len: u64) {
+        let mut st = self.state.lock().unwrap();
+        st.len = len;
+        self.cond.notify_all();
+    }
+}
+
+/// Marks the feed failed if its download task ends without finishing it (aborted), so a
+/// reader never waits for bytes that will not come.
+struct FeedGuard(Arc<Feed>);
+
+impl Drop for FeedGuard {
+    fn drop(&mut self) {
+        self.0.finish(false);
+    }
+}
+
+/// Reads a layer blob while it downloads: blocks until the bytes it needs are in the
+/// partial file (or the blob is complete), fails if the download fails.
+struct FeedReader {
+    feed: Arc<Feed>,
+    file: Option<std::fs::File>,
+    pos: u64,
+    size: u64,
+}
+
+impl FeedReader {
+    fn new(feed: Arc<Feed>, size: u64) -> FeedReader {
+        FeedReader {
+            feed,
+            file: None,
+            pos: 0,
+            size,
+        }
+    }
+}
+
+impl std::io::Read for FeedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let mut st = self.feed.state.lock().unwrap();
+        loop {
+            if st.done == Some(false) {
+                return Err(std::io::Error::other("the layer download failed"));
+            }
+            let complete = st.done == Some(true);
+            if self.file.is_none() {
+                if complete {
+                    self.file = Some(std::fs::File::open(&self.feed.blob)?);
+                } else if st.started {
+                    match std::fs::File::open(&self.feed.partial) {
+                        Ok(f) => self.file = Some(f),
+                        // Renamed into the cache just now: `done` follows.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            st = self.feed.cond.wait(st).unwrap();
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    st = self.feed.cond.wait(st).unwrap();
+                    continue;
+                }
+            }
+            let available = if complete { self.size } else { st.len };
+            if self.pos < available {
+                drop(st);
+                let want = (available - self.pos).min(buf.len() as u64) as usize;
+                let file = self.file.as_ref().expect("opened above");
+                let n = file.read_at(&mut buf[..want], self.pos)?;
+                if n > 0 {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                // Truncated by a restarted attempt that has not reported yet.
+                std::thread::sleep(Duration::from_millis(1));
+                st = self.feed.state.lock().unwrap();
+                continue;
+            }
+            if complete {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the cached blob is shorter than its descriptor",
+                ));
+            }
+            st = self.feed.cond.wait(st).unwrap();
+        }
+    }
+}
+
 fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -173,6 +318,10 @@ pub async fn fetch(
     let in_flight: Arc<Mutex<HashMap<usize, Descriptor>>> = Arc::default();
     let mut tasks = Tasks(Vec::with_capacity(layers.len()));
     let download_started: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
+    let feeds: Vec<Arc<Feed>> = layers
+        .iter()
+        .map(|d| Arc::new(Feed::new(cache, d)))
+        .collect();
     for (index, desc) in layers.iter().cloned().enumerate() {
         let (client, cache, image, sem, reporter, in_flight, download_started) = (
             client.clone(),
@@ -183,6 +332,7 @@ pub async fn fetch(
             in_flight.clone(),
             download_started.clone(),
         );
+        let feed = FeedGuard(feeds[index].clone());
         tasks.0.push(tokio::spawn(async move {
             let cached = cache.has(&desc);
             let _permit = if cached {
@@ -199,7 +349,10 @@ pub async fn fetch(
                 cached,
             });
             in_flight.lock().unwrap().insert(index, desc.clone());
-            let r = cache.ensure(&client, &image, &desc).await;
+            let r = cache
+                .ensure_observed(&client, &image, &desc, Some(&*feed.0))
+                .await;
+            feed.0.finish(r.is_ok());
             in_flight.lock().unwrap().remove(&index);
             let ensured = r.with_context(|| format!("layer {} ({})", index + 1, desc.digest))?;
             reporter.event(&Event::LayerDownloaded {
@@ -285,22 +438,39 @@ pub async fn fetch(
             };
             let mut unpacker = Some(Unpacker::new(&tmp_path, opts.unpack.clone())?);
             for (index, desc) in layers.iter().enumerate() {
-                let handle = &mut tasks.0[index];
-                let ensured = handle.await.context("download task failed")??;
-                account(&ensured, desc);
-                let blob = cache.blob_path(&desc.digest);
                 let diff_id = diff_ids.get(index).cloned();
+                // Unpack while the layer downloads when the uncompressed stream is checked
+                // against a sha256 diff_id (so nothing unverified survives: a mismatch
+                // fails the layer, and the blob's own digest is checked by the download);
+                // otherwise wait for the verified blob first.
+                let streaming = diff_id.as_deref().is_some_and(|d| d.starts_with("sha256:"));
+                let mut downloaded = None;
+                if !streaming {
+                    let ensured = (&mut tasks.0[index])
+                        .await
+                        .context("download task failed")??;
+                    downloaded = Some(ensured);
+                }
+                let reader = FeedReader::new(feeds[index].clone(), desc.size);
                 let mut u = unpacker.take().expect("unpacker present");
                 let t0 = Instant::now();
                 let (u, result) = tokio::task::spawn_blocking(move || {
-                    let r = std::fs::File::open(&blob)
-                        .with_context(|| format!("opening {}", blob.display()))
-                        .and_then(|f| Ok(u.apply_blob(f, diff_id.as_deref())?));
+                    let r = u.apply_blob(reader, diff_id.as_deref());
                     (u, r)
                 })
                 .await
                 .context("unpack task failed")?;
                 unpacker = Some(u);
+                let ensured = match downloaded {
+                    Some(e) => e,
+                    // The download's own error (e.g. a digest mismatch) explains an
+                    // unpack failure on its unverified bytes better than the unpacker.
+                    None => (&mut tasks.0[index])
+                        .await
+                        .context("download task failed")?
+                        .with_context(|| format!("layer {} ({})", index + 1, desc.digest))?,
+                };
+                account(&ensured, desc);
                 let stats = result
                     .with_context(|| format!("applying layer {} ({})", index + 1, desc.digest))?;
                 reporter.event(&Event::LayerApplied {

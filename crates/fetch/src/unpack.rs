@@ -47,7 +47,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use sha2::Digest as _;
 
@@ -195,6 +195,9 @@ fn invalid(path: &[u8], reason: impl Into<String>) -> UnpackError {
 struct Resolved {
     fd: OwnedFd,
     path: Vec<Vec<u8>>,
+    /// The group a new entry created in it gets (its own with setgid, else ours); `None`
+    /// until needed.
+    new_gid: Option<u32>,
 }
 
 /// Deferred metadata of a directory, applied when the layer ends.
@@ -210,6 +213,16 @@ pub struct Unpacker {
     root_path: PathBuf,
     opts: UnpackOptions,
     is_root: bool,
+    /// Effective ids: what a newly created entry is owned by (so `fchown` can be skipped
+    /// when the archive asks for exactly that).
+    euid: u32,
+    egid: u32,
+    /// The process umask: a new file created with a mode none of whose bits it masks gets
+    /// that mode exactly (so `fchmod` can be skipped).
+    umask: u32,
+    /// `openat2(RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)` works here (Linux 5.6+): a path
+    /// without symlinks is then resolved in one call instead of one per component.
+    openat2: bool,
     buf: Vec<u8>,
 }
 
@@ -226,6 +239,8 @@ struct LayerState {
     /// its cleaned archive components and its resolution. Dropped whenever anything is
     /// removed, so it never names a directory that was replaced.
     parent_cache: Option<(Vec<Vec<u8>>, Resolved)>,
+    /// Something was removed while applying the current entry (drop the parent cache).
+    removed: bool,
 }
 
 fn join(path: &[Vec<u8>]) -> Vec<u8> {
@@ -281,11 +296,28 @@ impl Unpacker {
             Mode::empty(),
         )
         .map_err(|e| fs_err("open root", root.as_os_str().as_bytes(), e))?;
+        // Read the umask (setting it back at once; nothing else here creates files yet).
+        let umask = rustix::process::umask(Mode::from_raw_mode(0o022));
+        rustix::process::umask(umask);
+        let openat2 = !matches!(
+            rustix::fs::openat2(
+                &fd,
+                ".",
+                dir_flags(),
+                Mode::empty(),
+                ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
+            ),
+            Err(Errno::NOSYS) | Err(Errno::PERM)
+        );
         Ok(Unpacker {
             root: fd,
             root_path: root.to_path_buf(),
             opts,
             is_root: rustix::process::geteuid().is_root(),
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
+            umask: umask.as_raw_mode() as u32,
+            openat2,
             buf: vec![0; COPY_BUF],
         })
     }
@@ -298,94 +330,119 @@ impl Unpacker {
     /// Apply one (possibly compressed) layer blob read from `blob`. If `diff_id` is given
     /// (`sha256:…` from the image config's `rootfs.diff_ids`), the uncompressed stream
     /// must hash to it.
+    ///
+    /// Two threads share the work: one decompresses, hashes and parses the archive, the
+    /// calling thread creates the files (see [`apply_tar`](Self::apply_tar)).
     pub fn apply_blob<R: Read + Send>(
         &mut self,
         blob: R,
         diff_id: Option<&str>,
     ) -> Result<LayerStats, UnpackError> {
         let (_, reader) = decompress(blob).map_err(UnpackError::Archive)?;
-        match diff_id {
-            Some(expected) if expected.starts_with("sha256:") => {
-                let mut hashing = HashingReader {
-                    inner: reader,
-                    hasher: sha2::Sha256::new(),
-                };
-                let stats = self.apply_tar(&mut hashing)?;
-                // The tar may be followed by padding the tar reader did not consume.
-                io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Archive)?;
-                let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
-                if actual != expected {
-                    return Err(UnpackError::DiffIdMismatch {
-                        expected: expected.to_string(),
-                        actual,
-                    });
-                }
-                Ok(stats)
-            }
-            _ => {
-                let mut reader = reader;
-                let stats = self.apply_tar(&mut reader)?;
-                io::copy(&mut reader, &mut io::sink()).map_err(UnpackError::Archive)?;
-                Ok(stats)
+        let expected = diff_id.filter(|d| d.starts_with("sha256:"));
+        let hashing = HashingReader {
+            inner: reader,
+            hasher: expected.map(|_| sha2::Sha256::new()),
+        };
+        let (stats, hashing) = self.apply_tar_returning(hashing)?;
+        if let (Some(expected), Some(hasher)) = (expected, hashing.hasher) {
+            let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+            if actual != expected {
+                return Err(UnpackError::DiffIdMismatch {
+                    expected: expected.to_string(),
+                    actual,
+                });
             }
         }
+        Ok(stats)
     }
 
-    /// Apply one uncompressed tar layer.
-    pub fn apply_tar<R: Read>(&mut self, tar: R) -> Result<LayerStats, UnpackError> {
-        let mut archive = tar::Archive::new(tar);
-        let mut state = LayerState::default();
-        let entries = archive.entries().map_err(UnpackError::Archive)?;
-        for entry in entries {
-            let mut entry = entry.map_err(UnpackError::Archive)?;
-            state.stats.entries += 1;
-            self.apply_entry(&mut entry, &mut state)?;
-        }
-        self.finish_dirs(&mut state);
-        Ok(state.stats)
+    /// Apply one uncompressed tar layer (read to its end, padding included).
+    ///
+    /// A second thread reads and parses the archive and hands entries (headers, then file
+    /// contents in chunks) over a bounded channel to the calling thread, which applies
+    /// them; so decompression and hashing overlap file creation. At most
+    /// `PIPE_DEPTH` x `PIPE_CHUNK` bytes of file content are in flight.
+    pub fn apply_tar<R: Read + Send>(&mut self, tar: R) -> Result<LayerStats, UnpackError> {
+        self.apply_tar_returning(tar).map(|(stats, _)| stats)
     }
 
-    fn apply_entry<R: Read>(
+    fn apply_tar_returning<R: Read + Send>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        tar: R,
+    ) -> Result<(LayerStats, R), UnpackError> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(PIPE_DEPTH);
+            // Emptied data buffers go back to the reader for reuse.
+            let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let reader = std::thread::Builder::new()
+                .name("berth-untar".into())
+                .spawn_scoped(scope, move || read_archive(tar, &tx, &recycle_rx))
+                .map_err(UnpackError::Archive)?;
+            let mut state = LayerState::default();
+            let applied = self.apply_pieces(&rx, &recycle_tx, &mut state);
+            // Stop the reader if we stopped early (it then fails to send and returns).
+            drop(rx);
+            let read = reader
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            match (applied, read) {
+                // The archive's own error explains a truncated stream best.
+                (_, Err(e)) => Err(e),
+                (Err(e), Ok(_)) => Err(e),
+                (Ok(()), Ok(r)) => {
+                    self.finish_dirs(&mut state);
+                    Ok((state.stats, r))
+                }
+            }
+        })
+    }
+
+    fn apply_pieces(
+        &mut self,
+        rx: &std::sync::mpsc::Receiver<Piece>,
+        recycle: &std::sync::mpsc::Sender<Vec<u8>>,
         state: &mut LayerState,
     ) -> Result<(), UnpackError> {
-        let raw_path = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        let mut comps = clean_path(&raw_path);
-
-        // PAX metadata: nanosecond mtime, large uid/gid, xattrs.
-        let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut pax_mtime: Option<(i64, i64)> = None;
-        let mut pax_uid: Option<u64> = None;
-        let mut pax_gid: Option<u64> = None;
-        if let Some(exts) = entry.pax_extensions().map_err(UnpackError::Archive)? {
-            for ext in exts {
-                let ext = ext.map_err(UnpackError::Archive)?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
-                } else if key == b"mtime" {
-                    pax_mtime = parse_pax_time(ext.value_bytes());
-                } else if key == b"uid" {
-                    pax_uid = std::str::from_utf8(ext.value_bytes())
-                        .ok()
-                        .and_then(|s| s.parse().ok());
-                } else if key == b"gid" {
-                    pax_gid = std::str::from_utf8(ext.value_bytes())
-                        .ok()
-                        .and_then(|s| s.parse().ok());
+        while let Ok(piece) = rx.recv() {
+            let head = match piece {
+                Piece::Entry(h) => h,
+                Piece::Data(_) | Piece::FileEnd => {
+                    return Err(UnpackError::Archive(io::Error::other(
+                        "archive reader out of step (file data without an entry)",
+                    )));
                 }
-            }
+            };
+            state.stats.entries += 1;
+            let mut data = PieceReader {
+                rx,
+                recycle,
+                chunk: Vec::new(),
+                pos: 0,
+                done: !head.has_data(),
+            };
+            self.apply_entry(&head, &mut data, state)?;
+            data.drain().map_err(UnpackError::Archive)?;
         }
-        let header = entry.header();
-        let mode = header.mode().unwrap_or(0o644) & 0o7777;
-        let uid = pax_uid.or_else(|| header.uid().ok()).unwrap_or(0);
-        let gid = pax_gid.or_else(|| header.gid().ok()).unwrap_or(0);
-        let times = pax_mtime
-            .or_else(|| header.mtime().ok().map(|s| (s as i64, 0)))
-            .map(|(s, n)| timestamps(s, n));
-        let meta = Meta { uid, gid, xattrs };
+        Ok(())
+    }
+
+    fn apply_entry(
+        &mut self,
+        head: &EntryHead,
+        data: &mut dyn Read,
+        state: &mut LayerState,
+    ) -> Result<(), UnpackError> {
+        let raw_path = head.raw_path.as_slice();
+        let kind = head.kind;
+        let mode = head.mode;
+        let times = head.mtime.map(|(s, n)| timestamps(s, n));
+        let mut comps = clean_path(raw_path);
+        let meta = Meta {
+            uid: head.uid,
+            gid: head.gid,
+            xattrs: head.xattrs.clone(),
+        };
 
         let Some(name) = comps.pop() else {
             // The root itself (`./`): only a directory's metadata applies.
@@ -405,7 +462,7 @@ impl Unpacker {
             state.parent_cache = None;
             if name == b".wh..wh..opq" {
                 state.stats.opaque_dirs += 1;
-                if let Some(dir) = self.resolve_dir(&comps, false, state, &raw_path)? {
+                if let Some(dir) = self.resolve_dir(&comps, false, state, raw_path)? {
                     self.ensure_writable(&dir, state);
                     self.opaque(&dir.fd, &dir.path, state)?;
                 }
@@ -413,10 +470,10 @@ impl Unpacker {
                 // AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not part of the filesystem.
                 state.stats.skipped_other += 1;
             } else if target.is_empty() || target == b"." || target == b".." {
-                return Err(invalid(&raw_path, "whiteout names no file"));
+                return Err(invalid(raw_path, "whiteout names no file"));
             } else {
                 state.stats.whiteouts += 1;
-                if let Some(dir) = self.resolve_dir(&comps, false, state, &raw_path)? {
+                if let Some(dir) = self.resolve_dir(&comps, false, state, raw_path)? {
                     let key = child_key(&dir.path, target);
                     if !state.created.contains(&key) {
                         self.ensure_writable(&dir, state);
@@ -450,53 +507,59 @@ impl Unpacker {
             return Ok(());
         }
 
-        let cached = match &state.parent_cache {
-            Some((k, r)) if *k == comps => Some(Resolved {
-                fd: rustix::io::dup(&r.fd).map_err(|e| fs_err("dup", &raw_path, e))?,
-                path: r.path.clone(),
-            }),
-            _ => None,
+        // The parent directory: the previous entry's when it is the same (archives list
+        // siblings together), else resolved (and created) inside the root.
+        let parent = match state.parent_cache.take() {
+            Some((k, r)) if k == comps => r,
+            _ => self
+                .resolve_dir(&comps, true, state, raw_path)?
+                .expect("resolve_dir with create always yields a directory"),
         };
-        let parent = match cached {
-            Some(p) => p,
-            None => {
-                let r = self
-                    .resolve_dir(&comps, true, state, &raw_path)?
-                    .expect("resolve_dir with create always yields a directory");
-                let keep = Resolved {
-                    fd: rustix::io::dup(&r.fd).map_err(|e| fs_err("dup", &raw_path, e))?,
-                    path: r.path.clone(),
-                };
-                state.parent_cache = Some((comps.clone(), keep));
-                r
-            }
-        };
-        self.ensure_writable(&parent, state);
-        let key = child_key(&parent.path, &name);
+        let mut parent = parent;
+        let r = self.apply_in(head, data, state, &mut parent, name, mode, times, &meta);
+        // Keep the parent for the next entry unless something was removed (which drops
+        // the cache so that it never names a replaced directory).
+        if r.is_ok() && !state.removed {
+            state.parent_cache = Some((comps, parent));
+        }
+        state.removed = false;
+        r
+    }
 
-        // What is there now?
-        let existing =
-            match rustix::fs::statat(&parent.fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => Some(FileType::from_raw_mode(st.st_mode)),
-                Err(Errno::NOENT) => None,
-                Err(e) => return Err(fs_err("stat", &key, e)),
-            };
+    /// Apply a non-whiteout entry named `name` in the resolved directory `parent`.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_in(
+        &mut self,
+        head: &EntryHead,
+        data: &mut dyn Read,
+        state: &mut LayerState,
+        parent: &mut Resolved,
+        name: Vec<u8>,
+        mode: u32,
+        times: Option<Timestamps>,
+        meta: &Meta,
+    ) -> Result<(), UnpackError> {
+        use tar::EntryType as T;
+        let kind = head.kind;
+        let raw_path = head.raw_path.as_slice();
+        self.ensure_writable(parent, state);
+        let key = child_key(&parent.path, &name);
 
         if kind == T::Link {
             // Resolve the link target before anything at `name` is removed.
-            let link = entry
-                .link_name_bytes()
-                .ok_or_else(|| invalid(&raw_path, "hard link without a target"))?
-                .into_owned();
+            let link = head
+                .link_name
+                .clone()
+                .ok_or_else(|| invalid(raw_path, "hard link without a target"))?;
             let mut lcomps = clean_path(&link);
             let lname = lcomps
                 .pop()
-                .ok_or_else(|| invalid(&raw_path, "hard link to the root directory"))?;
+                .ok_or_else(|| invalid(raw_path, "hard link to the root directory"))?;
             let src = self
-                .resolve_dir(&lcomps, false, state, &raw_path)?
+                .resolve_dir(&lcomps, false, state, raw_path)?
                 .ok_or_else(|| {
                     invalid(
-                        &raw_path,
+                        raw_path,
                         format!(
                             "hard link target {:?} does not exist",
                             String::from_utf8_lossy(&link)
@@ -511,12 +574,12 @@ impl Unpacker {
             }
             match rustix::fs::statat(&src.fd, lname.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                    return Err(invalid(&raw_path, "hard link to a directory"));
+                    return Err(invalid(raw_path, "hard link to a directory"));
                 }
                 Ok(_) => {}
                 Err(Errno::NOENT) => {
                     return Err(invalid(
-                        &raw_path,
+                        raw_path,
                         format!(
                             "hard link target {:?} does not exist",
                             String::from_utf8_lossy(&link)
@@ -525,73 +588,90 @@ impl Unpacker {
                 }
                 Err(e) => return Err(fs_err("stat (hard link target)", &src_key, e)),
             }
-            if existing.is_some() {
-                state.parent_cache = None;
-                remove_all(&parent.fd, &name, self.is_root)
-                    .map_err(|e| fs_err("replace", &key, e))?;
-            }
-            rustix::fs::linkat(
-                &src.fd,
-                lname.as_slice(),
-                &parent.fd,
-                name.as_slice(),
-                AtFlags::empty(),
-            )
-            .map_err(|e| fs_err("hard link", &key, e))?;
+            self.create_replacing(state, parent, &name, &key, "hard link", |p| {
+                rustix::fs::linkat(
+                    &src.fd,
+                    lname.as_slice(),
+                    &p.fd,
+                    name.as_slice(),
+                    AtFlags::empty(),
+                )
+            })?;
             state.stats.hardlinks += 1;
             state.created.insert(key);
             return Ok(());
         }
 
-        let is_dir = kind == T::Directory;
-        match existing {
-            Some(FileType::Directory) if is_dir => {}
-            Some(_) => {
-                state.parent_cache = None;
-                remove_all(&parent.fd, &name, self.is_root)
-                    .map_err(|e| fs_err("replace", &key, e))?
-            }
-            None => {}
-        }
-
         match kind {
             T::Directory => {
-                if existing != Some(FileType::Directory) {
-                    match rustix::fs::mkdirat(
-                        &parent.fd,
-                        name.as_slice(),
-                        Mode::from_raw_mode(0o700),
-                    ) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(e) => return Err(fs_err("mkdir", &key, e)),
+                // mkdir; an existing directory is kept (its metadata replaced), anything
+                // else there is replaced.
+                let created = match rustix::fs::mkdirat(
+                    &parent.fd,
+                    name.as_slice(),
+                    Mode::from_raw_mode(0o700),
+                ) {
+                    Ok(()) => true,
+                    Err(Errno::EXIST) => {
+                        let st = rustix::fs::statat(
+                            &parent.fd,
+                            name.as_slice(),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )
+                        .map_err(|e| fs_err("stat", &key, e))?;
+                        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                            false
+                        } else {
+                            state.removed = true;
+                            remove_all(&parent.fd, &name, self.is_root)
+                                .map_err(|e| fs_err("replace", &key, e))?;
+                            rustix::fs::mkdirat(
+                                &parent.fd,
+                                name.as_slice(),
+                                Mode::from_raw_mode(0o700),
+                            )
+                            .map_err(|e| fs_err("mkdir", &key, e))?;
+                            true
+                        }
                     }
+                    Err(e) => return Err(fs_err("mkdir", &key, e)),
+                };
+                let chown = self.needs_chown(created, parent, meta);
+                if chown || (self.opts.xattrs && !meta.xattrs.is_empty()) {
+                    let fd =
+                        rustix::fs::openat(&parent.fd, name.as_slice(), dir_flags(), Mode::empty())
+                            .map_err(|e| fs_err("open dir", &key, e))?;
+                    if chown {
+                        self.set_owner_fd(&fd, meta, state);
+                    }
+                    self.set_xattrs_fd(&fd, meta, state);
                 }
-                let fd =
-                    rustix::fs::openat(&parent.fd, name.as_slice(), dir_flags(), Mode::empty())
-                        .map_err(|e| fs_err("open dir", &key, e))?;
-                self.set_owner_fd(&fd, &meta, state);
-                self.set_xattrs_fd(&fd, &meta, state);
                 let mut path = parent.path.clone();
-                path.push(name.clone());
+                path.push(name);
                 self.defer_dir(state, path, mode, times);
                 state.stats.dirs += 1;
             }
             T::Regular | T::Continuous | T::GNUSparse => {
-                let fd = rustix::fs::openat(
-                    &parent.fd,
-                    name.as_slice(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|e| fs_err("create", &key, e))?;
+                // Created with its final mode when the umask leaves it alone and no
+                // setuid/setgid/sticky bit is involved (chown could clear those).
+                let exact = mode & 0o7000 == 0 && mode & self.umask == 0;
+                let create_mode = if exact { mode } else { 0o600 };
+                let fd = self.create_replacing(state, parent, &name, &key, "create", |p| {
+                    rustix::fs::openat(
+                        &p.fd,
+                        name.as_slice(),
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(create_mode),
+                    )
+                })?;
                 let mut file = std::fs::File::from(fd);
                 let mut written = 0u64;
                 loop {
-                    let n = match entry.read(&mut self.buf) {
+                    let n = match data.read(&mut self.buf) {
                         Ok(0) => break,
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -602,27 +682,35 @@ impl Unpacker {
                     written += n as u64;
                 }
                 state.stats.bytes += written;
-                self.set_owner_fd(&file, &meta, state);
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
-                    .map_err(|e| fs_err("chmod", &key, e))?;
-                self.set_xattrs_fd(&file, &meta, state);
+                let chown = self.needs_chown(true, parent, meta);
+                if chown {
+                    self.set_owner_fd(&file, meta, state);
+                }
+                if chown || !exact {
+                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
+                        .map_err(|e| fs_err("chmod", &key, e))?;
+                }
+                self.set_xattrs_fd(&file, meta, state);
                 if let Some(t) = &times {
                     rustix::fs::futimens(&file, t).map_err(|e| fs_err("set times", &key, e))?;
                 }
                 state.stats.files += 1;
             }
             T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| invalid(&raw_path, "symbolic link without a target"))?
-                    .into_owned();
+                let target = head
+                    .link_name
+                    .clone()
+                    .ok_or_else(|| invalid(raw_path, "symbolic link without a target"))?;
                 if target.is_empty() || target.contains(&0) {
-                    return Err(invalid(&raw_path, "symbolic link with an empty target"));
+                    return Err(invalid(raw_path, "symbolic link with an empty target"));
                 }
-                rustix::fs::symlinkat(target.as_slice(), &parent.fd, name.as_slice())
-                    .map_err(|e| fs_err("symlink", &key, e))?;
-                self.set_owner_at(&parent.fd, &name, &meta, state);
-                self.set_xattrs_at(&parent.fd, &name, &meta, state);
+                self.create_replacing(state, parent, &name, &key, "symlink", |p| {
+                    rustix::fs::symlinkat(target.as_slice(), &p.fd, name.as_slice())
+                })?;
+                if self.needs_chown(true, parent, meta) {
+                    self.set_owner_at(&parent.fd, &name, meta, state);
+                }
+                self.set_xattrs_at(&parent.fd, &name, meta, state);
                 if let Some(t) = &times {
                     // Best effort: some filesystems refuse times on links.
                     let _ = rustix::fs::utimensat(
@@ -635,41 +723,39 @@ impl Unpacker {
                 state.stats.symlinks += 1;
             }
             T::Char | T::Block | T::Fifo => {
-                if kind == T::Fifo {
-                    rustix::fs::mknodat(
-                        &parent.fd,
-                        name.as_slice(),
-                        FileType::Fifo,
-                        Mode::from_raw_mode(mode & 0o777),
-                        0,
-                    )
-                    .map_err(|e| fs_err("mkfifo", &key, e))?;
-                    state.stats.fifos += 1;
+                let (ft, dev) = if kind == T::Fifo {
+                    (FileType::Fifo, 0)
                 } else {
-                    let header = entry.header();
-                    let major = header.device_major().ok().flatten().unwrap_or(0);
-                    let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                    let (major, minor) = head.dev;
                     let ft = if kind == T::Char {
                         FileType::CharacterDevice
                     } else {
                         FileType::BlockDevice
                     };
-                    match rustix::fs::mknodat(
-                        &parent.fd,
+                    (ft, rustix::fs::makedev(major, minor))
+                };
+                let r = self.create_replacing(state, parent, &name, &key, "mknod", |p| {
+                    rustix::fs::mknodat(
+                        &p.fd,
                         name.as_slice(),
                         ft,
                         Mode::from_raw_mode(mode & 0o777),
-                        rustix::fs::makedev(major, minor),
-                    ) {
-                        Ok(()) => state.stats.devices += 1,
-                        Err(Errno::PERM) => {
-                            state.stats.skipped_devices += 1;
-                            return Ok(());
-                        }
-                        Err(e) => return Err(fs_err("mknod", &key, e)),
+                        dev,
+                    )
+                });
+                match r {
+                    Ok(()) if kind == T::Fifo => state.stats.fifos += 1,
+                    Ok(()) => state.stats.devices += 1,
+                    Err(UnpackError::Fs { source, .. })
+                        if kind != T::Fifo
+                            && source.raw_os_error() == Some(Errno::PERM.raw_os_error()) =>
+                    {
+                        state.stats.skipped_devices += 1;
+                        return Ok(());
                     }
+                    Err(e) => return Err(e),
                 }
-                self.set_owner_at(&parent.fd, &name, &meta, state);
+                self.set_owner_at(&parent.fd, &name, meta, state);
                 // chmod after chown (which may clear setuid/setgid); devices and fifos
                 // are never followed, chmodat on them is safe.
                 let _ = rustix::fs::chmodat(
@@ -678,7 +764,7 @@ impl Unpacker {
                     Mode::from_raw_mode(mode),
                     AtFlags::empty(),
                 );
-                self.set_xattrs_at(&parent.fd, &name, &meta, state);
+                self.set_xattrs_at(&parent.fd, &name, meta, state);
                 if let Some(t) = &times {
                     let _ = rustix::fs::utimensat(
                         &parent.fd,
@@ -694,6 +780,50 @@ impl Unpacker {
         Ok(())
     }
 
+    /// Create `name` in `parent` with `create` (which must fail with `EEXIST` when
+    /// something is there); if something is, it is removed (a directory recursively,
+    /// never followed) and `create` retried once.
+    fn create_replacing<T>(
+        &self,
+        state: &mut LayerState,
+        parent: &Resolved,
+        name: &[u8],
+        key: &[u8],
+        op: &'static str,
+        create: impl Fn(&Resolved) -> rustix::io::Result<T>,
+    ) -> Result<T, UnpackError> {
+        match create(parent) {
+            Ok(v) => Ok(v),
+            Err(Errno::EXIST) => {
+                state.removed = true;
+                remove_all(&parent.fd, name, self.is_root)
+                    .map_err(|e| fs_err("replace", key, e))?;
+                create(parent).map_err(|e| fs_err(op, key, e))
+            }
+            Err(e) => Err(fs_err(op, key, e)),
+        }
+    }
+
+    /// Whether ownership must be set: always for an entry that existed before, and for a
+    /// new one unless it already has the owner the archive asks for (new entries belong to
+    /// our effective uid and to our gid, or the parent's group under setgid).
+    fn needs_chown(&self, created: bool, parent: &mut Resolved, meta: &Meta) -> bool {
+        if !self.opts.same_owner {
+            return false;
+        }
+        if !created || meta.uid != u64::from(self.euid) {
+            return true;
+        }
+        let new_gid = *parent.new_gid.get_or_insert_with(|| {
+            match rustix::fs::fstat(&parent.fd) {
+                Ok(st) if st.st_mode & 0o2000 != 0 => st.st_gid,
+                Ok(_) => self.egid,
+                Err(_) => u32::MAX, // unknown: set it explicitly
+            }
+        });
+        meta.gid != u64::from(new_gid)
+    }
+
     /// Resolve `comps` (already cleaned) to a directory inside the root, expanding
     /// symlinks scoped to the root. With `create`, missing directories are made (0755);
     /// without it, a missing component yields `None`.
@@ -704,6 +834,14 @@ impl Unpacker {
         state: &mut LayerState,
         entry_path: &[u8],
     ) -> Result<Option<Resolved>, UnpackError> {
+        // Fast path: the whole path exists and has no symlink.
+        if let Some(fd) = self.open_beneath(comps) {
+            return Ok(Some(Resolved {
+                fd,
+                path: comps.to_vec(),
+                new_gid: None,
+            }));
+        }
         let mut queue: VecDeque<Vec<u8>> = comps.iter().cloned().collect();
         let mut fds: Vec<OwnedFd> = Vec::new();
         let mut path: Vec<Vec<u8>> = Vec::new();
@@ -733,6 +871,7 @@ impl Unpacker {
                             &Resolved {
                                 fd: cur_dup,
                                 path: path.clone(),
+                                new_gid: None,
                             },
                             state,
                         );
@@ -785,7 +924,11 @@ impl Unpacker {
             Some(fd) => fd,
             None => rustix::io::dup(&self.root).map_err(|e| fs_err("dup", entry_path, e))?,
         };
-        Ok(Some(Resolved { fd, path }))
+        Ok(Some(Resolved {
+            fd,
+            path,
+            new_gid: None,
+        }))
     }
 
     /// Not root: make a read-only directory writable for now; its mode and mtime are
@@ -842,11 +985,37 @@ impl Unpacker {
 
     /// Open a real path (no symlinks expected, none followed).
     fn open_real(&self, path: &[Vec<u8>]) -> Option<OwnedFd> {
+        if let Some(fd) = self.open_beneath(path) {
+            return Some(fd);
+        }
         let mut fd = rustix::io::dup(&self.root).ok()?;
         for comp in path {
             fd = rustix::fs::openat(&fd, comp.as_slice(), dir_flags(), Mode::empty()).ok()?;
         }
         Some(fd)
+    }
+
+    /// Open the directory at `comps` (cleaned: no `.`, `..` or empty components) in one
+    /// `openat2` call that refuses any symlink and anything outside the root; `None` when
+    /// that fails for any reason (a symlink on the way, a missing component, no openat2),
+    /// and the caller resolves component by component instead.
+    fn open_beneath(&self, comps: &[Vec<u8>]) -> Option<OwnedFd> {
+        if !self.openat2 {
+            return None;
+        }
+        let path: Vec<u8> = if comps.is_empty() {
+            b".".to_vec()
+        } else {
+            join(comps)
+        };
+        rustix::fs::openat2(
+            &self.root,
+            path.as_slice(),
+            dir_flags(),
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )
+        .ok()
     }
 
     /// Remove every child of the directory `dir` (real path `path`) that the current
@@ -944,6 +1113,195 @@ impl Unpacker {
     }
 }
 
+/// Pieces of file content handed from the archive reader to the applier.
+const PIPE_CHUNK: usize = 128 * 1024;
+/// Pieces in flight between the two threads.
+const PIPE_DEPTH: usize = 128;
+
+/// What the archive-reading thread sends: an entry's header, then (for a regular file)
+/// its content in `Data` pieces and a `FileEnd`.
+enum Piece {
+    Entry(Box<EntryHead>),
+    Data(Vec<u8>),
+    FileEnd,
+}
+
+/// An archive entry's header: everything the applier needs, owned.
+struct EntryHead {
+    raw_path: Vec<u8>,
+    kind: tar::EntryType,
+    /// Permission bits incl. setuid/setgid/sticky.
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    /// Seconds and nanoseconds (PAX `mtime`, else the header's).
+    mtime: Option<(i64, i64)>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    link_name: Option<Vec<u8>>,
+    /// Device major and minor numbers.
+    dev: (u32, u32),
+}
+
+impl EntryHead {
+    fn has_data(&self) -> bool {
+        use tar::EntryType as T;
+        matches!(self.kind, T::Regular | T::Continuous | T::GNUSparse)
+    }
+
+    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntryHead> {
+        // PAX metadata: nanosecond mtime, large uid/gid, xattrs.
+        let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut pax_mtime: Option<(i64, i64)> = None;
+        let mut pax_uid: Option<u64> = None;
+        let mut pax_gid: Option<u64> = None;
+        if let Some(exts) = entry.pax_extensions()? {
+            for ext in exts {
+                let ext = ext?;
+                let key = ext.key_bytes();
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                } else if key == b"mtime" {
+                    pax_mtime = parse_pax_time(ext.value_bytes());
+                } else if key == b"uid" {
+                    pax_uid = std::str::from_utf8(ext.value_bytes())
+                        .ok()
+                        .and_then(|s| s.parse().ok());
+                } else if key == b"gid" {
+                    pax_gid = std::str::from_utf8(ext.value_bytes())
+                        .ok()
+                        .and_then(|s| s.parse().ok());
+                }
+            }
+        }
+        let header = entry.header();
+        Ok(EntryHead {
+            raw_path: entry.path_bytes().into_owned(),
+            kind: header.entry_type(),
+            mode: header.mode().unwrap_or(0o644) & 0o7777,
+            uid: pax_uid.or_else(|| header.uid().ok()).unwrap_or(0),
+            gid: pax_gid.or_else(|| header.gid().ok()).unwrap_or(0),
+            mtime: pax_mtime.or_else(|| header.mtime().ok().map(|s| (s as i64, 0))),
+            xattrs,
+            link_name: entry.link_name_bytes().map(|l| l.into_owned()),
+            dev: (
+                header.device_major().ok().flatten().unwrap_or(0),
+                header.device_minor().ok().flatten().unwrap_or(0),
+            ),
+        })
+    }
+}
+
+/// The archive-reading thread: parse `tar`, send each entry (and a file's content), then
+/// read to the end of the stream (padding after the archive) and hand the reader back.
+/// Returns early, without error, when the applier has gone (it stopped on an error).
+fn read_archive<R: Read>(
+    tar: R,
+    tx: &std::sync::mpsc::SyncSender<Piece>,
+    recycled: &std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<R, UnpackError> {
+    let mut archive = tar::Archive::new(tar);
+    {
+        let entries = archive.entries().map_err(UnpackError::Archive)?;
+        for entry in entries {
+            let mut entry = entry.map_err(UnpackError::Archive)?;
+            let head = EntryHead::read(&mut entry).map_err(UnpackError::Archive)?;
+            let has_data = head.has_data();
+            if tx.send(Piece::Entry(Box::new(head))).is_err() {
+                return Ok(archive.into_inner());
+            }
+            if has_data {
+                loop {
+                    let mut chunk = recycled.try_recv().unwrap_or_default();
+                    chunk.resize(PIPE_CHUNK, 0);
+                    let mut n = 0;
+                    while n < chunk.len() {
+                        match entry.read(&mut chunk[n..]) {
+                            Ok(0) => break,
+                            Ok(k) => n += k,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(UnpackError::Archive(e)),
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    chunk.truncate(n);
+                    if tx.send(Piece::Data(chunk)).is_err() {
+                        return Ok(archive.into_inner());
+                    }
+                }
+                if tx.send(Piece::FileEnd).is_err() {
+                    return Ok(archive.into_inner());
+                }
+            }
+        }
+    }
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(UnpackError::Archive)?;
+    Ok(rest)
+}
+
+/// A regular file's content as the applier reads it: `Data` pieces up to `FileEnd`.
+struct PieceReader<'a> {
+    rx: &'a std::sync::mpsc::Receiver<Piece>,
+    recycle: &'a std::sync::mpsc::Sender<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl PieceReader<'_> {
+    /// Skip whatever of the content was not read.
+    fn drain(&mut self) -> io::Result<()> {
+        while !self.done {
+            self.next_piece()?;
+        }
+        Ok(())
+    }
+
+    fn next_piece(&mut self) -> io::Result<()> {
+        match self.rx.recv() {
+            Ok(Piece::Data(d)) => {
+                let used = std::mem::replace(&mut self.chunk, d);
+                if used.capacity() >= PIPE_CHUNK {
+                    let _ = self.recycle.send(used);
+                }
+                self.pos = 0;
+                Ok(())
+            }
+            Ok(Piece::FileEnd) => {
+                self.done = true;
+                Ok(())
+            }
+            Ok(Piece::Entry(_)) => Err(io::Error::other(
+                "archive reader out of step (an entry inside file data)",
+            )),
+            // The reader failed (its error is reported instead).
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the layer archive ended inside a file",
+            )),
+        }
+    }
+}
+
+impl Read for PieceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos < self.chunk.len() {
+                let n = buf.len().min(self.chunk.len() - self.pos);
+                buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.done || buf.is_empty() {
+                return Ok(0);
+            }
+            self.next_piece()?;
+        }
+    }
+}
+
 struct Meta {
     uid: u64,
     gid: u64,
@@ -1013,13 +1371,15 @@ fn remove_all(dir: &OwnedFd, name: &[u8], is_root: bool) -> io::Result<()> {
 
 struct HashingReader<R> {
     inner: R,
-    hasher: sha2::Sha256,
+    hasher: Option<sha2::Sha256>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
