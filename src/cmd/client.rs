@@ -20,8 +20,9 @@ pub struct TrustArgs {
     /// PEM CA certificates. Repeatable.
     #[arg(long = "ca-configmap", value_name = "FILE")]
     pub ca_configmap: Vec<PathBuf>,
-    /// Docker-style per-registry CA directory (`DIR/<host[:port]>/*.crt`). Repeatable
-    /// [default: /etc/docker/certs.d and /etc/containers/certs.d].
+    /// Docker-style per-registry CA directory (`DIR/<host[:port]>/*.crt`, and a client
+    /// certificate `client.cert` + `client.key` for registries that require one).
+    /// Repeatable [default: /etc/docker/certs.d and /etc/containers/certs.d].
     #[arg(long = "certs-dir", value_name = "DIR")]
     pub certs_dir: Vec<PathBuf>,
     /// containerd hosts directory (`DIR/<host[:port]>/hosts.toml`). Repeatable

@@ -478,6 +478,32 @@ impl RegistryClient {
                  certificate (`berth cert init --host …`)."
             ));
         }
+        // Alerts the registry sent about our (missing or refused) client certificate.
+        let peer_alert = |a: &str| chain.contains(&format!("received fatal alert: {a}"));
+        if peer_alert("CertificateRequired")
+            || (ep.config.client_cert.is_some()
+                && [
+                    "BadCertificate",
+                    "UnknownCA",
+                    "CertificateUnknown",
+                    "AccessDenied",
+                ]
+                .iter()
+                .any(|a| peer_alert(a)))
+            || (ep.config.client_cert.is_none() && peer_alert("HandshakeFailure"))
+        {
+            let have = match &ep.config.client_cert {
+                Some((cert, _)) => format!("it refused the client certificate {}", cert.display()),
+                None => "none is configured".to_string(),
+            };
+            return ClientError::Tls(format!(
+                "the registry {registry} (at {hp}) requires a client certificate (mutual TLS) \
+                 and {have}: put the certificate (PEM, with its chain) and its private key in \
+                 certs.d/{hp}/client.cert and certs.d/{hp}/client.key, as Docker expects them \
+                 (/etc/docker/certs.d, /etc/containers/certs.d, or the directory given with \
+                 --certs-dir). TLS said: {chain}"
+            ));
+        }
         if e.is_timeout() {
             return ClientError::Connect(format!(
                 "timed out talking to the registry {registry} at {base}: {chain}"

@@ -4,7 +4,9 @@
 //! - the system roots (the OS store via rustls-native-certs; webpki verification);
 //! - `--ca-bundle FILE`: any number of PEM certificates one after another;
 //! - `--ca-configmap FILE`: the `image-fetcher-ca-bundle` ConfigMap (`data.ca-bundle`);
-//! - Docker `certs.d/<host[:port]>/*.crt` directories (per registry);
+//! - Docker `certs.d/<host[:port]>/*.crt` directories (per registry), and there a client
+//!   certificate `NAME.cert` with its key `NAME.key` (e.g. `client.cert` + `client.key`),
+//!   presented to registries that ask for one (mutual TLS), exactly as Docker does;
 //! - containerd `hosts.toml` (`<hosts-dir>/<host[:port]>/hosts.toml`: `server`, `ca`,
 //!   `skip_verify`, and `[host."URL"]` mirrors, in file order);
 //! - insecure registries (`--insecure-registry HOST[:PORT]` or CIDR, Docker `daemon.json`
@@ -279,6 +281,9 @@ impl TrustOptions {
                                 ep.ca_files.push(f);
                             }
                         }
+                        if ep.client_cert.is_none() {
+                            ep.client_cert = client_cert_in(&d)?;
+                        }
                     }
                 }
             }
@@ -342,12 +347,25 @@ impl TrustOptions {
             inner,
             failure: failure.clone(),
         });
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError::Config(format!("TLS setup: {e}")))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let tls = match &cfg.client_cert {
+            None => tls.with_no_client_auth(),
+            Some((cert, key)) => {
+                let (chain, key_der) = load_client_cert(cert, key)?;
+                tls.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    ClientError::Config(format!(
+                        "client certificate {} with key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?
+            }
+        };
+        let mut tls = tls;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -378,6 +396,9 @@ pub struct EndpointConfig {
     pub url: String,
     /// CA files for this endpoint (certs.d, hosts.toml `ca`).
     pub ca_files: Vec<PathBuf>,
+    /// A client certificate (PEM chain) and its private key (certs.d `NAME.cert` +
+    /// `NAME.key`), for registries that require mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// hosts.toml `skip_verify = true`.
     pub skip_verify: bool,
     /// Listed as an insecure registry: no verification, HTTP fallback.
@@ -607,6 +628,50 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
         }
         r.certs
     })
+}
+
+/// The client certificate of a certs.d directory, as Docker finds it: a `NAME.cert` file
+/// needs `NAME.key` next to it (an error names the missing one); the first pair in name
+/// order is used.
+fn client_cert_in(dir: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let mut certs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cert"))
+        .collect();
+    certs.sort();
+    let Some(cert) = certs.into_iter().next() else {
+        return Ok(None);
+    };
+    let key = cert.with_extension("key");
+    if !key.is_file() {
+        return Err(ClientError::Config(format!(
+            "client certificate {} has no key: put its private key (PEM) in {}",
+            cert.display(),
+            key.display()
+        )));
+    }
+    Ok(Some((cert, key)))
+}
+
+fn load_client_cert(
+    cert: &Path,
+    key: &Path,
+) -> Result<(
+    Vec<CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+)> {
+    let chain = parse_pem_bundle(&read_file(cert)?, &cert.display().to_string())?;
+    let key_der =
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(&read_file(key)?).map_err(|e| {
+            ClientError::Config(format!(
+                "{}: no usable private key (PEM PKCS#8, PKCS#1 or SEC1): {e}",
+                key.display()
+            ))
+        })?;
+    Ok((chain, key_der))
 }
 
 fn webpki_verifier(
