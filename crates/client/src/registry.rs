@@ -459,9 +459,17 @@ impl RegistryClient {
         if let Some(f) = ep.take_cert_failure() {
             return ClientError::Tls(describe_cert_failure(registry, ep, &f));
         }
-        let chain = error_chain(&e);
+        let mut chain = error_chain(&e);
         let hp = ep.config.host_port();
         let base = ep.base();
+        if base.starts_with("https://")
+            && !e.is_timeout()
+            && !chain.contains("received fatal alert")
+            && let Some(alert) = ep.probe_tls_alert().await
+            && alert.contains("received fatal alert")
+        {
+            chain = format!("{chain}; a second connection ended with: {alert}");
+        }
         if base.starts_with("https://")
             && (chain.contains("InvalidContentType")
                 || chain.contains("corrupt message")

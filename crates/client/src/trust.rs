@@ -367,6 +367,7 @@ impl TrustOptions {
         };
         let mut tls = tls;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls_probe = Arc::new(tls.clone());
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(self.timeout)
@@ -385,8 +386,36 @@ impl TrustOptions {
             config: cfg.clone(),
             ca_desc,
             cert_failure: failure,
+            tls: tls_probe,
         })
     }
+}
+
+fn tls_alert_blocking(host: &str, port: u16, tls: Arc<rustls::ClientConfig>) -> Option<String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+    let addr = (host, port).to_socket_addrs().ok()?.next()?;
+    let mut sock = std::net::TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).ok()?;
+    sock.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
+    sock.set_write_timeout(Some(PROBE_TIMEOUT)).ok()?;
+    let name = ServerName::try_from(host.to_string()).ok()?;
+    let mut conn = rustls::ClientConnection::new(tls, name).ok()?;
+    let mut stream = rustls::Stream::new(&mut conn, &mut sock);
+    let request = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if let Err(e) = stream.write_all(request.as_bytes()) {
+        return Some(e.to_string());
+    }
+    // Read (a bounded amount of) the answer: an alert shows up as the read's error.
+    let mut buf = [0u8; 16 * 1024];
+    for _ in 0..64 {
+        match stream.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(_) => continue,
+            Err(e) => return Some(e.to_string()),
+        }
+    }
+    None
 }
 
 /// One place to send requests to: the registry or a mirror.
@@ -432,9 +461,34 @@ pub struct Endpoint {
     /// Where this endpoint's CAs came from.
     pub ca_desc: Vec<String>,
     cert_failure: Arc<Mutex<Option<CertFailure>>>,
+    /// The TLS settings of `client`, for [`Endpoint::probe_tls_alert`].
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Endpoint {
+    /// Open one more TLS connection, send a request and read the answer, returning the TLS
+    /// error that ends it, if any. A registry that wants a client certificate says so with
+    /// an alert that TLS 1.3 delivers only after the handshake; when it arrives while the
+    /// HTTP client still thinks the connection is being set up, all the client reports is
+    /// a closed connection, and this second look finds the alert.
+    pub async fn probe_tls_alert(&self) -> Option<String> {
+        let url = reqwest::Url::parse(&self.base()).ok()?;
+        if url.scheme() != "https" {
+            return None;
+        }
+        let host = url
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = url.port_or_known_default()?;
+        let tls = self.tls.clone();
+        tokio::task::spawn_blocking(move || tls_alert_blocking(&host, port, tls))
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub fn base(&self) -> String {
         self.base.lock().unwrap().clone()
     }
