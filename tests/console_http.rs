@@ -1130,3 +1130,166 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.contains("lowercase path components"), "{html}");
 }
+
+#[tokio::test]
+async fn long_project_lists_paginate() {
+    let b = Berth::start();
+    for i in 0..150 {
+        api(
+            &b,
+            reqwest::Method::POST,
+            "/api/v1/projects",
+            json!({"name": format!("p{i:03}"), "public": true}),
+            201,
+        )
+        .await;
+    }
+    let url = |p: &str| format!("{}{p}", b.url());
+    // Anonymous visitors and the administrator page alike.
+    let c = browser(&b);
+    let (status, html) = text(&c, &url("/projects")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(html.matches("<tr data-project=").count(), 100, "{html}");
+    // With the default project `library` first, 151 in all.
+    assert!(html.contains("data-project=\"library\""), "{html}");
+    assert!(html.contains("data-project=\"p098\""), "{html}");
+    assert!(!html.contains("data-project=\"p099\""), "{html}");
+    assert!(
+        html.contains("id=\"next-page\" href=\"/projects?page=2\""),
+        "{html}"
+    );
+    assert!(!html.contains("id=\"prev-page\""), "{html}");
+    let (status, html) = text(&c, &url("/projects?page=2")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(html.matches("<tr data-project=").count(), 51, "{html}");
+    assert!(html.contains("data-project=\"p099\""), "{html}");
+    assert!(html.contains("data-project=\"p149\""), "{html}");
+    assert!(
+        html.contains("id=\"prev-page\" href=\"/projects?page=1\""),
+        "{html}"
+    );
+    assert!(!html.contains("id=\"next-page\""), "{html}");
+    // A page past the end is empty, with the way back; a bad number is named.
+    let (_, html) = text(&c, &url("/projects?page=3")).await;
+    assert_eq!(html.matches("<tr data-project=").count(), 0, "{html}");
+    assert!(html.contains("id=\"prev-page\""), "{html}");
+    let (status, html) = text(&c, &url("/projects?page=0")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("pages count from 1"), "{html}");
+    // The users list: one page for a few users, the same links past it.
+    sign_in(&b, &c, ADMIN_USER, ADMIN_PASSWORD).await;
+    let (_, html) = text(&c, &url("/admin/users")).await;
+    assert!(
+        html.contains(&format!("data-user=\"{ADMIN_USER}\"")),
+        "{html}"
+    );
+    assert!(!html.contains("next-page"), "{html}");
+    let (status, html) = text(&c, &url("/admin/users?page=2")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(html.matches("<tr data-user=").count(), 0, "{html}");
+    assert!(
+        html.contains("id=\"prev-page\" href=\"/admin/users?page=1\""),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn untagged_manifests_are_listed_and_deletable_by_maintainers_only() {
+    let b = Berth::start();
+    api(
+        &b,
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        json!({"name": "team"}),
+        201,
+    )
+    .await;
+    for (user, role) in [("gus", "guest"), ("mae", "maintainer")] {
+        add_user(&b, user).await;
+        set_role(&b, "team", user, role).await;
+    }
+    push_image(&b, "team/app", "v1", json!({}), json!({})).await;
+    // An image pushed under a tag that is then deleted: untagged, still stored.
+    let old = push_image(&b, "team/app", "old", json!({}), json!({"build": "old"})).await;
+    let old_digest = digest_of(&old);
+    let r = b
+        .client()
+        .delete(format!("{}/v2/team/app/manifests/old", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert_eq!(
+        manifest_status(&b, "team/app", &old_digest).await,
+        StatusCode::OK
+    );
+    let repo_url = format!("{}/repositories/team/app", b.url());
+    let row = format!("<tr data-manifest=\"{old_digest}\">");
+
+    let guest = browser(&b);
+    let csrf = sign_in(&b, &guest, "gus", PASSWORD).await;
+    let (status, html) = text(&guest, &repo_url).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("<table id=\"manifests\">"), "{html}");
+    assert_eq!(html.matches("<tr data-manifest=").count(), 1, "{html}");
+    let listed = &html[html.find(&row).expect("the untagged row")..];
+    let listed = &listed[..listed.find("</tr>").unwrap()];
+    assert!(
+        listed.contains("<td class=\"media-type\">application/vnd.oci.image.manifest.v1+json</td>"),
+        "{listed}"
+    );
+    // Size: the manifest, its config and its layer.
+    let parsed: Value = serde_json::from_slice(&old).unwrap();
+    let bytes = old.len() as u64
+        + parsed["config"]["size"].as_u64().unwrap()
+        + parsed["layers"][0]["size"].as_u64().unwrap();
+    assert!(
+        listed.contains(&format!("data-bytes=\"{bytes}\"")),
+        "{bytes}: {listed}"
+    );
+    assert!(listed.contains("<td class=\"pushed\">"), "{listed}");
+    assert!(!listed.contains("delete-manifest-button"), "{listed}");
+    post_csrf(
+        &guest,
+        &format!("{repo_url}/-/delete-manifest"),
+        &csrf,
+        &[("digest", &old_digest)],
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(
+        manifest_status(&b, "team/app", &old_digest).await,
+        StatusCode::OK
+    );
+
+    let maintainer = browser(&b);
+    let csrf = sign_in(&b, &maintainer, "mae", PASSWORD).await;
+    let (_, html) = text(&maintainer, &repo_url).await;
+    let listed = &html[html.find(&row).expect("the untagged row")..];
+    let listed = &listed[..listed.find("</tr>").unwrap()];
+    assert!(listed.contains("delete-manifest-button"), "{listed}");
+    post_csrf(
+        &maintainer,
+        &format!("{repo_url}/-/delete-manifest"),
+        &csrf,
+        &[("digest", &old_digest)],
+        StatusCode::SEE_OTHER,
+    )
+    .await;
+    assert_eq!(
+        manifest_status(&b, "team/app", &old_digest).await,
+        StatusCode::NOT_FOUND
+    );
+    let (_, html) = text(&maintainer, &repo_url).await;
+    assert!(!html.contains("<tr data-manifest="), "{html}");
+    assert!(html.contains("No untagged manifests"), "{html}");
+    assert!(
+        html.contains("data-tag=\"v1\""),
+        "the tagged image stays: {html}"
+    );
+}

@@ -11,7 +11,8 @@ use axum::response::Response;
 use berth_storage::AuditFilter;
 use serde::Deserialize;
 
-use super::view::time;
+use super::pages::PageQuery;
+use super::view::{LIST_PAGE, Pager, time};
 use super::{Form, Layout, PageError, PageResult, Viewer, render, respond};
 use crate::admin;
 use crate::state::{AppState, TlsInfo};
@@ -253,15 +254,34 @@ struct UserRow {
 struct UsersPage {
     l: Layout,
     users: Vec<UserRow>,
+    pager: Pager,
 }
 
-/// `GET /admin/users` (system administrators).
-pub(crate) async fn users(State(state): State<AppState>, viewer: Viewer) -> Response {
+/// `GET /admin/users[?page=N]` (system administrators), a page at a time from the
+/// database.
+pub(crate) async fn users(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<PageQuery>,
+) -> Response {
     let result = async {
+        let page = q.number()?;
+        if !viewer.caller.principal.is_system_admin() {
+            // The refusal of admin::list_users, as for the JSON API.
+            admin::list_users(&state.auth, &viewer.caller).await?;
+        }
         let me = viewer.session.as_ref().map(|s| s.name.clone());
-        let users = admin::list_users(&state.auth, &viewer.caller)
-            .await?
+        let offset = (page as u64 - 1).saturating_mul(LIST_PAGE as u64);
+        let mut users = state
+            .auth
+            .accounts
+            .users_page(offset, LIST_PAGE as u32 + 1)
+            .await?;
+        let pager = Pager::new(page, users.len() > LIST_PAGE, "/admin/users?page=");
+        users.truncate(LIST_PAGE);
+        let users = users
             .into_iter()
+            .map(admin::UserInfo::from)
             .map(|u| UserRow {
                 me: me.as_deref() == Some(u.name.as_str()),
                 created: admin::format_time(u.created_at),
@@ -273,6 +293,7 @@ pub(crate) async fn users(State(state): State<AppState>, viewer: Viewer) -> Resp
         let page = UsersPage {
             l: viewer.layout("Users"),
             users,
+            pager,
         };
         Ok(render(StatusCode::OK, &page))
     }
