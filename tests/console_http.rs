@@ -160,6 +160,31 @@ async fn set_role(b: &Berth, project: &str, user: &str, role: &str) {
     .await;
 }
 
+/// The private project `team` with these users (password [`PASSWORD`]) in these roles.
+async fn private_team(b: &Berth, members: &[(&str, &str)]) {
+    api(
+        b,
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        json!({"name": "team"}),
+        201,
+    )
+    .await;
+    for (user, role) in members {
+        add_user(b, user).await;
+        set_role(b, "team", user, role).await;
+    }
+}
+
+/// The `<tr>` of `html` that starts with `start`, up to its end.
+fn row<'a>(html: &'a str, start: &str) -> &'a str {
+    let from = html
+        .find(start)
+        .unwrap_or_else(|| panic!("no row {start} in:\n{html}"));
+    let rest = &html[from..];
+    &rest[..rest.find("</tr>").expect("a closed row")]
+}
+
 async fn push_blob(b: &Berth, repo: &str, bytes: &[u8]) -> String {
     let digest = digest_of(bytes);
     let r = b
@@ -456,22 +481,15 @@ async fn state_changing_posts_need_the_csrf_token() {
 #[tokio::test]
 async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url() {
     let b = Berth::start();
-    api(
+    private_team(
         &b,
-        reqwest::Method::POST,
-        "/api/v1/projects",
-        json!({"name": "team"}),
-        201,
+        &[
+            ("gus", "guest"),
+            ("dev", "developer"),
+            ("mae", "maintainer"),
+        ],
     )
     .await;
-    for (user, role) in [
-        ("gus", "guest"),
-        ("dev", "developer"),
-        ("mae", "maintainer"),
-    ] {
-        add_user(&b, user).await;
-        set_role(&b, "team", user, role).await;
-    }
     push_image(&b, "team/app", "v1", json!({}), json!({})).await;
     push_image(&b, "team/app", "v2", json!({}), json!({})).await;
     let url = |p: &str| format!("{}{p}", b.url());
@@ -1196,18 +1214,7 @@ async fn long_project_lists_paginate() {
 #[tokio::test]
 async fn untagged_manifests_are_listed_and_deletable_by_maintainers_only() {
     let b = Berth::start();
-    api(
-        &b,
-        reqwest::Method::POST,
-        "/api/v1/projects",
-        json!({"name": "team"}),
-        201,
-    )
-    .await;
-    for (user, role) in [("gus", "guest"), ("mae", "maintainer")] {
-        add_user(&b, user).await;
-        set_role(&b, "team", user, role).await;
-    }
+    private_team(&b, &[("gus", "guest"), ("mae", "maintainer")]).await;
     push_image(&b, "team/app", "v1", json!({}), json!({})).await;
     // An image pushed under a tag that is then deleted: untagged, still stored.
     let old = push_image(&b, "team/app", "old", json!({}), json!({"build": "old"})).await;
@@ -1229,7 +1236,7 @@ async fn untagged_manifests_are_listed_and_deletable_by_maintainers_only() {
         StatusCode::OK
     );
     let repo_url = format!("{}/repositories/team/app", b.url());
-    let row = format!("<tr data-manifest=\"{old_digest}\">");
+    let untagged_row = format!("<tr data-manifest=\"{old_digest}\">");
 
     let guest = browser(&b);
     let csrf = sign_in(&b, &guest, "gus", PASSWORD).await;
@@ -1237,8 +1244,7 @@ async fn untagged_manifests_are_listed_and_deletable_by_maintainers_only() {
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(html.contains("<table id=\"manifests\">"), "{html}");
     assert_eq!(html.matches("<tr data-manifest=").count(), 1, "{html}");
-    let listed = &html[html.find(&row).expect("the untagged row")..];
-    let listed = &listed[..listed.find("</tr>").unwrap()];
+    let listed = row(&html, &untagged_row);
     assert!(
         listed.contains("<td class=\"media-type\">application/vnd.oci.image.manifest.v1+json</td>"),
         "{listed}"
@@ -1270,8 +1276,7 @@ async fn untagged_manifests_are_listed_and_deletable_by_maintainers_only() {
     let maintainer = browser(&b);
     let csrf = sign_in(&b, &maintainer, "mae", PASSWORD).await;
     let (_, html) = text(&maintainer, &repo_url).await;
-    let listed = &html[html.find(&row).expect("the untagged row")..];
-    let listed = &listed[..listed.find("</tr>").unwrap()];
+    let listed = row(&html, &untagged_row);
     assert!(listed.contains("delete-manifest-button"), "{listed}");
     post_csrf(
         &maintainer,
