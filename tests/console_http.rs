@@ -61,27 +61,32 @@ async fn text(c: &reqwest::Client, url: &str) -> (StatusCode, String) {
     (status, r.text().await.expect("body"))
 }
 
-/// Sign in through the form; returns the session's CSRF token.
-async fn sign_in(b: &Berth, c: &reqwest::Client, user: &str, password: &str) -> String {
+/// Fetch the sign-in form and post it (with its CSRF token and `next=/projects`).
+async fn try_login(
+    b: &Berth,
+    c: &reqwest::Client,
+    user: &str,
+    password: &str,
+) -> (StatusCode, String) {
     let (status, html) = text(c, &format!("{}/login", b.url())).await;
     assert_eq!(status, StatusCode::OK, "{html}");
-    let r = c
-        .post(format!("{}/login", b.url()))
-        .form(&[
+    post_form(
+        c,
+        &format!("{}/login", b.url()),
+        &[
             ("csrf", hidden(&html, "csrf").as_str()),
             ("username", user),
             ("password", password),
             ("next", "/projects"),
-        ])
-        .send()
-        .await
-        .expect("POST /login");
-    assert_eq!(
-        r.status(),
-        StatusCode::SEE_OTHER,
-        "{}",
-        r.text().await.unwrap()
-    );
+        ],
+    )
+    .await
+}
+
+/// Sign in through the form; returns the session's CSRF token.
+async fn sign_in(b: &Berth, c: &reqwest::Client, user: &str, password: &str) -> String {
+    let (status, html) = try_login(b, c, user, password).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
     let (status, html) = text(c, &format!("{}/projects", b.url())).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -826,17 +831,7 @@ async fn sign_in_uses_the_registry_login_rate_limit() {
     let mut statuses = Vec::new();
     let mut last = String::new();
     for _ in 0..8 {
-        let (_, html) = text(&c, &format!("{}/login", b.url())).await;
-        let (status, html) = post_form(
-            &c,
-            &format!("{}/login", b.url()),
-            &[
-                ("csrf", &hidden(&html, "csrf")),
-                ("username", "victim"),
-                ("password", "wrong-password"),
-            ],
-        )
-        .await;
+        let (status, html) = try_login(&b, &c, "victim", "wrong-password").await;
         assert!(html.contains("id=\"error\""), "{html}");
         assert!(html.contains("id=\"login-form\""), "the form again: {html}");
         statuses.push(status);
@@ -852,33 +847,13 @@ async fn sign_in_uses_the_registry_login_rate_limit() {
         "{last}"
     );
     // Even the right password is refused while the account is blocked.
-    let (_, html) = text(&c, &format!("{}/login", b.url())).await;
-    let (status, _) = post_form(
-        &c,
-        &format!("{}/login", b.url()),
-        &[
-            ("csrf", &hidden(&html, "csrf")),
-            ("username", "victim"),
-            ("password", PASSWORD),
-        ],
-    )
-    .await;
+    let (status, _) = try_login(&b, &c, "victim", PASSWORD).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     // Failures are audited like registry logins.
     let audit: Value = api_json(&b, "/api/v1/audit?action=login_failed").await;
     assert!(audit.as_array().unwrap().len() >= 5, "{audit}");
     // Robots cannot sign in to the console.
-    let (_, html) = text(&c, &format!("{}/login", b.url())).await;
-    let (status, html) = post_form(
-        &c,
-        &format!("{}/login", b.url()),
-        &[
-            ("csrf", &hidden(&html, "csrf")),
-            ("username", "robot$library+ci"),
-            ("password", "x"),
-        ],
-    )
-    .await;
+    let (status, html) = try_login(&b, &c, "robot$library+ci", "x").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(html.contains("robot account"), "{html}");
 }
