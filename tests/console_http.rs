@@ -342,6 +342,8 @@ async fn client_supplied_values_are_escaped_and_pages_carry_security_headers() {
             || html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "label shown escaped:\n{html}"
     );
+    assert!(html.contains("<table id=\"labels\">"), "{html}");
+    assert!(html.contains("<table id=\"annotations\">"), "{html}");
     assert!(!html.contains("<script>alert(1)"), "{html}");
     assert!(!html.contains("<img src=x"), "{html}");
     assert!(!html.contains("<b>key</b>"), "{html}");
