@@ -218,10 +218,8 @@ async fn browse_library_signed_out(ctx: &Ctx) {
     ctx.open("/").await;
     b.wait_url("/projects", |u| u.ends_with("/projects")).await;
     b.find("a#login-link").await;
-    assert!(
-        b.find_now("span#whoami").await.is_none(),
-        "signed out, yet span#whoami is shown"
-    );
+    b.assert_absent("span#whoami", "signed out, yet span#whoami is shown")
+        .await;
     let row = b.find(r#"tr[data-project="library"]"#).await;
     assert!(
         b.find_in(&row, "span.badge-public").await.is_some(),
@@ -247,19 +245,22 @@ async fn browse_library_signed_out(ctx: &Ctx) {
         "library/hello tag count"
     );
     // Signed out: no way to create robots or add members.
-    assert!(
-        b.find_now("form#new-robot-form").await.is_none()
-            && b.find_now("form#add-member-form").await.is_none(),
-        "an anonymous visitor is offered project-admin forms on /projects/library"
-    );
+    for form in ["form#new-robot-form", "form#add-member-form"] {
+        b.assert_absent(
+            form,
+            "an anonymous visitor is offered project-admin forms on /projects/library",
+        )
+        .await;
+    }
     ctx.shot("signed-out-project-library").await;
 
     ctx.open("/repositories/library/hello").await;
     b.find(r#"tr[data-tag="v1"]"#).await;
-    assert!(
-        b.find_now("form.delete-tag").await.is_none(),
-        "an anonymous visitor is offered to delete tags"
-    );
+    b.assert_absent(
+        "form.delete-tag",
+        "an anonymous visitor is offered to delete tags",
+    )
+    .await;
     ctx.shot("signed-out-repository-library-hello").await;
 }
 
@@ -334,10 +335,11 @@ async fn client_values_are_text(ctx: &Ctx) {
     ctx.open("/repositories/library/hostile").await;
     b.find(r#"tr[data-tag="v1"]"#).await;
     for css in ["#xss-label", "#xss-annotation"] {
-        assert!(
-            b.find_now(css).await.is_none(),
-            "the repository page made an element `{css}` out of an image's label/annotation"
-        );
+        b.assert_absent(
+            css,
+            "the repository page made an element out of an image's label/annotation",
+        )
+        .await;
     }
     assert_eq!(
         b.execute("return window.__xss === undefined", json!([]))
@@ -374,10 +376,8 @@ async fn sign_in(ctx: &Ctx) {
         !err.trim().is_empty(),
         "div#error is empty after a bad password"
     );
-    assert!(
-        b.find_now("span#whoami").await.is_none(),
-        "a wrong password signed in"
-    );
+    b.assert_absent("span#whoami", "a wrong password signed in")
+        .await;
     ctx.shot("login-wrong-password").await;
 
     b.fill("input#username", common::ADMIN_USER).await;
@@ -435,8 +435,8 @@ async fn create_private_project(ctx: &Ctx) {
         "form#new-project-form has one hidden csrf input"
     );
     b.click_css("button#create-project").await;
-    b.wait_url("the refused POST /projects", |u| u.ends_with("/projects"))
-        .await;
+    // The URL is /projects before and after the POST: wait for the refusal page itself.
+    b.find("div#error").await;
     let text = ctx.page_text_lower().await;
     assert!(
         text.contains("csrf") && text.contains("reload"),
@@ -446,12 +446,11 @@ async fn create_private_project(ctx: &Ctx) {
     ctx.shot("csrf-refused").await;
     ctx.open("/projects").await;
     b.find("form#new-project-form").await;
-    assert!(
-        b.find_now(&format!(r#"tr[data-project="{CSRF_PROBE}"]"#))
-            .await
-            .is_none(),
-        "a POST without a CSRF token created project {CSRF_PROBE}"
-    );
+    b.assert_absent(
+        &format!(r#"tr[data-project="{CSRF_PROBE}"]"#),
+        "a POST without a CSRF token created the probe project",
+    )
+    .await;
 
     let public = b.find("input#project-public").await;
     assert!(
@@ -466,10 +465,11 @@ async fn create_private_project(ctx: &Ctx) {
     })
     .await;
     b.find("table#repositories").await;
-    assert!(
-        b.find_now("tr[data-repository]").await.is_none(),
-        "a brand-new project lists repositories"
-    );
+    b.assert_absent(
+        "tr[data-repository]",
+        "a brand-new project lists repositories",
+    )
+    .await;
     // The creator administers it.
     let me = b
         .find(&format!(r#"tr[data-member="{}"]"#, common::ADMIN_USER))
@@ -511,7 +511,8 @@ async fn push_and_see_tags(ctx: &Ctx) {
     let v2 = fixtures::multi_arch_layout(&ctx.tmp.path().join("v2"), "v2");
     ctx.open(&format!("/projects/{PROJECT}")).await;
     b.find("table#repositories").await;
-    assert!(b.find_now("tr[data-repository]").await.is_none());
+    b.assert_absent("tr[data-repository]", "a new project lists a repository")
+        .await;
     push(&ctx.berth, &v1, &format!("{REPO}:v1"), false);
     push(&ctx.berth, &v2, &format!("{REPO}:v2"), true);
     b.refresh().await;
@@ -928,36 +929,35 @@ async fn guest_sees_no_maintainer_actions(ctx: &Ctx, delete: &DeleteForm) {
     })
     .await;
     assert_eq!(b.text_of("span#whoami").await.trim(), GUEST);
-    assert!(
-        b.find_now("a#nav-admin").await.is_none(),
-        "a project guest is shown the administration link"
-    );
+    b.assert_absent(
+        "a#nav-admin",
+        "a project guest is shown the administration link",
+    )
+    .await;
     let row = b.find(&format!(r#"tr[data-project="{PROJECT}"]"#)).await;
     assert!(b.find_in(&row, "span.badge-private").await.is_some());
     ctx.shot("guest-projects").await;
 
     ctx.open(&format!("/projects/{PROJECT}")).await;
     b.find(&format!(r#"tr[data-repository="{REPO}"]"#)).await;
-    assert!(
-        b.find_now("form#new-robot-form").await.is_none()
-            && b.find_now("form#add-member-form").await.is_none(),
-        "a project guest is offered the project admins' forms"
-    );
+    for form in ["form#new-robot-form", "form#add-member-form"] {
+        b.assert_absent(form, "a project guest is offered the project admins' forms")
+            .await;
+    }
     ctx.shot("guest-project").await;
 
     ctx.open(&format!("/repositories/{REPO}")).await;
     b.find(r#"tr[data-tag="v2"]"#).await;
-    assert!(
-        b.find_now("form.delete-tag").await.is_none(),
-        "a project guest is offered to delete tags"
-    );
+    b.assert_absent(
+        "form.delete-tag",
+        "a project guest is offered to delete tags",
+    )
+    .await;
     ctx.shot("guest-repository").await;
 
     ctx.open("/admin/users").await;
-    assert!(
-        b.find_now("table#users").await.is_none(),
-        "a project guest can list users"
-    );
+    b.assert_absent("table#users", "a project guest can list users")
+        .await;
     ctx.shot("guest-admin-users-refused").await;
 
     // The delete by URL, with the guest's own (valid) CSRF token.
@@ -1019,17 +1019,14 @@ async fn sign_out_and_private_is_hidden(ctx: &Ctx) {
     b.wait_url("/projects after sign-out", |u| u.ends_with("/projects"))
         .await;
     b.find("a#login-link").await;
-    assert!(
-        b.find_now("span#whoami").await.is_none(),
-        "span#whoami still shown after signing out"
-    );
+    b.assert_absent("span#whoami", "span#whoami still shown after signing out")
+        .await;
     b.find(r#"tr[data-project="library"]"#).await;
-    assert!(
-        b.find_now(&format!(r#"tr[data-project="{PROJECT}"]"#))
-            .await
-            .is_none(),
-        "the private project is listed after signing out"
-    );
+    b.assert_absent(
+        &format!(r#"tr[data-project="{PROJECT}"]"#),
+        "the private project is listed after signing out",
+    )
+    .await;
     assert!(
         !ctx.page_text_lower().await.contains(PROJECT),
         "the private project's name appears on /projects after signing out"
@@ -1057,18 +1054,15 @@ async fn sign_out_and_private_is_hidden(ctx: &Ctx) {
     ctx.shot("signed-out-private-repository").await;
 
     ctx.open("/search?q=app").await;
-    assert!(
-        b.find_now(&format!(r#"tr[data-repository="{REPO}"]"#))
-            .await
-            .is_none(),
-        "search shows the private repository signed out"
-    );
+    b.assert_absent(
+        &format!(r#"tr[data-repository="{REPO}"]"#),
+        "search shows the private repository signed out",
+    )
+    .await;
     ctx.shot("search-signed-out").await;
 
     ctx.open("/admin/users").await;
-    assert!(
-        b.find_now("table#users").await.is_none(),
-        "/admin/users lists users signed out"
-    );
+    b.assert_absent("table#users", "/admin/users lists users signed out")
+        .await;
     ctx.shot("signed-out-admin-users").await;
 }

@@ -61,27 +61,32 @@ async fn text(c: &reqwest::Client, url: &str) -> (StatusCode, String) {
     (status, r.text().await.expect("body"))
 }
 
-/// Sign in through the form; returns the session's CSRF token.
-async fn sign_in(b: &Berth, c: &reqwest::Client, user: &str, password: &str) -> String {
+/// Fetch the sign-in form and post it (with its CSRF token and `next=/projects`).
+async fn try_login(
+    b: &Berth,
+    c: &reqwest::Client,
+    user: &str,
+    password: &str,
+) -> (StatusCode, String) {
     let (status, html) = text(c, &format!("{}/login", b.url())).await;
     assert_eq!(status, StatusCode::OK, "{html}");
-    let r = c
-        .post(format!("{}/login", b.url()))
-        .form(&[
+    post_form(
+        c,
+        &format!("{}/login", b.url()),
+        &[
             ("csrf", hidden(&html, "csrf").as_str()),
             ("username", user),
             ("password", password),
             ("next", "/projects"),
-        ])
-        .send()
-        .await
-        .expect("POST /login");
-    assert_eq!(
-        r.status(),
-        StatusCode::SEE_OTHER,
-        "{}",
-        r.text().await.unwrap()
-    );
+        ],
+    )
+    .await
+}
+
+/// Sign in through the form; returns the session's CSRF token.
+async fn sign_in(b: &Berth, c: &reqwest::Client, user: &str, password: &str) -> String {
+    let (status, html) = try_login(b, c, user, password).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
     let (status, html) = text(c, &format!("{}/projects", b.url())).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -95,6 +100,34 @@ async fn post_form(c: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> (St
     let r = c.post(url).form(form).send().await.expect("POST");
     let status = r.status();
     (status, r.text().await.expect("body"))
+}
+
+/// POST `fields` and the session's CSRF token to `url`; panics unless the answer is
+/// `expect`. Returns the body.
+async fn post_csrf(
+    c: &reqwest::Client,
+    url: &str,
+    csrf: &str,
+    fields: &[(&str, &str)],
+    expect: StatusCode,
+) -> String {
+    let mut form = vec![("csrf", csrf)];
+    form.extend_from_slice(fields);
+    let (status, html) = post_form(c, url, &form).await;
+    assert_eq!(status, expect, "POST {url}: {html}");
+    html
+}
+
+/// GET `path` from the JSON API as the administrator.
+async fn api_json(b: &Berth, path: &str) -> Value {
+    b.client()
+        .get(format!("{}{path}", b.url()))
+        .send()
+        .await
+        .expect("api GET")
+        .json()
+        .await
+        .expect("api JSON")
 }
 
 /// Admin JSON API call; panics unless the status is `expect`.
@@ -130,6 +163,31 @@ async fn set_role(b: &Berth, project: &str, user: &str, role: &str) {
         200,
     )
     .await;
+}
+
+/// The private project `team` with these users (password [`PASSWORD`]) in these roles.
+async fn private_team(b: &Berth, members: &[(&str, &str)]) {
+    api(
+        b,
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        json!({"name": "team"}),
+        201,
+    )
+    .await;
+    for (user, role) in members {
+        add_user(b, user).await;
+        set_role(b, "team", user, role).await;
+    }
+}
+
+/// The `<tr>` of `html` that starts with `start`, up to its end.
+fn row<'a>(html: &'a str, start: &str) -> &'a str {
+    let from = html
+        .find(start)
+        .unwrap_or_else(|| panic!("no row {start} in:\n{html}"));
+    let rest = &html[from..];
+    &rest[..rest.find("</tr>").expect("a closed row")]
 }
 
 async fn push_blob(b: &Berth, repo: &str, bytes: &[u8]) -> String {
@@ -284,6 +342,8 @@ async fn client_supplied_values_are_escaped_and_pages_carry_security_headers() {
             || html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "label shown escaped:\n{html}"
     );
+    assert!(html.contains("<table id=\"labels\">"), "{html}");
+    assert!(html.contains("<table id=\"annotations\">"), "{html}");
     assert!(!html.contains("<script>alert(1)"), "{html}");
     assert!(!html.contains("<img src=x"), "{html}");
     assert!(!html.contains("<b>key</b>"), "{html}");
@@ -328,28 +388,29 @@ async fn client_supplied_values_are_escaped_and_pages_carry_security_headers() {
     // A project description with markup, given through the console form.
     let c = browser(&b);
     let csrf = sign_in(&b, &c, ADMIN_USER, ADMIN_PASSWORD).await;
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &format!("{}/projects", b.url()),
+        &csrf,
         &[
-            ("csrf", &csrf),
             ("name", "shown"),
             ("description", "<script>alert(3)</script>"),
         ],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, html) = text(&c, &format!("{}/projects/shown", b.url())).await;
     assert!(!html.contains("<script>alert(3)"), "{html}");
     assert!(html.contains("alert(3)"), "{html}");
     // An invalid name is refused with the rule, and the name shown as text.
-    let (status, html) = post_form(
+    let html = post_csrf(
         &c,
         &format!("{}/projects", b.url()),
-        &[("csrf", &csrf), ("name", "<b>Bad</b>")],
+        &csrf,
+        &[("name", "<b>Bad</b>")],
+        StatusCode::BAD_REQUEST,
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
     assert!(html.contains("id=\"error\""), "{html}");
     assert!(html.contains("lowercase letters, digits"), "{html}");
     assert!(!html.contains("<b>Bad</b>"), "{html}");
@@ -427,25 +488,19 @@ async fn state_changing_posts_need_the_csrf_token() {
 #[tokio::test]
 async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url() {
     let b = Berth::start();
-    api(
+    private_team(
         &b,
-        reqwest::Method::POST,
-        "/api/v1/projects",
-        json!({"name": "team"}),
-        201,
+        &[
+            ("gus", "guest"),
+            ("dev", "developer"),
+            ("mae", "maintainer"),
+        ],
     )
     .await;
-    for (user, role) in [
-        ("gus", "guest"),
-        ("dev", "developer"),
-        ("mae", "maintainer"),
-    ] {
-        add_user(&b, user).await;
-        set_role(&b, "team", user, role).await;
-    }
     push_image(&b, "team/app", "v1", json!({}), json!({})).await;
     push_image(&b, "team/app", "v2", json!({}), json!({})).await;
-    let repo_url = format!("{}/repositories/team/app", b.url());
+    let url = |p: &str| format!("{}{p}", b.url());
+    let repo_url = url("/repositories/team/app");
 
     for user in ["gus", "dev"] {
         let c = browser(&b);
@@ -455,13 +510,14 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
         assert!(html.contains("data-tag=\"v1\""), "{html}");
         assert!(!html.contains("delete-tag-button"), "{user} sees no delete");
         // Delete by URL anyway.
-        let (status, html) = post_form(
+        let html = post_csrf(
             &c,
             &format!("{repo_url}/-/delete-tag"),
-            &[("csrf", &csrf), ("tag", "v1")],
+            &csrf,
+            &[("tag", "v1")],
+            StatusCode::FORBIDDEN,
         )
         .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{user}: {html}");
         assert!(html.contains("may not delete team/app"), "{html}");
         assert!(
             html.contains("repository:team/app:delete"),
@@ -478,93 +534,55 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
                 .await
                 .unwrap(),
         );
-        let (status, _) = post_form(
-            &c,
-            &format!("{repo_url}/-/delete-manifest"),
-            &[("csrf", &csrf), ("digest", &digest)],
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert_eq!(manifest_status(&b, "team/app", "v1").await, StatusCode::OK);
-        // Members and robots: project admins only.
-        let (status, html) = post_form(
-            &c,
-            &format!("{}/projects/team/members", b.url()),
-            &[
-                ("csrf", &csrf),
-                ("username", user),
-                ("role", "project_admin"),
-            ],
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
-        assert!(html.contains("project_admin role"), "{html}");
-        let (status, _) = post_form(
-            &c,
-            &format!("{}/projects/team/robots", b.url()),
-            &[("csrf", &csrf), ("name", "sneaky"), ("permission", "push")],
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        let (status, _) = post_form(
-            &c,
-            &format!("{}/projects/team/members/remove", b.url()),
-            &[("csrf", &csrf), ("username", "mae")],
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        for (path, form) in [
+        // Every other maintainer, project-admin and system-admin action is refused too.
+        let refused: [(String, Vec<(&str, &str)>); 9] = [
             (
-                "/projects/team/settings",
-                vec![("csrf", csrf.as_str()), ("public", "true")],
+                format!("{repo_url}/-/delete-manifest"),
+                vec![("digest", &digest)],
             ),
-            ("/projects/team/delete", vec![("csrf", csrf.as_str())]),
-        ] {
-            let (status, html) = post_form(&c, &format!("{}{path}", b.url()), &form).await;
-            assert_eq!(status, StatusCode::FORBIDDEN, "{user} {path}: {html}");
+            (
+                url("/projects/team/members"),
+                vec![("username", user), ("role", "project_admin")],
+            ),
+            (
+                url("/projects/team/robots"),
+                vec![("name", "sneaky"), ("permission", "push")],
+            ),
+            (
+                url("/projects/team/members/remove"),
+                vec![("username", "mae")],
+            ),
+            (url("/projects/team/settings"), vec![("public", "true")]),
+            (url("/projects/team/delete"), vec![]),
+            (
+                url("/admin/users"),
+                vec![("username", "intruder"), ("admin", "true")],
+            ),
+            (
+                url("/admin/users/admin"),
+                vec![("username", user), ("admin", "true")],
+            ),
+            (
+                url("/admin/users/password"),
+                vec![("username", ADMIN_USER), ("password", "hijacked-pass-1")],
+            ),
+        ];
+        for (target, fields) in refused {
+            let html = post_csrf(&c, &target, &csrf, &fields, StatusCode::FORBIDDEN).await;
+            if target.ends_with("/members") {
+                assert!(html.contains("project_admin role"), "{html}");
+            }
         }
-        // Administration.
+        assert_eq!(manifest_status(&b, "team/app", "v1").await, StatusCode::OK);
+        // Administration pages.
         for page in ["/admin/users", "/admin/audit", "/admin/certificate"] {
-            let (status, html) = text(&c, &format!("{}{page}", b.url())).await;
+            let (status, html) = text(&c, &url(page)).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{page}: {html}");
             assert!(html.contains("only system administrators"), "{html}");
         }
-        let (status, _) = post_form(
-            &c,
-            &format!("{}/admin/users", b.url()),
-            &[("csrf", &csrf), ("username", "intruder"), ("admin", "true")],
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        let (status, _) = post_form(
-            &c,
-            &format!("{}/admin/users/admin", b.url()),
-            &[("csrf", &csrf), ("username", user), ("admin", "true")],
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        let (status, _) = post_form(
-            &c,
-            &format!("{}/admin/users/password", b.url()),
-            &[
-                ("csrf", &csrf),
-                ("username", ADMIN_USER),
-                ("password", "hijacked-pass-1"),
-            ],
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
     }
     // Nothing changed.
-    let members: Value = b
-        .client()
-        .get(format!("{}/api/v1/projects/team/members", b.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let members: Value = api_json(&b, "/api/v1/projects/team/members").await;
     let roles: Vec<(String, String)> = members
         .as_array()
         .unwrap()
@@ -585,35 +603,11 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
         roles.contains(&("mae".into(), "maintainer".into())),
         "{roles:?}"
     );
-    let users: Value = b
-        .client()
-        .get(format!("{}/api/v1/users", b.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let users: Value = api_json(&b, "/api/v1/users").await;
     assert!(!users.to_string().contains("intruder"));
-    let project: Value = b
-        .client()
-        .get(format!("{}/api/v1/projects/team", b.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let project: Value = api_json(&b, "/api/v1/projects/team").await;
     assert_eq!(project["public"], false, "{project}");
-    let robots: Value = b
-        .client()
-        .get(format!("{}/api/v1/projects/team/robots", b.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let robots: Value = api_json(&b, "/api/v1/projects/team/robots").await;
     assert_eq!(robots, json!([]));
     sign_in(&b, &browser(&b), ADMIN_USER, ADMIN_PASSWORD).await;
 
@@ -622,13 +616,14 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
     let csrf = sign_in(&b, &c, "mae", PASSWORD).await;
     let (_, html) = text(&c, &repo_url).await;
     assert!(html.contains("delete-tag-button"), "{html}");
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &format!("{repo_url}/-/delete-tag"),
-        &[("csrf", &csrf), ("tag", "v1")],
+        &csrf,
+        &[("tag", "v1")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(
         manifest_status(&b, "team/app", "v1").await,
         StatusCode::NOT_FOUND
@@ -638,15 +633,7 @@ async fn guests_and_developers_cannot_reach_maintainer_or_admin_actions_by_url()
     assert!(!html.contains("data-tag=\"v1\""), "{html}");
     assert!(html.contains("data-tag=\"v2\""), "{html}");
     // The registry's audit record, with the console user as actor.
-    let audit: Value = b
-        .client()
-        .get(format!("{}/api/v1/audit?action=delete", b.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = api_json(&b, "/api/v1/audit?action=delete").await;
     assert_eq!(audit[0]["actor"], "mae", "{audit}");
     assert_eq!(audit[0]["resource"], "team/app:v1", "{audit}");
 }
@@ -816,25 +803,18 @@ async fn session_cookies_end_on_sign_out_and_survive_a_restart() {
     let (_, html) = text(&replay, &format!("{}/projects", b.url())).await;
     assert!(!html.contains("whoami"), "{html}");
     assert!(html.contains("id=\"login-link\""), "{html}");
-    let (status, html) = post_form(
+    post_csrf(
         &replay,
         &format!("{}/projects", b.url()),
-        &[("csrf", &csrf), ("name", "after-logout")],
+        &csrf,
+        &[("name", "after-logout")],
+        StatusCode::FORBIDDEN,
     )
     .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
     let (status, _) = text(&replay, &format!("{}/admin/users", b.url())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Sign-in and sign-out are in the audit log.
-    let audit: Value = b
-        .client()
-        .get(format!("{}/api/v1/audit?actor=admin", b.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = api_json(&b, "/api/v1/audit?actor=admin").await;
     let actions: Vec<&str> = audit
         .as_array()
         .unwrap()
@@ -853,17 +833,7 @@ async fn sign_in_uses_the_registry_login_rate_limit() {
     let mut statuses = Vec::new();
     let mut last = String::new();
     for _ in 0..8 {
-        let (_, html) = text(&c, &format!("{}/login", b.url())).await;
-        let (status, html) = post_form(
-            &c,
-            &format!("{}/login", b.url()),
-            &[
-                ("csrf", &hidden(&html, "csrf")),
-                ("username", "victim"),
-                ("password", "wrong-password"),
-            ],
-        )
-        .await;
+        let (status, html) = try_login(&b, &c, "victim", "wrong-password").await;
         assert!(html.contains("id=\"error\""), "{html}");
         assert!(html.contains("id=\"login-form\""), "the form again: {html}");
         statuses.push(status);
@@ -879,41 +849,13 @@ async fn sign_in_uses_the_registry_login_rate_limit() {
         "{last}"
     );
     // Even the right password is refused while the account is blocked.
-    let (_, html) = text(&c, &format!("{}/login", b.url())).await;
-    let (status, _) = post_form(
-        &c,
-        &format!("{}/login", b.url()),
-        &[
-            ("csrf", &hidden(&html, "csrf")),
-            ("username", "victim"),
-            ("password", PASSWORD),
-        ],
-    )
-    .await;
+    let (status, _) = try_login(&b, &c, "victim", PASSWORD).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     // Failures are audited like registry logins.
-    let audit: Value = b
-        .client()
-        .get(format!("{}/api/v1/audit?action=login_failed", b.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = api_json(&b, "/api/v1/audit?action=login_failed").await;
     assert!(audit.as_array().unwrap().len() >= 5, "{audit}");
     // Robots cannot sign in to the console.
-    let (_, html) = text(&c, &format!("{}/login", b.url())).await;
-    let (status, html) = post_form(
-        &c,
-        &format!("{}/login", b.url()),
-        &[
-            ("csrf", &hidden(&html, "csrf")),
-            ("username", "robot$library+ci"),
-            ("password", "x"),
-        ],
-    )
-    .await;
+    let (status, html) = try_login(&b, &c, "robot$library+ci", "x").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(html.contains("robot account"), "{html}");
 }
@@ -936,22 +878,24 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
         assert!(html.contains(id), "{id}: {html}");
     }
     assert!(!html.contains("checked"), "Public is unchecked by default");
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &url("/projects"),
-        &[("csrf", &csrf), ("name", "ci"), ("public", "true")],
+        &csrf,
+        &[("name", "ci"), ("public", "true")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
 
     // Settings: visibility and description; deletion refused while repositories exist.
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &url("/projects/ci/settings"),
-        &[("csrf", &csrf), ("description", "CI images")],
+        &csrf,
+        &[("description", "CI images")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, html) = text(&c, &url("/projects/ci")).await;
     assert!(
         html.contains("badge-private"),
@@ -959,44 +903,48 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     );
     assert!(html.contains("CI images"), "{html}");
     assert!(html.contains("Settings of ci saved (private)."), "{html}");
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &url("/projects/ci/settings"),
-        &[
-            ("csrf", &csrf),
-            ("description", "CI images"),
-            ("public", "true"),
-        ],
+        &csrf,
+        &[("description", "CI images"), ("public", "true")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, html) = text(&browser(&b), &url("/projects")).await;
     assert!(html.contains("data-project=\"ci\""), "public again: {html}");
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &url("/projects"),
-        &[("csrf", &csrf), ("name", "doomed")],
+        &csrf,
+        &[("name", "doomed")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
-    let (status, _) = post_form(&c, &url("/projects/doomed/delete"), &[("csrf", &csrf)]).await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
+    post_csrf(
+        &c,
+        &url("/projects/doomed/delete"),
+        &csrf,
+        &[],
+        StatusCode::SEE_OTHER,
+    )
+    .await;
     let (status, _) = text(&c, &url("/projects/doomed")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A robot: secret shown once, usable with the registry, revocable.
-    let (status, html) = post_form(
+    let html = post_csrf(
         &c,
         &url("/projects/ci/robots"),
+        &csrf,
         &[
-            ("csrf", &csrf),
             ("name", "deploy"),
             ("permission", "push"),
             ("expires_days", "30"),
         ],
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{html}");
     assert!(
         html.contains("<code id=\"robot-login\">robot$ci+deploy</code>"),
         "{html}"
@@ -1025,13 +973,14 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     let (_, html) = text(&c, &url("/projects/ci")).await;
     assert!(html.contains("data-robot=\"robot$ci+deploy\""), "{html}");
     assert!(!html.contains(&secret), "the secret is never shown again");
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &url("/projects/ci/robots/revoke"),
-        &[("csrf", &csrf), ("robot", "robot$ci+deploy")],
+        &csrf,
+        &[("robot", "robot$ci+deploy")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = anon
         .get(url("/v2/"))
@@ -1042,13 +991,14 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "revoked");
 
     // Users: create with a generated password, make admin, reset, delete.
-    let (status, html) = post_form(
+    let html = post_csrf(
         &c,
         &url("/admin/users"),
-        &[("csrf", &csrf), ("username", "newbie"), ("password", "")],
+        &csrf,
+        &[("username", "newbie"), ("password", "")],
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{html}");
     let generated = html
         .split("<code id=\"user-password\">")
         .nth(1)
@@ -1059,63 +1009,60 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
         .to_string();
     let newbie = browser(&b);
     sign_in(&b, &newbie, "newbie", &generated).await;
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &url("/projects/ci/members"),
-        &[
-            ("csrf", &csrf),
-            ("username", "newbie"),
-            ("role", "developer"),
-        ],
+        &csrf,
+        &[("username", "newbie"), ("role", "developer")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, html) = text(&c, &url("/projects/ci")).await;
     assert!(html.contains("data-member=\"newbie\""), "{html}");
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &url("/admin/users/admin"),
-        &[("csrf", &csrf), ("username", "newbie"), ("admin", "true")],
+        &csrf,
+        &[("username", "newbie"), ("admin", "true")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, html) = text(&newbie, &url("/admin/users")).await;
     assert!(
         html.contains("data-user=\"newbie\""),
         "now an admin: {html}"
     );
     // A password reset ends the user's console sessions.
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &url("/admin/users/password"),
-        &[
-            ("csrf", &csrf),
-            ("username", "newbie"),
-            ("password", "another-password-2"),
-        ],
+        &csrf,
+        &[("username", "newbie"), ("password", "another-password-2")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, html) = text(&newbie, &url("/projects")).await;
     assert!(!html.contains("whoami"), "signed out by the reset: {html}");
-    let (status, _) = post_form(
+    post_csrf(
         &c,
         &url("/admin/users/delete"),
-        &[("csrf", &csrf), ("username", "newbie")],
+        &csrf,
+        &[("username", "newbie")],
+        StatusCode::SEE_OTHER,
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, html) = text(&c, &url("/admin/users")).await;
     assert!(!html.contains("data-user=\"newbie\""), "{html}");
     assert!(html.contains("User newbie deleted."), "{html}");
     // The last administrator cannot be removed.
-    let (status, html) = post_form(
+    let html = post_csrf(
         &c,
         &url("/admin/users/delete"),
-        &[("csrf", &csrf), ("username", ADMIN_USER)],
+        &csrf,
+        &[("username", ADMIN_USER)],
+        StatusCode::CONFLICT,
     )
     .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{html}");
     assert!(html.contains("last system administrator"), "{html}");
 
     // Audit log with filters.
@@ -1161,8 +1108,14 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     assert!(!html.contains("id=\"next-page\""));
     let (_, html) = text(&c, &url("/projects/ci")).await;
     assert!(html.contains("<td class=\"tag-count\">150</td>"), "{html}");
-    let (status, html) = post_form(&c, &url("/projects/ci/delete"), &[("csrf", &csrf)]).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{html}");
+    let html = post_csrf(
+        &c,
+        &url("/projects/ci/delete"),
+        &csrf,
+        &[],
+        StatusCode::CONFLICT,
+    )
+    .await;
     assert!(
         html.contains("ci/many"),
         "the error names a repository: {html}"
@@ -1171,4 +1124,154 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     let (status, html) = text(&c, &url("/repositories/ci/Bad_Name")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.contains("lowercase path components"), "{html}");
+}
+
+#[tokio::test]
+async fn long_project_lists_paginate() {
+    let b = Berth::start();
+    for i in 0..150 {
+        api(
+            &b,
+            reqwest::Method::POST,
+            "/api/v1/projects",
+            json!({"name": format!("p{i:03}"), "public": true}),
+            201,
+        )
+        .await;
+    }
+    let url = |p: &str| format!("{}{p}", b.url());
+    // Anonymous visitors and the administrator page alike.
+    let c = browser(&b);
+    let (status, html) = text(&c, &url("/projects")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(html.matches("<tr data-project=").count(), 100, "{html}");
+    // With the default project `library` first, 151 in all.
+    assert!(html.contains("data-project=\"library\""), "{html}");
+    assert!(html.contains("data-project=\"p098\""), "{html}");
+    assert!(!html.contains("data-project=\"p099\""), "{html}");
+    assert!(
+        html.contains("id=\"next-page\" href=\"/projects?page=2\""),
+        "{html}"
+    );
+    assert!(!html.contains("id=\"prev-page\""), "{html}");
+    let (status, html) = text(&c, &url("/projects?page=2")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(html.matches("<tr data-project=").count(), 51, "{html}");
+    assert!(html.contains("data-project=\"p099\""), "{html}");
+    assert!(html.contains("data-project=\"p149\""), "{html}");
+    assert!(
+        html.contains("id=\"prev-page\" href=\"/projects?page=1\""),
+        "{html}"
+    );
+    assert!(!html.contains("id=\"next-page\""), "{html}");
+    // A page past the end is empty, with the way back; a bad number is named.
+    let (_, html) = text(&c, &url("/projects?page=3")).await;
+    assert_eq!(html.matches("<tr data-project=").count(), 0, "{html}");
+    assert!(html.contains("id=\"prev-page\""), "{html}");
+    let (status, html) = text(&c, &url("/projects?page=0")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("pages count from 1"), "{html}");
+    // The users list: one page for a few users, the same links past it.
+    sign_in(&b, &c, ADMIN_USER, ADMIN_PASSWORD).await;
+    let (_, html) = text(&c, &url("/admin/users")).await;
+    assert!(
+        html.contains(&format!("data-user=\"{ADMIN_USER}\"")),
+        "{html}"
+    );
+    assert!(!html.contains("next-page"), "{html}");
+    let (status, html) = text(&c, &url("/admin/users?page=2")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(html.matches("<tr data-user=").count(), 0, "{html}");
+    assert!(
+        html.contains("id=\"prev-page\" href=\"/admin/users?page=1\""),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn untagged_manifests_are_listed_and_deletable_by_maintainers_only() {
+    let b = Berth::start();
+    private_team(&b, &[("gus", "guest"), ("mae", "maintainer")]).await;
+    push_image(&b, "team/app", "v1", json!({}), json!({})).await;
+    // An image pushed under a tag that is then deleted: untagged, still stored.
+    let old = push_image(&b, "team/app", "old", json!({}), json!({"build": "old"})).await;
+    let old_digest = digest_of(&old);
+    let r = b
+        .client()
+        .delete(format!("{}/v2/team/app/manifests/old", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert_eq!(
+        manifest_status(&b, "team/app", &old_digest).await,
+        StatusCode::OK
+    );
+    let repo_url = format!("{}/repositories/team/app", b.url());
+    let untagged_row = format!("<tr data-manifest=\"{old_digest}\">");
+
+    let guest = browser(&b);
+    let csrf = sign_in(&b, &guest, "gus", PASSWORD).await;
+    let (status, html) = text(&guest, &repo_url).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("<table id=\"manifests\">"), "{html}");
+    assert_eq!(html.matches("<tr data-manifest=").count(), 1, "{html}");
+    let listed = row(&html, &untagged_row);
+    assert!(
+        listed.contains("<td class=\"media-type\">application/vnd.oci.image.manifest.v1+json</td>"),
+        "{listed}"
+    );
+    // Size: the manifest, its config and its layer.
+    let parsed: Value = serde_json::from_slice(&old).unwrap();
+    let bytes = old.len() as u64
+        + parsed["config"]["size"].as_u64().unwrap()
+        + parsed["layers"][0]["size"].as_u64().unwrap();
+    assert!(
+        listed.contains(&format!("data-bytes=\"{bytes}\"")),
+        "{bytes}: {listed}"
+    );
+    assert!(listed.contains("<td class=\"pushed\">"), "{listed}");
+    assert!(!listed.contains("delete-manifest-button"), "{listed}");
+    post_csrf(
+        &guest,
+        &format!("{repo_url}/-/delete-manifest"),
+        &csrf,
+        &[("digest", &old_digest)],
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(
+        manifest_status(&b, "team/app", &old_digest).await,
+        StatusCode::OK
+    );
+
+    let maintainer = browser(&b);
+    let csrf = sign_in(&b, &maintainer, "mae", PASSWORD).await;
+    let (_, html) = text(&maintainer, &repo_url).await;
+    let listed = row(&html, &untagged_row);
+    assert!(listed.contains("delete-manifest-button"), "{listed}");
+    post_csrf(
+        &maintainer,
+        &format!("{repo_url}/-/delete-manifest"),
+        &csrf,
+        &[("digest", &old_digest)],
+        StatusCode::SEE_OTHER,
+    )
+    .await;
+    assert_eq!(
+        manifest_status(&b, "team/app", &old_digest).await,
+        StatusCode::NOT_FOUND
+    );
+    let (_, html) = text(&maintainer, &repo_url).await;
+    assert!(!html.contains("<tr data-manifest="), "{html}");
+    assert!(html.contains("No untagged manifests"), "{html}");
+    assert!(
+        html.contains("data-tag=\"v1\""),
+        "the tagged image stays: {html}"
+    );
 }

@@ -256,12 +256,17 @@ impl Browser {
         self.must("POST", "/url", Some(json!({ "url": url }))).await;
     }
 
-    pub async fn current_url(&self) -> String {
-        self.must("GET", "/url", None)
+    /// A GET whose answer is a string ("" if it is not one).
+    async fn must_string(&self, path: &str) -> String {
+        self.must("GET", path, None)
             .await
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    pub async fn current_url(&self) -> String {
+        self.must_string("/url").await
     }
 
     pub async fn refresh(&self) {
@@ -269,20 +274,12 @@ impl Browser {
     }
 
     pub async fn title(&self) -> String {
-        self.must("GET", "/title", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.must_string("/title").await
     }
 
     /// The page's HTML source.
     pub async fn source(&self) -> String {
-        self.must("GET", "/source", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.must_string("/source").await
     }
 
     /// The visible text of the whole page (`document.body.innerText`).
@@ -295,6 +292,11 @@ impl Browser {
         .as_str()
         .unwrap_or_default()
         .to_string()
+    }
+
+    /// Panic with `why` if an element matches `css` now (no waiting).
+    pub async fn assert_absent(&self, css: &str, why: &str) {
+        assert!(self.find_now(css).await.is_none(), "{why} ({css})");
     }
 
     /// The first element matching `css` right now, if any.
@@ -425,11 +427,7 @@ impl Browser {
     }
 
     pub async fn text(&self, e: &Element) -> String {
-        self.must("GET", &format!("/element/{}/text", e.id), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.must_string(&format!("/element/{}/text", e.id)).await
     }
 
     /// An HTML attribute (None if absent).

@@ -324,6 +324,10 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Every user, by name.
     async fn list_users(&self) -> StorageResult<Vec<User>>;
 
+    /// Users by name, skipping the first `offset`, at most `limit` (a page of the web
+    /// console's user list).
+    async fn users_page(&self, offset: u64, limit: u32) -> StorageResult<Vec<User>>;
+
     /// Replace the password hash; `NotFound` if the user does not exist. Refresh tokens
     /// stay (call [`AccountStore::delete_refresh_tokens_of`] to end sessions).
     async fn set_password(&self, name: &str, password_hash: &str) -> StorageResult<()>;

@@ -1090,6 +1090,15 @@ async fn account_users(store: &dyn AccountStore) {
         vec![admin.clone(), alice.clone(), bob.clone(), carol.clone()],
         "users by name"
     );
+    assert_eq!(
+        ok(store.users_page(0, 2).await, "first page"),
+        vec![admin.clone(), alice.clone()]
+    );
+    assert_eq!(
+        ok(store.users_page(2, 2).await, "second page"),
+        vec![bob.clone(), carol.clone()]
+    );
+    assert!(ok(store.users_page(4, 2).await, "past the end").is_empty());
 
     // Password hashes are stored verbatim.
     let hash = "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA";
@@ -1976,6 +1985,91 @@ pub async fn console_suite(store: &dyn MetadataStore) {
         )
         .is_empty()
     );
+
+    // Untagged: an image pushed by digest is listed; tagged manifests, an index's child
+    // and a referrer are not.
+    assert!(
+        ok(
+            store.untagged_manifests("shop/web", None, 10).await,
+            "none yet"
+        )
+        .is_empty(),
+        "v1's image is tagged, and a child of multi"
+    );
+    let mut loose = Vec::new();
+    for n in 0..3 {
+        let m = manifest(
+            "shop/web",
+            &format!(r#"{{"m":"loose {n}"}}"#),
+            None,
+            &[&config],
+            None,
+            None,
+        );
+        ok(store.put_manifest(m.clone()).await, "loose");
+        loose.push(m);
+    }
+    let referrer = manifest(
+        "shop/web",
+        r#"{"m":"signature"}"#,
+        None,
+        &[],
+        Some(&image.digest),
+        None,
+    );
+    ok(store.put_manifest(referrer).await, "referrer");
+    loose.sort_by_key(|m| m.digest.to_string());
+    let untagged = ok(
+        store.untagged_manifests("shop/web", None, 10).await,
+        "untagged",
+    );
+    assert_eq!(
+        untagged.iter().map(|u| &u.digest).collect::<Vec<_>>(),
+        loose.iter().map(|m| &m.digest).collect::<Vec<_>>()
+    );
+    assert_eq!(untagged[0].bytes, loose[0].content.len() as u64 + 100);
+    assert_eq!(untagged[0].media_type, loose[0].media_type);
+    assert!(untagged.iter().all(|u| u.pushed_at > 0));
+    let first = loose[0].digest.to_string();
+    let page = ok(
+        store.untagged_manifests("shop/web", Some(&first), 1).await,
+        "untagged page",
+    );
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].digest, loose[1].digest);
+    // Tagging one takes it off the list; deleting its tag puts it back.
+    ok(
+        store
+            .put_manifest(NewManifest {
+                tag: Some("loose".to_owned()),
+                ..loose[0].clone()
+            })
+            .await,
+        "tag loose",
+    );
+    assert_eq!(
+        ok(
+            store.untagged_manifests("shop/web", None, 10).await,
+            "tagged"
+        )
+        .len(),
+        2
+    );
+    ok(store.delete_tag("shop/web", "loose").await, "untag");
+    assert_eq!(
+        ok(
+            store.untagged_manifests("shop/web", None, 10).await,
+            "untagged"
+        )
+        .len(),
+        3
+    );
+    for m in &loose {
+        ok(
+            store.delete_manifest("shop/web", &m.digest).await,
+            "clean up",
+        );
+    }
 
     let found = ok(store.search_repositories("shop", None, 10).await, "search");
     assert_eq!(found, ["shop/api/v1", "shop/web", "shopping/x"]);

@@ -40,5 +40,5 @@ pub use blob::{BlobChunks, BlobReader, BlobStore, ByteStream, UploadId, UploadSt
 pub use error::{StorageError, StorageResult};
 pub use metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
-    UploadSession, Usage,
+    UntaggedManifest, UploadSession, Usage,
 };

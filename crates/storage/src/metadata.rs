@@ -86,6 +86,17 @@ pub struct TagDetail {
     pub bytes: u64,
 }
 
+/// A manifest no tag points at, as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UntaggedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    /// When the manifest was first pushed (seconds since the epoch).
+    pub pushed_at: i64,
+    /// Compressed size, counted as for [`TagDetail::bytes`].
+    pub bytes: u64,
+}
+
 /// Registry metadata. Every write that touches several rows is one transaction.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
@@ -191,6 +202,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> StorageResult<Vec<TagDetail>>;
+
+    /// Manifests of `repository` that no tag points at and that are neither a child of
+    /// an index nor a referrer (those are shown with their index or subject), in digest
+    /// order after `after` (exclusive), at most `limit`, with their compressed size.
+    async fn untagged_manifests(
+        &self,
+        repository: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<UntaggedManifest>>;
 
     /// Repository names containing `needle` (byte-wise, no wildcards), in lexical order
     /// after `after` (exclusive), at most `limit`.

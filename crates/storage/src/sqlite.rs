@@ -22,7 +22,7 @@ use sqlx::sqlite::{
 
 use crate::metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
-    UploadSession, Usage,
+    UntaggedManifest, UploadSession, Usage,
 };
 use crate::{StorageError, StorageResult};
 
@@ -94,6 +94,27 @@ CREATE TABLE IF NOT EXISTS uploads (
     started_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#;
+
+/// The compressed size of manifest `m` (an SQL expression): its bytes, the distinct blobs
+/// it and its children reference, and the children themselves; computed only for the rows
+/// of a page.
+macro_rules! manifest_bytes {
+    () => {
+        "m.size
+    + (SELECT COALESCE(SUM(b.size), 0) FROM blob_links b
+       WHERE b.repository = m.repository AND b.digest IN (
+           SELECT mb.blob FROM manifest_blobs mb
+           WHERE mb.repository = m.repository AND mb.manifest = m.digest
+           UNION
+           SELECT mb.blob FROM manifest_children c
+           JOIN manifest_blobs mb
+             ON mb.repository = c.repository AND mb.manifest = c.child
+           WHERE c.repository = m.repository AND c.manifest = m.digest))
+    + (SELECT COALESCE(SUM(cm.size), 0) FROM manifest_children c
+       JOIN manifests cm ON cm.repository = c.repository AND cm.digest = c.child
+       WHERE c.repository = m.repository AND c.manifest = m.digest)"
+    };
+}
 
 /// Registry metadata in SQLite.
 #[derive(Debug, Clone)]
@@ -664,28 +685,14 @@ impl MetadataStore for SqliteMetadata {
         after: Option<&str>,
         limit: u32,
     ) -> StorageResult<Vec<TagDetail>> {
-        // Size: the manifest, the distinct blobs it and its children reference, and the
-        // children themselves; computed only for the rows of this page.
-        let rows = sqlx::query_as::<_, (String, String, String, i64, i64)>(
-            "SELECT t.tag, t.digest, m.media_type, t.updated_at,
-                m.size
-                + (SELECT COALESCE(SUM(b.size), 0) FROM blob_links b
-                   WHERE b.repository = t.repository AND b.digest IN (
-                       SELECT mb.blob FROM manifest_blobs mb
-                       WHERE mb.repository = t.repository AND mb.manifest = t.digest
-                       UNION
-                       SELECT mb.blob FROM manifest_children c
-                       JOIN manifest_blobs mb
-                         ON mb.repository = c.repository AND mb.manifest = c.child
-                       WHERE c.repository = t.repository AND c.manifest = t.digest))
-                + (SELECT COALESCE(SUM(cm.size), 0) FROM manifest_children c
-                   JOIN manifests cm ON cm.repository = c.repository AND cm.digest = c.child
-                   WHERE c.repository = t.repository AND c.manifest = t.digest)
-             FROM tags t
+        let rows = sqlx::query_as::<_, (String, String, String, i64, i64)>(concat!(
+            "SELECT t.tag, t.digest, m.media_type, t.updated_at, ",
+            manifest_bytes!(),
+            " FROM tags t
              JOIN manifests m ON m.repository = t.repository AND m.digest = t.digest
              WHERE t.repository = ?1 AND t.tag > ?2
-             ORDER BY t.tag LIMIT ?3",
-        )
+             ORDER BY t.tag LIMIT ?3"
+        ))
         .bind(repository)
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
@@ -695,6 +702,40 @@ impl MetadataStore for SqliteMetadata {
             .map(|(tag, digest, media_type, pushed_at, bytes)| {
                 Ok(TagDetail {
                     tag,
+                    digest: parse_digest(&digest)?,
+                    media_type,
+                    pushed_at,
+                    bytes: to_u64(bytes)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn untagged_manifests(
+        &self,
+        repository: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<UntaggedManifest>> {
+        let rows = sqlx::query_as::<_, (String, String, i64, i64)>(concat!(
+            "SELECT m.digest, m.media_type, m.created_at, ",
+            manifest_bytes!(),
+            " FROM manifests m
+             WHERE m.repository = ?1 AND m.digest > ?2 AND m.subject IS NULL
+               AND NOT EXISTS (SELECT 1 FROM tags t
+                               WHERE t.repository = m.repository AND t.digest = m.digest)
+               AND NOT EXISTS (SELECT 1 FROM manifest_children c
+                               WHERE c.repository = m.repository AND c.child = m.digest)
+             ORDER BY m.digest LIMIT ?3"
+        ))
+        .bind(repository)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(digest, media_type, pushed_at, bytes)| {
+                Ok(UntaggedManifest {
                     digest: parse_digest(&digest)?,
                     media_type,
                     pushed_at,

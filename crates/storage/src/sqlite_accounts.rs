@@ -309,6 +309,18 @@ impl AccountStore for SqliteMetadata {
         Ok(rows.into_iter().map(user).collect())
     }
 
+    async fn users_page(&self, offset: u64, limit: u32) -> StorageResult<Vec<User>> {
+        let rows = sqlx::query_as::<_, UserRow>(
+            "SELECT name, password_hash, admin, created_at, disabled FROM users
+             ORDER BY name LIMIT ?1 OFFSET ?2",
+        )
+        .bind(i64::from(limit))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(user).collect())
+    }
+
     async fn set_password(&self, name: &str, password_hash: &str) -> StorageResult<()> {
         let updated = sqlx::query("UPDATE users SET password_hash = ?2 WHERE name = ?1")
             .bind(name)

@@ -11,7 +11,8 @@ use axum::response::Response;
 use berth_storage::AuditFilter;
 use serde::Deserialize;
 
-use super::view::time;
+use super::pages::PageQuery;
+use super::view::{LIST_PAGE, Pager, time};
 use super::{Form, Layout, PageError, PageResult, Viewer, render, respond};
 use crate::admin;
 use crate::state::{AppState, TlsInfo};
@@ -31,6 +32,24 @@ where
     respond(viewer, result)
 }
 
+/// Run a form handler whose success is a redirect with a flash message: `f` answers
+/// where to go and what to say.
+async fn redirect_after<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
+where
+    F: FnOnce(Form) -> Fut,
+    Fut: std::future::Future<Output = Result<(String, String), PageError>>,
+{
+    with_form(viewer, body, |form| async move {
+        let (to, flash) = f(form).await?;
+        Ok(viewer.redirect(&to, Some(&flash)))
+    })
+    .await
+}
+
+fn visibility(public: bool) -> &'static str {
+    if public { "public" } else { "private" }
+}
+
 fn project_url(name: &str) -> String {
     format!("/projects/{name}")
 }
@@ -42,7 +61,7 @@ pub(crate) async fn create_project(
     body: Body,
 ) -> Response {
     let (state, viewer) = (&state, &viewer);
-    with_form(viewer, body, |form| async move {
+    redirect_after(viewer, body, |form| async move {
         let name = form.get("name").trim();
         let public = form.checked("public");
         admin::create_project(
@@ -53,10 +72,10 @@ pub(crate) async fn create_project(
             form.get("description").trim(),
         )
         .await?;
-        let vis = if public { "public" } else { "private" };
-        Ok(viewer.redirect(
-            &project_url(name),
-            Some(&format!("Project {name} created ({vis}).")),
+        let vis = visibility(public);
+        Ok((
+            project_url(name),
+            format!("Project {name} created ({vis})."),
         ))
     })
     .await
@@ -70,7 +89,7 @@ pub(crate) async fn update_project(
     body: Body,
 ) -> Response {
     let (state, viewer) = (&state, &viewer);
-    with_form(viewer, body, |form| async move {
+    redirect_after(viewer, body, |form| async move {
         let public = form.checked("public");
         let description = form.get("description").trim().to_string();
         admin::update_project(
@@ -81,10 +100,10 @@ pub(crate) async fn update_project(
             Some(description),
         )
         .await?;
-        let vis = if public { "public" } else { "private" };
-        Ok(viewer.redirect(
-            &project_url(&project),
-            Some(&format!("Settings of {project} saved ({vis}).")),
+        let vis = visibility(public);
+        Ok((
+            project_url(&project),
+            format!("Settings of {project} saved ({vis})."),
         ))
     })
     .await
@@ -98,9 +117,12 @@ pub(crate) async fn delete_project(
     body: Body,
 ) -> Response {
     let (state, viewer) = (&state, &viewer);
-    with_form(viewer, body, |_form| async move {
+    redirect_after(viewer, body, |_form| async move {
         admin::delete_project(&state.auth, &viewer.caller, &project).await?;
-        Ok(viewer.redirect("/projects", Some(&format!("Project {project} deleted."))))
+        Ok((
+            "/projects".to_string(),
+            format!("Project {project} deleted."),
+        ))
     })
     .await
 }
@@ -113,13 +135,13 @@ pub(crate) async fn set_member(
     body: Body,
 ) -> Response {
     let (state, viewer) = (&state, &viewer);
-    with_form(viewer, body, |form| async move {
+    redirect_after(viewer, body, |form| async move {
         let user = form.get("username").trim();
         let role = admin::parse_role(form.get("role"))?;
         admin::set_member(&state.auth, &viewer.caller, &project, user, role).await?;
-        Ok(viewer.redirect(
-            &project_url(&project),
-            Some(&format!("{user} is now {} of {project}.", role.as_str())),
+        Ok((
+            project_url(&project),
+            format!("{user} is now {} of {project}.", role.as_str()),
         ))
     })
     .await
@@ -133,12 +155,12 @@ pub(crate) async fn remove_member(
     body: Body,
 ) -> Response {
     let (state, viewer) = (&state, &viewer);
-    with_form(viewer, body, |form| async move {
+    redirect_after(viewer, body, |form| async move {
         let user = form.get("username");
         admin::remove_member(&state.auth, &viewer.caller, &project, user).await?;
-        Ok(viewer.redirect(
-            &project_url(&project),
-            Some(&format!("{user} is no longer a member of {project}.")),
+        Ok((
+            project_url(&project),
+            format!("{user} is no longer a member of {project}."),
         ))
     })
     .await
@@ -225,12 +247,12 @@ pub(crate) async fn revoke_robot(
     body: Body,
 ) -> Response {
     let (state, viewer) = (&state, &viewer);
-    with_form(viewer, body, |form| async move {
+    redirect_after(viewer, body, |form| async move {
         let robot = form.get("robot");
         let info = admin::revoke_robot(&state.auth, &viewer.caller, Some(&project), robot).await?;
-        Ok(viewer.redirect(
-            &project_url(&project),
-            Some(&format!("Robot account {} revoked.", info.name)),
+        Ok((
+            project_url(&project),
+            format!("Robot account {} revoked.", info.name),
         ))
     })
     .await
@@ -253,15 +275,34 @@ struct UserRow {
 struct UsersPage {
     l: Layout,
     users: Vec<UserRow>,
+    pager: Pager,
 }
 
-/// `GET /admin/users` (system administrators).
-pub(crate) async fn users(State(state): State<AppState>, viewer: Viewer) -> Response {
+/// `GET /admin/users[?page=N]` (system administrators), a page at a time from the
+/// database.
+pub(crate) async fn users(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<PageQuery>,
+) -> Response {
     let result = async {
+        let page = q.number()?;
+        if !viewer.caller.principal.is_system_admin() {
+            // The refusal of admin::list_users, as for the JSON API.
+            admin::list_users(&state.auth, &viewer.caller).await?;
+        }
         let me = viewer.session.as_ref().map(|s| s.name.clone());
-        let users = admin::list_users(&state.auth, &viewer.caller)
-            .await?
+        let offset = (page as u64 - 1).saturating_mul(LIST_PAGE as u64);
+        let mut users = state
+            .auth
+            .accounts
+            .users_page(offset, LIST_PAGE as u32 + 1)
+            .await?;
+        let pager = Pager::new(page, users.len() > LIST_PAGE, "/admin/users?page=");
+        users.truncate(LIST_PAGE);
+        let users = users
             .into_iter()
+            .map(admin::UserInfo::from)
             .map(|u| UserRow {
                 me: me.as_deref() == Some(u.name.as_str()),
                 created: admin::format_time(u.created_at),
@@ -273,6 +314,7 @@ pub(crate) async fn users(State(state): State<AppState>, viewer: Viewer) -> Resp
         let page = UsersPage {
             l: viewer.layout("Users"),
             users,
+            pager,
         };
         Ok(render(StatusCode::OK, &page))
     }
@@ -368,7 +410,7 @@ pub(crate) async fn set_admin(
     body: Body,
 ) -> Response {
     let (state, viewer) = (&state, &viewer);
-    with_form(viewer, body, |form| async move {
+    redirect_after(viewer, body, |form| async move {
         let name = form.get("username");
         let grant = form.checked("admin");
         admin::set_admin(&state.auth, &viewer.caller, name, grant).await?;
@@ -377,7 +419,7 @@ pub(crate) async fn set_admin(
         } else {
             "is no longer a system administrator"
         };
-        Ok(viewer.redirect("/admin/users", Some(&format!("{name} {what}."))))
+        Ok(("/admin/users".to_string(), format!("{name} {what}.")))
     })
     .await
 }
@@ -389,10 +431,10 @@ pub(crate) async fn delete_user(
     body: Body,
 ) -> Response {
     let (state, viewer) = (&state, &viewer);
-    with_form(viewer, body, |form| async move {
+    redirect_after(viewer, body, |form| async move {
         let name = form.get("username");
         admin::delete_user(&state.auth, &viewer.caller, name).await?;
-        Ok(viewer.redirect("/admin/users", Some(&format!("User {name} deleted."))))
+        Ok(("/admin/users".to_string(), format!("User {name} deleted.")))
     })
     .await
 }

@@ -8,7 +8,7 @@ use berth_auth::Principal;
 use serde::Deserialize;
 
 use super::session::see_other;
-use super::view::{human_bytes, time};
+use super::view::{Pager, human_bytes, page_number, page_of, time};
 use super::{Layout, PageError, PageResult, Viewer, render, respond};
 use crate::admin;
 use crate::state::AppState;
@@ -40,13 +40,34 @@ struct ProjectRow {
 struct ProjectsPage {
     l: Layout,
     rows: Vec<ProjectRow>,
+    pager: Pager,
     can_create: bool,
 }
 
-/// `GET /projects`: what [`admin::list_projects`] lets the viewer see.
-pub(crate) async fn projects(State(state): State<AppState>, viewer: Viewer) -> Response {
+/// `?page=N` of a list (from 1).
+#[derive(Deserialize)]
+pub(crate) struct PageQuery {
+    #[serde(default)]
+    page: String,
+}
+
+impl PageQuery {
+    pub(crate) fn number(&self) -> Result<usize, PageError> {
+        page_number("page", &self.page)
+    }
+}
+
+/// `GET /projects[?page=N]`: what [`admin::list_projects`] lets the viewer see, a page
+/// at a time (usage is counted only for the rows shown).
+pub(crate) async fn projects(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<PageQuery>,
+) -> Response {
     let result = async {
+        let page = q.number()?;
         let list = admin::list_projects(&state.auth, &viewer.caller).await?;
+        let (list, pager) = page_of(list, page, "/projects?page=");
         let mut rows = Vec::with_capacity(list.len());
         for p in list {
             let usage = state.meta.project_usage(&p.name).await?;
@@ -62,6 +83,7 @@ pub(crate) async fn projects(State(state): State<AppState>, viewer: Viewer) -> R
         let page = ProjectsPage {
             l: viewer.layout("Projects"),
             rows,
+            pager,
             can_create: matches!(viewer.caller.principal, Principal::User { .. }),
         };
         Ok(render(StatusCode::OK, &page))
@@ -106,15 +128,22 @@ struct ProjectPage {
     next_after: Option<String>,
     show_members: bool,
     members: Vec<MemberRow>,
+    members_pager: Pager,
     manage: bool,
     robots: Vec<RobotRow>,
+    robots_pager: Pager,
     roles: [&'static str; 4],
 }
 
 #[derive(Deserialize)]
-pub(crate) struct AfterQuery {
+pub(crate) struct ProjectQuery {
+    /// Repositories after this name.
     #[serde(default)]
     after: String,
+    #[serde(default)]
+    members_page: String,
+    #[serde(default)]
+    robots_page: String,
 }
 
 /// `GET /projects/NAME`: 404 for a project the viewer may not see (as for a missing one).
@@ -122,14 +151,22 @@ pub(crate) async fn project(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(name): Path<String>,
-    Query(q): Query<AfterQuery>,
+    Query(q): Query<ProjectQuery>,
 ) -> Response {
-    let result = project_page(&state, &viewer, &name, &q.after).await;
+    let result = project_page(&state, &viewer, &name, &q).await;
     respond(&viewer, result)
 }
 
-async fn project_page(state: &AppState, viewer: &Viewer, name: &str, after: &str) -> PageResult {
+async fn project_page(
+    state: &AppState,
+    viewer: &Viewer,
+    name: &str,
+    q: &ProjectQuery,
+) -> PageResult {
     let auth = &state.auth;
+    let members_page = page_number("members_page", &q.members_page)?;
+    let robots_page = page_number("robots_page", &q.robots_page)?;
+    let after = q.after.as_str();
     let info = admin::get_project(auth, &viewer.caller, name).await?;
     let usage = state.meta.project_usage(name).await?;
     let after = (!after.is_empty()).then_some(after);
@@ -157,8 +194,17 @@ async fn project_page(state: &AppState, viewer: &Viewer, name: &str, after: &str
     let robots = admin::list_robots(auth, &viewer.caller, name).await;
     let manage = robots.is_ok();
     let show_members = members.is_ok();
+    let (members, members_pager) = page_of(
+        members.unwrap_or_default(),
+        members_page,
+        format!("/projects/{name}?members_page="),
+    );
+    let (robots, robots_pager) = page_of(
+        robots.unwrap_or_default(),
+        robots_page,
+        format!("/projects/{name}?robots_page="),
+    );
     let members = members
-        .unwrap_or_default()
         .into_iter()
         .map(|m| MemberRow {
             user: m.user,
@@ -166,7 +212,6 @@ async fn project_page(state: &AppState, viewer: &Viewer, name: &str, after: &str
         })
         .collect();
     let robots = robots
-        .unwrap_or_default()
         .into_iter()
         .map(|r| RobotRow {
             permission: if r.push { "pull, push" } else { "pull" },
@@ -197,8 +242,10 @@ async fn project_page(state: &AppState, viewer: &Viewer, name: &str, after: &str
         next_after,
         show_members,
         members,
+        members_pager,
         manage,
         robots,
+        robots_pager,
         roles: ["guest", "developer", "maintainer", "project_admin"],
     };
     Ok(render(StatusCode::OK, &page))

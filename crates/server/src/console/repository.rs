@@ -29,6 +29,8 @@ use crate::state::AppState;
 
 /// Tags per page of a repository.
 pub(crate) const TAGS_PER_PAGE: u32 = 100;
+/// Untagged manifests listed per page of a repository.
+const UNTAGGED_PER_PAGE: u32 = 100;
 /// Largest image config read for display.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Parsed configs remembered (they are content-addressed: never stale).
@@ -91,6 +93,14 @@ struct Details {
     note: String,
 }
 
+struct UntaggedRow {
+    digest: String,
+    media_type: String,
+    bytes: u64,
+    size: String,
+    pushed: String,
+}
+
 #[derive(Template)]
 #[template(path = "repository.html")]
 struct RepositoryPage {
@@ -103,6 +113,8 @@ struct RepositoryPage {
     rows: Vec<TagRow>,
     next_after: Option<String>,
     page_after: String,
+    untagged: Vec<UntaggedRow>,
+    untagged_next: Option<String>,
     details: Option<Details>,
     pull_docker: String,
     pull_podman: String,
@@ -116,9 +128,12 @@ pub(crate) struct RepoQuery {
     after: String,
     #[serde(default)]
     tag: String,
+    /// Page of the untagged manifests: digests after this one.
+    #[serde(default)]
+    manifests_after: String,
 }
 
-/// `GET /repositories/NAME[?after=TAG][&tag=TAG]`
+/// `GET /repositories/NAME[?after=TAG][&tag=TAG][&manifests_after=DIGEST]`
 pub(crate) async fn page(
     State(state): State<AppState>,
     viewer: Viewer,
@@ -148,6 +163,28 @@ async fn repository_page(
         tags.truncate(TAGS_PER_PAGE as usize);
         tags.last().map(|t| t.tag.clone()).unwrap_or_default()
     });
+
+    let manifests_after = (!q.manifests_after.is_empty()).then_some(q.manifests_after.as_str());
+    let mut untagged = meta
+        .untagged_manifests(name, manifests_after, UNTAGGED_PER_PAGE + 1)
+        .await?;
+    let untagged_next = (untagged.len() > UNTAGGED_PER_PAGE as usize).then(|| {
+        untagged.truncate(UNTAGGED_PER_PAGE as usize);
+        untagged
+            .last()
+            .map(|m| m.digest.to_string())
+            .unwrap_or_default()
+    });
+    let untagged = untagged
+        .into_iter()
+        .map(|m| UntaggedRow {
+            digest: m.digest.to_string(),
+            media_type: m.media_type,
+            bytes: m.bytes,
+            size: human_bytes(m.bytes),
+            pushed: time(Some(m.pushed_at)),
+        })
+        .collect();
 
     // Each distinct manifest of the page once: its bytes, its referrers, its config.
     let mut manifests: HashMap<Digest, (String, Vec<u8>)> = HashMap::new();
@@ -218,6 +255,8 @@ async fn repository_page(
         rows,
         next_after,
         page_after: q.after.clone(),
+        untagged,
+        untagged_next,
         pull_docker: format!("docker pull {reference}"),
         pull_podman: format!("podman pull {reference}"),
         pull_berth: format!("berth fetch {reference} --rootfs ./rootfs"),

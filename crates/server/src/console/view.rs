@@ -21,6 +21,50 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Rows per page of the console's lists (projects, users, members, robot accounts).
+pub(crate) const LIST_PAGE: usize = 100;
+
+/// Where a page of a list stands: its neighbours, if any, and the link to a page
+/// without its number (`/projects?page=`).
+pub(crate) struct Pager {
+    pub(crate) prev: Option<usize>,
+    pub(crate) next: Option<usize>,
+    pub(crate) href: String,
+}
+
+impl Pager {
+    /// Page `page` (from 1) of a list, knowing whether rows follow it.
+    pub(crate) fn new(page: usize, more: bool, href: impl Into<String>) -> Pager {
+        Pager {
+            prev: (page > 1).then(|| page - 1),
+            next: more.then_some(page + 1),
+            href: href.into(),
+        }
+    }
+}
+
+/// The page number of a `?page=` value: 1 when empty; an error names a bad one.
+pub(crate) fn page_number(field: &str, value: &str) -> Result<usize, super::PageError> {
+    match value.trim() {
+        "" => Ok(1),
+        v => v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            super::PageError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("{field}={v:?} is not a page number; pages count from 1"),
+            )
+        }),
+    }
+}
+
+/// Page `page` (from 1) of `items`, [`LIST_PAGE`] rows, for lists the console receives
+/// whole from an [`crate::admin`] call (the registry's own authorization).
+pub(crate) fn page_of<T>(items: Vec<T>, page: usize, href: impl Into<String>) -> (Vec<T>, Pager) {
+    let start = (page - 1).saturating_mul(LIST_PAGE);
+    let more = items.len() > start.saturating_add(LIST_PAGE);
+    let rows = items.into_iter().skip(start).take(LIST_PAGE).collect();
+    (rows, Pager::new(page, more, href))
+}
+
 /// RFC 3339 UTC, or "—" for none.
 pub(crate) fn time(secs: Option<i64>) -> String {
     secs.map_or_else(|| "—".to_string(), crate::admin::format_time)
@@ -137,6 +181,28 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(300 << 20), "300 MiB");
         assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+
+    #[test]
+    fn pages_of_a_whole_list() {
+        let items: Vec<usize> = (0..250).collect();
+        let (rows, pager) = page_of(items.clone(), 1, "/x?page=");
+        assert_eq!(rows, (0..100).collect::<Vec<_>>());
+        assert_eq!((pager.prev, pager.next), (None, Some(2)));
+        let (rows, pager) = page_of(items.clone(), 3, "/x?page=");
+        assert_eq!(rows, (200..250).collect::<Vec<_>>());
+        assert_eq!((pager.prev, pager.next), (Some(2), None));
+        assert_eq!(pager.href, "/x?page=");
+        let (rows, pager) = page_of(items, 4, "/x?page=");
+        assert!(rows.is_empty());
+        assert_eq!((pager.prev, pager.next), (Some(3), None));
+        let (rows, pager) = page_of((0..100).collect::<Vec<usize>>(), 1, "");
+        assert_eq!(rows.len(), 100);
+        assert_eq!(pager.next, None, "exactly one full page has no next");
+        assert_eq!(page_number("page", "").ok(), Some(1));
+        assert_eq!(page_number("page", " 7 ").ok(), Some(7));
+        assert!(page_number("page", "0").is_err());
+        assert!(page_number("page", "x").is_err());
     }
 
     #[test]
