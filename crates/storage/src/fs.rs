@@ -117,7 +117,8 @@ impl FsBlobStore {
         &self.root
     }
 
-    /// Open a committed blob and resolve `range`: `(file, start, len, total)`.
+    /// Open a committed blob and resolve `range`: `(file, start, len, total)`, the file
+    /// positioned at `start`.
     async fn open_range(
         &self,
         digest: &Digest,
@@ -126,7 +127,7 @@ impl FsBlobStore {
         let path = self.blob_path(digest);
         let unknown = digest.clone();
         blocking(move || {
-            let file = match std::fs::File::open(&path) {
+            let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(StorageError::BlobUnknown(unknown));
@@ -145,6 +146,9 @@ impl FsBlobStore {
                     (start, end - start + 1)
                 }
             };
+            if start > 0 {
+                file.seek(SeekFrom::Start(start))?;
+            }
             Ok((file, start, len, total))
         })
         .await
@@ -270,15 +274,7 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn open(&self, digest: &Digest, range: Option<(u64, u64)>) -> StorageResult<BlobReader> {
-        let (file, start, len, total) = self.open_range(digest, range).await?;
-        let mut file = file;
-        if start > 0 {
-            file = blocking(move || {
-                file.seek(SeekFrom::Start(start))?;
-                Ok(file)
-            })
-            .await?;
-        }
+        let (file, _start, len, total) = self.open_range(digest, range).await?;
         let reader = tokio::fs::File::from_std(file).take(len);
         Ok(BlobReader {
             reader: Box::pin(reader),
