@@ -83,6 +83,10 @@ struct ServeArgs {
     /// Create a missing project (private) on first push instead of refusing the push.
     #[arg(long, env = "BERTH_AUTO_CREATE_PROJECTS")]
     auto_create_projects: bool,
+    /// PostgreSQL URL for metadata and accounts (postgres://USER:PASSWORD@HOST:PORT/DB);
+    /// default: SQLite in the data directory. Required to run several replicas.
+    #[arg(long, env = "BERTH_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// File holding the password of the `admin` account created on first start
     /// (or set BERTH_ADMIN_PASSWORD); generated and printed once otherwise.
     #[arg(long)]
@@ -193,6 +197,9 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading --admin-password-file {}", path.display()))?;
         config.auth.admin_password = Some(text.trim_end_matches(['\r', '\n']).to_string());
+    }
+    if args.database_url.is_some() {
+        config.database.url = args.database_url;
     }
     config.tls.hosts.extend(args.hosts);
     config.tls.ips.extend(args.ips);

@@ -36,6 +36,10 @@ pub struct Common {
     /// The server's data directory.
     #[arg(long, env = "BERTH_DATA", default_value = "berth-data", global = true)]
     pub data: PathBuf,
+    /// PostgreSQL URL of a scaled-out deployment (as `berth serve --database-url`);
+    /// default: the SQLite database in the data directory.
+    #[arg(long, env = "BERTH_DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
     /// Tables for humans, JSON for scripts.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -210,7 +214,11 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
 /// Open the data directory; a fresh one gets the first-start setup, whose generated
 /// administrator password is shown once (on stderr, so stdout stays parseable).
 async fn open(common: &Common) -> anyhow::Result<(Auth, Caller)> {
-    let (auth, generated) = berth_server::serve::open_accounts(&common.data)
+    let database = berth_server::config::DatabaseConfig {
+        url: common.database_url.clone(),
+        ..Default::default()
+    };
+    let (auth, generated) = berth_server::serve::open_accounts_with(&common.data, &database)
         .await
         .with_context(|| format!("opening the data directory {}", common.data.display()))?;
     if let Some(password) = generated {

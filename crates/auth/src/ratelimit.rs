@@ -308,6 +308,11 @@ impl LoginLimiter {
         self.lock().remove(&key);
     }
 
+    /// The limits this limiter applies (a limiter shared by replicas applies the same).
+    pub fn config(&self) -> &LimiterConfig {
+        &self.config
+    }
+
     /// Counters currently held.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -341,7 +346,9 @@ impl LoginLimiter {
 }
 
 /// Count IPv6 clients per /64 and IPv4-mapped addresses as IPv4.
-fn normalize(addr: IpAddr) -> IpAddr {
+/// The address a failure is counted against: IPv4 as is (also when IPv4-mapped), IPv6 by
+/// its /64 prefix (one host usually holds a whole /64).
+pub fn normalize(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

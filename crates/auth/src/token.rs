@@ -246,6 +246,12 @@ impl SigningKey {
     pub fn public_key_pem(&self) -> &str {
         &self.public_key_pem
     }
+
+    /// The private key as PKCS#8 PEM, to share it with other replicas through their
+    /// common database ([`SigningKey::from_pem`] reads it back). Never log it.
+    pub fn private_key_pem(&self) -> &str {
+        &self.private_key_pem
+    }
 }
 
 /// Settings of the token service.

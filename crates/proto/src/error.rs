@@ -26,6 +26,7 @@ pub enum ErrorCode {
     RangeInvalid,
     PaginationNumberInvalid,
     TagInvalid,
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -48,6 +49,7 @@ impl ErrorCode {
         ErrorCode::RangeInvalid,
         ErrorCode::PaginationNumberInvalid,
         ErrorCode::TagInvalid,
+        ErrorCode::Unavailable,
     ];
 
     /// The wire code, e.g. `BLOB_UNKNOWN`.
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::TagInvalid => "TAG_INVALID",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -94,6 +97,8 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => 416,
             ErrorCode::PaginationNumberInvalid => 400,
             ErrorCode::TagInvalid => 400,
+            // A dependency (database, object store) cannot be reached right now.
+            ErrorCode::Unavailable => 503,
         }
     }
 
@@ -119,6 +124,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => "invalid content range",
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::TagInvalid => "manifest tag did not match URI",
+            ErrorCode::Unavailable => "service unavailable",
         }
     }
 }
@@ -170,6 +176,7 @@ mod tests {
                 400,
             ),
             (ErrorCode::TagInvalid, "TAG_INVALID", 400),
+            (ErrorCode::Unavailable, "UNAVAILABLE", 503),
         ];
         assert_eq!(ErrorCode::ALL.len(), want.len());
         for (i, &(code, s, status)) in want.iter().enumerate() {

@@ -577,6 +577,7 @@ mod tests {
             limits: Default::default(),
             auto_create_projects: false,
             tls: Default::default(),
+            ops: Default::default(),
         };
         (state, dir)
     }

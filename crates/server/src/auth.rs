@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, HeaderValue, header};
 use berth_auth::{
     Action, Actions, BearerChallenge, ChallengeError, Credentials, LoginLimiter, MemoryLookup,
-    Principal, ResourceType, Role, Scope, TokenService, VerifiedToken, Visibility,
+    Principal, ResourceType, Role, Scope, Throttled, ThrottledBy, TokenService, VerifiedToken,
+    Visibility,
     parse_authorization, project_of, verify_login,
 };
 use berth_proto::error::ErrorCode;
@@ -78,12 +79,31 @@ pub struct Auth {
     roles: TtlCache<(String, String), Option<Role>>,
     subjects: TtlCache<String, Principal>,
     verified: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
+    /// Failed-login counters shared with the other replicas (PostgreSQL); when set, they
+    /// replace `limiter`'s in-memory ones (same limits).
+    shared_limits: Option<berth_storage::postgres::PgMetadata>,
 }
 
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The shared limiter's keys: the account by a hash of its name, the address as the
+/// in-memory limiter normalizes it.
+fn limit_keys(account: &str, addr: IpAddr) -> (String, String) {
+    let hash = sha2::Sha256::digest(account.as_bytes());
+    (
+        format!("account:{}", hex::encode(hash)),
+        format!("address:{}", berth_auth::ratelimit::normalize(addr)),
+    )
 }
 
 fn key_of(parts: &[&str]) -> [u8; 32] {
@@ -124,6 +144,76 @@ impl Auth {
             roles: TtlCache::new(VISIBILITY_TTL),
             subjects: TtlCache::new(VISIBILITY_TTL),
             verified: Mutex::new(HashMap::new()),
+            shared_limits: None,
+        }
+    }
+
+    /// Count failed logins in PostgreSQL, shared by every replica using `pg`, so that N
+    /// replicas do not allow N times the attempts.
+    pub fn with_shared_login_limits(mut self, pg: berth_storage::postgres::PgMetadata) -> Auth {
+        self.shared_limits = Some(pg);
+        self
+    }
+
+    /// Whether `account` or `addr` is currently blocked.
+    async fn limit_check(&self, account: &str, addr: IpAddr) -> ApiResult<Result<(), Throttled>> {
+        let Some(pg) = &self.shared_limits else {
+            return Ok(self.limiter.check(account, addr));
+        };
+        let (account_key, address_key) = limit_keys(account, addr);
+        let now = now_millis();
+        let blocked = pg
+            .login_blocked(&[account_key.clone(), address_key], now)
+            .await?;
+        Ok(match blocked {
+            None => Ok(()),
+            Some((key, until)) => Err(Throttled {
+                by: if key == account_key {
+                    ThrottledBy::Account
+                } else {
+                    ThrottledBy::Address
+                },
+                retry_after: Duration::from_millis(u64::try_from(until - now).unwrap_or(0)),
+            }),
+        })
+    }
+
+    async fn limit_failure(&self, account: &str, addr: IpAddr) {
+        let Some(pg) = &self.shared_limits else {
+            self.limiter.record_failure(account, addr);
+            return;
+        };
+        let config = *self.limiter.config();
+        let forget = i64::try_from(config.forget_after.as_millis()).unwrap_or(i64::MAX);
+        let (account_key, address_key) = limit_keys(account, addr);
+        let now = now_millis();
+        for (key, backoff) in [(account_key, config.account), (address_key, config.address)] {
+            let counted = match pg.login_failure(&key, now, forget).await {
+                Ok(failures) => {
+                    let delay = backoff.delay(failures);
+                    if delay.is_zero() {
+                        Ok(())
+                    } else {
+                        let until = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                        pg.login_block(&key, until).await
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = counted {
+                tracing::warn!(error = %e, "could not count a failed login in the database");
+            }
+        }
+    }
+
+    async fn limit_success(&self, account: &str, addr: IpAddr) {
+        let Some(pg) = &self.shared_limits else {
+            self.limiter.record_success(account, addr);
+            return;
+        };
+        let (account_key, _) = limit_keys(account, addr);
+        if let Err(e) = pg.login_success(&account_key).await {
+            tracing::warn!(error = %e, "could not clear failed logins in the database");
         }
     }
 
@@ -273,7 +363,7 @@ impl Auth {
         if let Some(p) = self.logins.get(&cache_key) {
             return Ok(p);
         }
-        if let Err(t) = self.limiter.check(username, addr) {
+        if let Err(t) = self.limit_check(username, addr).await? {
             return Err(
                 ApiError::new(ErrorCode::TooManyRequests, t.to_string()).with_header(
                     header::RETRY_AFTER,
@@ -283,7 +373,7 @@ impl Auth {
         }
         let principal = self.check_password(username, password).await?;
         let Some(principal) = principal else {
-            self.limiter.record_failure(username, addr);
+            self.limit_failure(username, addr).await;
             self.audit(username, "login_failed", username, addr, "")
                 .await;
             return Err(ApiError::new(
@@ -293,7 +383,7 @@ impl Auth {
                 ),
             ));
         };
-        self.limiter.record_success(username, addr);
+        self.limit_success(username, addr).await;
         self.logins.put(cache_key, principal.clone());
         Ok(principal)
     }

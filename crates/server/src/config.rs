@@ -20,6 +20,70 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Authentication and access control.
     pub auth: AuthConfig,
+    /// Where metadata and accounts live (default: SQLite in the data directory).
+    pub database: DatabaseConfig,
+    /// The Prometheus `/metrics` endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[database]`: the metadata and account store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` to keep metadata, accounts, the token
+    /// signing key and login limits in PostgreSQL (required for several replicas); absent:
+    /// SQLite at `DATA/metadata.db`. Also `BERTH_DATABASE_URL`.
+    pub url: Option<String>,
+    /// Most PostgreSQL connections this replica opens.
+    pub max_connections: u32,
+    /// Seconds a request waits for a database connection before failing with 503.
+    pub acquire_timeout_secs: u64,
+    /// Longest a single SQL statement may run, in seconds.
+    pub statement_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: 16,
+            acquire_timeout_secs: 5,
+            statement_timeout_secs: 30,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The PostgreSQL options, when a URL is configured.
+    pub fn postgres(&self) -> Option<berth_storage::postgres::PgOptions> {
+        let url = self.url.as_ref().filter(|u| !u.is_empty())?;
+        let mut options = berth_storage::postgres::PgOptions::new(url.clone());
+        options.max_connections = self.max_connections.max(1);
+        options.acquire_timeout = std::time::Duration::from_secs(self.acquire_timeout_secs.max(1));
+        options.statement_timeout =
+            std::time::Duration::from_secs(self.statement_timeout_secs.max(1));
+        Some(options)
+    }
+}
+
+/// `[metrics]`: Prometheus text format at `/metrics` on the main port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>` (otherwise it is open:
+    /// it carries counts and timings by route class only, never names).
+    pub bearer_token: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bearer_token: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +166,8 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             limits: Limits::default(),
             auth: AuthConfig::default(),
+            database: DatabaseConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -136,6 +202,20 @@ mod tests {
             }
         }
         assert!(seen > 0, "no example configs found in {dir}");
+    }
+
+    #[test]
+    fn database_section() {
+        let c = ServerConfig::from_toml(
+            "[database]\nurl = \"postgres://berth@db/berth\"\nmax_connections = 4\nacquire_timeout_secs = 2\n",
+        )
+        .unwrap();
+        let pg = c.database.postgres().expect("postgres");
+        assert_eq!(pg.url, "postgres://berth@db/berth");
+        assert_eq!(pg.max_connections, 4);
+        assert_eq!(pg.acquire_timeout, std::time::Duration::from_secs(2));
+        assert!(ServerConfig::default().database.postgres().is_none());
+        assert!(ServerConfig::default().metrics.enabled);
     }
 
     #[test]

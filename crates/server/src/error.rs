@@ -53,6 +53,12 @@ impl ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         let detail = e.to_string();
+        match &e {
+            StorageError::Io(_) => crate::ops::storage_error("io"),
+            StorageError::Database(_) => crate::ops::storage_error("database"),
+            StorageError::Unavailable(_) => crate::ops::storage_error("unavailable"),
+            _ => {}
+        }
         match e {
             StorageError::BlobUnknown(_) => ApiError::new(ErrorCode::BlobUnknown, detail),
             StorageError::UploadUnknown(_) => ApiError::new(ErrorCode::BlobUploadUnknown, detail),
@@ -74,6 +80,8 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, detail),
             StorageError::Io(_) | StorageError::Database(_) => ApiError::internal(detail),
+            StorageError::Unavailable(_) => ApiError::new(ErrorCode::Unavailable, detail)
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
         }
     }
 }

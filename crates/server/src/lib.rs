@@ -11,6 +11,7 @@
 //! - [`console`]: the web console (server-rendered HTML at `/`) over the same [`admin`]
 //!   operations and [`auth`] checks, with its own sessions and CSRF tokens.
 //! - [`auth`]: who the caller is and whether they may; [`token`] issues Docker tokens.
+//! - [`ops`]: `/readyz`, `/metrics` and the request-counting middleware.
 //! - storage: [`berth_storage::BlobStore`] and [`berth_storage::MetadataStore`] in
 //!   [`state::AppState`].
 //!
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod ops;
 pub mod routes;
 pub mod serve;
 pub mod state;

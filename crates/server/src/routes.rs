@@ -55,6 +55,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/", any(v2_dispatch))
         .route("/v2/{*rest}", any(v2_dispatch))
         .route("/healthz", get(health))
+        .route("/readyz", get(crate::ops::readyz))
+        .route("/metrics", get(crate::ops::metrics_text))
         .route(
             "/service/token",
             get(token::get_token).post(token::post_token),
@@ -63,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::console::router())
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(log_and_tag))
+        .layer(middleware::from_fn(crate::ops::observe))
         .with_state(state)
 }
 
@@ -86,18 +89,11 @@ async fn log_and_tag(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn health(State(state): State<AppState>) -> Response {
-    match state.meta.list_repositories(None, 1).await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "health check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "metadata database unavailable\n",
-            )
-                .into_response()
-        }
-    }
+/// Liveness: the process answers HTTP. It does not look at dependencies, so that an
+/// outage of the shared database does not make an orchestrator restart every replica;
+/// `/readyz` ([`crate::ops::readyz`]) is the check that follows the dependencies.
+async fn health() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
 }
 
 async fn v2_dispatch(

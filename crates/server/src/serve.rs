@@ -10,12 +10,14 @@ use std::time::Duration;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use berth_storage::fs::FsBlobStore;
+use berth_storage::postgres::PgMetadata;
 use berth_storage::sqlite::SqliteMetadata;
+use berth_storage::{AccountStore, MetadataStore};
 
 use berth_auth::{SigningKey, TokenConfig, TokenService};
 
 use crate::auth::Auth;
-use crate::config::ServerConfig;
+use crate::config::{DatabaseConfig, ServerConfig};
 use crate::state::{AppState, TlsInfo};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -33,6 +35,11 @@ pub enum ServeError {
     #[error("cannot open storage in {path}: {source}")]
     Storage {
         path: String,
+        source: berth_storage::StorageError,
+    },
+    #[error("cannot open the metadata database {url}: {source}")]
+    Database {
+        url: String,
         source: berth_storage::StorageError,
     },
     #[error("authentication setup failed: {0}")]
@@ -63,9 +70,7 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
     let blobs = FsBlobStore::open(config.data.clone())
         .await
         .map_err(storage_err)?;
-    let meta = SqliteMetadata::open(&config.data.join("metadata.db"))
-        .await
-        .map_err(storage_err)?;
+    let stores = open_metadata(&config.data, &config.database).await?;
     let blobs = Arc::new(blobs);
     let ttl = Duration::from_secs(config.limits.upload_ttl_hours * 3600);
     let purger = blobs.clone();
@@ -76,8 +81,6 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
             Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),
         }
     });
-    let key_path = config.data.join("token-signing-key.pem");
-    let key = SigningKey::load_or_create(&key_path).map_err(|e| ServeError::Auth(e.to_string()))?;
     let mut token_config = TokenConfig::new("berth", config.auth.service.clone());
     token_config.access_ttl = Duration::from_secs(config.auth.token_ttl_secs.max(30));
     let scheme = if config.tls.insecure_http {
@@ -85,9 +88,8 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
     } else {
         "https"
     };
-    let auth = Auth::new(
-        Arc::new(meta.clone()),
-        TokenService::new(key, token_config),
+    let auth = stores.auth(
+        TokenService::new(stores.key.clone(), token_config),
         config.auth.external_url.clone(),
         config.auth.trust_forwarded_headers,
         scheme,
@@ -114,11 +116,12 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
     };
     Ok(AppState {
         blobs,
-        meta: Arc::new(meta),
+        meta: stores.meta.clone(),
         auth: Arc::new(auth),
         limits: config.limits.clone(),
         auto_create_projects: config.auth.auto_create_projects,
         tls,
+        ops: ops(config, &stores),
     })
 }
 
@@ -128,6 +131,148 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
 /// same first-start bootstrap as the server (the `library` project and the `admin`
 /// account, with `BERTH_ADMIN_PASSWORD` or a generated password, returned to be shown once).
 pub async fn open_accounts(data: &Path) -> Result<(Auth, Option<String>), ServeError> {
+    open_accounts_with(data, &DatabaseConfig::default()).await
+}
+
+/// [`open_accounts`] on the database `database` names (PostgreSQL for a scaled-out
+/// deployment; then `data` holds nothing the commands need).
+pub async fn open_accounts_with(
+    data: &Path,
+    database: &DatabaseConfig,
+) -> Result<(Auth, Option<String>), ServeError> {
+    let stores = open_metadata(data, database).await?;
+    let defaults = ServerConfig::default();
+    let auth = stores.auth(
+        TokenService::new(
+            stores.key.clone(),
+            TokenConfig::new("berth", defaults.auth.service),
+        ),
+        None,
+        false,
+        "https",
+    );
+    let admin_password = std::env::var("BERTH_ADMIN_PASSWORD").ok();
+    let generated = crate::admin::bootstrap(&auth, admin_password.as_deref())
+        .await
+        .map_err(|e| ServeError::Auth(e.detail))?;
+    Ok((auth, generated))
+}
+
+/// Metrics gauges of the metadata database (pool use, uploads in progress).
+fn ops(config: &ServerConfig, stores: &Stores) -> crate::ops::Ops {
+    let mut ops = crate::ops::Ops {
+        metrics: config.metrics.clone(),
+        ..Default::default()
+    };
+    if let Some(pg) = stores.postgres.clone() {
+        ops.add_gauges(move || {
+            let pg = pg.clone();
+            async move {
+                let pool = pg.pool();
+                let size = f64::from(pool.size());
+                let idle = pool.num_idle() as f64;
+                metrics::gauge!("berth_db_pool_connections", "state" => "in_use").set(size - idle);
+                metrics::gauge!("berth_db_pool_connections", "state" => "idle").set(idle);
+                metrics::gauge!("berth_db_pool_max_connections")
+                    .set(f64::from(pool.options().get_max_connections()));
+                if let Ok(n) = pg.count_uploads().await {
+                    metrics::gauge!("berth_uploads_in_progress").set(n as f64);
+                }
+            }
+        });
+    }
+    if let Some(sqlite) = stores.sqlite.clone() {
+        ops.add_gauges(move || {
+            let sqlite = sqlite.clone();
+            async move {
+                let (size, idle, max) = sqlite.pool_use();
+                metrics::gauge!("berth_db_pool_connections", "state" => "in_use")
+                    .set(f64::from(size) - idle as f64);
+                metrics::gauge!("berth_db_pool_connections", "state" => "idle").set(idle as f64);
+                metrics::gauge!("berth_db_pool_max_connections").set(f64::from(max));
+                if let Ok(n) = sqlite.count_uploads().await {
+                    metrics::gauge!("berth_uploads_in_progress").set(n as f64);
+                }
+            }
+        });
+    }
+    ops
+}
+
+/// The metadata and account stores, and the token signing key, of one deployment.
+pub struct Stores {
+    pub meta: Arc<dyn MetadataStore>,
+    pub accounts: Arc<dyn AccountStore>,
+    pub key: SigningKey,
+    /// Set when the stores are in PostgreSQL (shared by replicas).
+    pub postgres: Option<PgMetadata>,
+    /// Set when the stores are the embedded SQLite database.
+    pub sqlite: Option<SqliteMetadata>,
+}
+
+impl Stores {
+    /// The authentication service over these stores (failed logins counted in the
+    /// database when it is shared by replicas).
+    pub fn auth(
+        &self,
+        tokens: TokenService,
+        external_url: Option<String>,
+        trust_forwarded: bool,
+        scheme: &'static str,
+    ) -> Auth {
+        let auth = Auth::new(
+            self.accounts.clone(),
+            tokens,
+            external_url,
+            trust_forwarded,
+            scheme,
+        );
+        match &self.postgres {
+            Some(pg) => auth.with_shared_login_limits(pg.clone()),
+            None => auth,
+        }
+    }
+}
+
+/// The setting holding the token signing key (PKCS#8 PEM) in a shared database.
+const SIGNING_KEY_SETTING: &str = "token_signing_key";
+
+/// Open the metadata database `database` names: PostgreSQL (migrated to the current
+/// schema; the token signing key stored in it, created by the first replica) or SQLite at
+/// `DATA/metadata.db` (the key in `DATA/token-signing-key.pem`).
+pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Stores, ServeError> {
+    if let Some(options) = database.postgres() {
+        let url = berth_storage::postgres::redact_url(&options.url);
+        let pg = PgMetadata::open(&options)
+            .await
+            .map_err(|source| ServeError::Database {
+                url: url.clone(),
+                source,
+            })?;
+        let mut generated = None;
+        let pem = pg
+            .setting_or_create(SIGNING_KEY_SETTING, || {
+                let key = SigningKey::generate().map(|k| k.private_key_pem().to_owned());
+                let pem = key.as_ref().map(Clone::clone).unwrap_or_default();
+                generated = Some(key);
+                pem
+            })
+            .await
+            .map_err(|source| ServeError::Database { url, source })?;
+        if let Some(Err(e)) = generated {
+            return Err(ServeError::Auth(e.to_string()));
+        }
+        let key = SigningKey::from_pem(&pem).map_err(|e| {
+            ServeError::Auth(format!("the token signing key stored in the database: {e}"))
+        })?;
+        return Ok(Stores {
+            meta: Arc::new(pg.clone()),
+            accounts: Arc::new(pg.clone()),
+            key,
+            postgres: Some(pg),
+            sqlite: None,
+        });
+    }
     std::fs::create_dir_all(data).map_err(|source| ServeError::DataDir {
         path: data.display().to_string(),
         source,
@@ -140,19 +285,13 @@ pub async fn open_accounts(data: &Path) -> Result<(Auth, Option<String>), ServeE
         })?;
     let key = SigningKey::load_or_create(&data.join("token-signing-key.pem"))
         .map_err(|e| ServeError::Auth(e.to_string()))?;
-    let defaults = ServerConfig::default();
-    let auth = Auth::new(
-        Arc::new(meta),
-        TokenService::new(key, TokenConfig::new("berth", defaults.auth.service)),
-        None,
-        false,
-        "https",
-    );
-    let admin_password = std::env::var("BERTH_ADMIN_PASSWORD").ok();
-    let generated = crate::admin::bootstrap(&auth, admin_password.as_deref())
-        .await
-        .map_err(|e| ServeError::Auth(e.detail))?;
-    Ok((auth, generated))
+    Ok(Stores {
+        meta: Arc::new(meta.clone()),
+        accounts: Arc::new(meta.clone()),
+        key,
+        postgres: None,
+        sqlite: Some(meta),
+    })
 }
 
 /// TLS material to serve with, creating a CA and certificate on first start if needed.

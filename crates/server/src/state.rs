@@ -18,6 +18,8 @@ pub struct AppState {
     pub auto_create_projects: bool,
     /// Where the served certificate came from (for the console's certificate page).
     pub tls: TlsInfo,
+    /// Readiness checks and metrics hooks (`/readyz`, `/metrics`).
+    pub ops: crate::ops::Ops,
 }
 
 /// Where the certificate this server presents came from.

@@ -42,10 +42,36 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("metadata database error: {0}")]
     Database(String),
+    /// A dependency (the metadata database, the object store) cannot be reached or did not
+    /// answer in time; the message names it. Nothing was written; the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> Self {
+        if database_unreachable(&e) {
+            return StorageError::Unavailable(format!(
+                "the metadata database cannot be reached ({e}); retry once it is back"
+            ));
+        }
         StorageError::Database(e.to_string())
+    }
+}
+
+/// Whether `e` says the database is down, restarting or too slow (as opposed to a query
+/// that failed): no connection within the acquire timeout, a broken connection, or a
+/// PostgreSQL server shutting down or refusing connections (SQLSTATE classes 08 and 57P).
+pub fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }

@@ -5,11 +5,12 @@
 //!   the same trait later.
 //! - [`MetadataStore`]: repositories, manifests, tags, referrers and which blobs each
 //!   repository may serve. [`sqlite::SqliteMetadata`] keeps them in an embedded SQLite
-//!   database (WAL); a PostgreSQL backend can implement the same trait later.
+//!   database (WAL); [`postgres::PgMetadata`] in PostgreSQL, shared by several replicas.
 //! - [`AccountStore`]: access control — projects (public or private), users, per-project
 //!   roles, robot accounts, OAuth2 refresh tokens, web-console sessions and the audit log.
 //!   [`sqlite::SqliteMetadata`] implements it too, in the same database file and pools
-//!   ([`sqlite_accounts`]). It stores password and secret hashes made by the auth crate
+//!   ([`sqlite_accounts`]), and so does [`postgres::PgMetadata`] ([`postgres_accounts`]).
+//!   It stores password and secret hashes made by the auth crate
 //!   and never hashes or checks anything itself.
 //!
 //! Each trait comes with one conformance suite ([`conformance`]) that every backend runs.
@@ -29,6 +30,9 @@ pub mod conformance;
 pub mod error;
 pub mod fs;
 pub mod metadata;
+pub mod pg_fixture;
+pub mod postgres;
+pub mod postgres_accounts;
 pub mod sqlite;
 pub mod sqlite_accounts;
 

@@ -171,6 +171,25 @@ impl SqliteMetadata {
         })
     }
 
+    /// Upload sessions started and not finished or cancelled (a metrics gauge).
+    pub async fn count_uploads(&self) -> StorageResult<u64> {
+        let n = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM uploads")
+            .fetch_one(&self.reader)
+            .await?;
+        to_u64(n)
+    }
+
+    /// `(open, idle, max)` connections of both pools together (a metrics gauge).
+    pub fn pool_use(&self) -> (u32, usize, u32) {
+        let max = self.reader.options().get_max_connections()
+            + self.writer.options().get_max_connections();
+        (
+            self.reader.size() + self.writer.size(),
+            self.reader.num_idle() + self.writer.num_idle(),
+            max,
+        )
+    }
+
     /// Close every connection (checkpointing the WAL); call on shutdown.
     pub async fn close(&self) {
         self.reader.close().await;
