@@ -30,6 +30,7 @@ pub mod conformance;
 pub mod error;
 pub mod fs;
 pub mod metadata;
+pub mod migrate;
 pub mod pg_fixture;
 pub mod postgres;
 pub mod postgres_accounts;

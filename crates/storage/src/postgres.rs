@@ -889,14 +889,15 @@ mod tests {
 
     #[tokio::test]
     async fn conformance_metadata_suite() {
-        let store = fresh().await;
+        let url = PgCluster::shared().database().await;
+        let store = PgMetadata::open(&PgOptions::new(url.clone()))
+            .await
+            .expect("open");
         conformance::metadata_suite(&store).await;
         // Migrations are idempotent: a second replica opening the same database.
-        let again = PgMetadata::open(&PgOptions::new(
-            store.pool.connect_options().to_url_lossy().to_string(),
-        ))
-        .await
-        .expect("reopen");
+        let again = PgMetadata::open(&PgOptions::new(url))
+            .await
+            .expect("reopen");
         assert_eq!(
             again.list_repositories(None, 100).await.expect("list"),
             store.list_repositories(None, 100).await.expect("list")
