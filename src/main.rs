@@ -46,6 +46,8 @@ enum Command {
     Fetch(cmd::fetch::FetchArgs),
     #[command(flatten)]
     Admin(cmd::admin::AdminCommand),
+    /// Move an embedded deployment (data directory) onto PostgreSQL; re-runnable.
+    Migrate(cmd::migrate::MigrateArgs),
 }
 
 #[derive(Args)]
@@ -161,6 +163,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Kube(c) => cmd::kube::run(c),
         Command::Fetch(args) => cmd::fetch::run(args),
         Command::Admin(c) => cmd::admin::run(c),
+        Command::Migrate(args) => cmd::migrate::run(args),
     }
 }
 

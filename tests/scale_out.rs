@@ -515,3 +515,103 @@ async fn postgres_outage_mid_push_fails_fast_and_recovers() {
     drop(r);
     drop(cluster);
 }
+
+/// `berth migrate`: an embedded deployment (pushed to with skopeo, with a robot and audit
+/// entries) moves onto PostgreSQL and another data directory; the image pulled from the
+/// migrated deployment is bit for bit the one pushed, the robot and the audit log came
+/// along, and a second run is a no-op catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_an_embedded_deployment_onto_postgres() {
+    let old_data = tempfile::tempdir().expect("old data");
+    let old = Replica::start(old_data.path(), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
+    let creds = common::admin_creds();
+    skopeo(&[
+        "copy",
+        "--dest-creds",
+        &creds,
+        "--dest-cert-dir",
+        old.cert_dir().to_str().unwrap(),
+        &layout.oci_ref(),
+        &format!("docker://{}/library/moved:v1", old.host()),
+    ])
+    .ok();
+    let robot: serde_json::Value = old
+        .client()
+        .post(format!("{}/api/v1/projects/library/robots", old.url()))
+        .header("Authorization", admin())
+        .json(&serde_json::json!({"name": "puller", "push": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = robot["secret"].as_str().expect("secret").to_owned();
+    drop(old);
+
+    let url = PgCluster::shared().database().await;
+    let new_data = tempfile::tempdir().expect("new data");
+    let config = new_data.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data = \"{}\"\n[database]\nurl = \"{url}\"\n",
+            new_data.path().display()
+        ),
+    )
+    .unwrap();
+    for run in 0..2 {
+        let out = run_cmd(
+            Command::new(common::berth_bin())
+                .arg("migrate")
+                .arg("--from")
+                .arg(old_data.path())
+                .arg("--to")
+                .arg(&config),
+            Duration::from_secs(120),
+        )
+        .ok();
+        // The first run copies the blobs, the second finds them all there.
+        let nothing = out.stdout.contains("migrated: 0 blobs copied");
+        assert_eq!(nothing, run == 1, "run {run}: {}", out.stdout);
+    }
+
+    let new = Replica::start(new_data.path(), &["--config", config.to_str().unwrap()]);
+    let out = tmp.path().join("out");
+    let robot_creds = format!("robot$library+puller:{secret}");
+    skopeo(&[
+        "copy",
+        "--src-creds",
+        &robot_creds,
+        "--src-cert-dir",
+        new.cert_dir().to_str().unwrap(),
+        &format!("docker://{}/library/moved:v1", new.host()),
+        &format!("oci:{}:v1", out.display()),
+    ])
+    .ok();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"].as_str(),
+        Some(layout.manifest_digest())
+    );
+    for d in layout.all_blob_digests() {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        let bytes = std::fs::read(out.join("blobs/sha256").join(hex)).expect("blob pulled");
+        assert_eq!(sha256(&bytes), d);
+    }
+    let audit: serde_json::Value = new
+        .client()
+        .get(format!("{}/api/v1/audit?limit=100", new.url()))
+        .header("Authorization", admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = audit.to_string();
+    assert!(text.contains("library/moved"), "push audit entries migrated: {text}");
+}

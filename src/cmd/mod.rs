@@ -4,3 +4,4 @@ pub mod admin;
 pub mod client;
 pub mod fetch;
 pub mod kube;
+pub mod migrate;

@@ -160,10 +160,8 @@ pub async fn open_accounts_with(
 
 /// Metrics gauges of the metadata database (pool use, uploads in progress).
 fn ops(config: &ServerConfig, stores: &Stores) -> crate::ops::Ops {
-    let mut ops = crate::ops::Ops {
-        metrics: config.metrics.clone(),
-        ..Default::default()
-    };
+    let mut ops = crate::ops::Ops::default();
+    ops.metrics = config.metrics.clone();
     if let Some(pg) = stores.postgres.clone() {
         ops.add_gauges(move || {
             let pg = pg.clone();
