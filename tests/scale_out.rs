@@ -369,7 +369,10 @@ async fn two_replicas_share_one_postgres() {
         "berth_db_pool_connections{state=\"idle\"}",
         "berth_uploads_in_progress",
     ] {
-        assert!(text.contains(needle), "{needle} missing from /metrics:\n{text}");
+        assert!(
+            text.contains(needle),
+            "{needle} missing from /metrics:\n{text}"
+        );
     }
     drop((a, b));
 }
@@ -388,10 +391,7 @@ async fn postgres_outage_mid_push_fails_fast_and_recovers() {
         format!("[database]\nurl = \"{url}\"\nacquire_timeout_secs = 2\nmax_connections = 4\n"),
     )
     .unwrap();
-    let r = Replica::start(
-        data.path(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let r = Replica::start(data.path(), &["--config", config.to_str().unwrap()]);
     let c = r.client();
     let chunk1 = vec![1u8; 100_000];
     let chunk2 = vec![2u8; 100_000];
@@ -428,7 +428,10 @@ async fn postgres_outage_mid_push_fails_fast_and_recovers() {
     let patch2 = || {
         c.patch(target(&location))
             .header("Authorization", admin())
-            .header("Content-Range", format!("{}-{}", chunk1.len(), whole.len() - 1))
+            .header(
+                "Content-Range",
+                format!("{}-{}", chunk1.len(), whole.len() - 1),
+            )
             .body(chunk2.clone())
             .send()
     };
@@ -437,7 +440,10 @@ async fn postgres_outage_mid_push_fails_fast_and_recovers() {
     let took = began.elapsed();
     assert_eq!(failed.status(), 503);
     let body = failed.text().await.unwrap();
-    assert!(body.contains("UNAVAILABLE") && body.contains("metadata database"), "{body}");
+    assert!(
+        body.contains("UNAVAILABLE") && body.contains("metadata database"),
+        "{body}"
+    );
     assert!(took < Duration::from_secs(10), "503 took {took:?}");
     let ready = c.get(format!("{}/readyz", r.url())).send().await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -613,5 +619,8 @@ async fn migrate_moves_an_embedded_deployment_onto_postgres() {
         .await
         .unwrap();
     let text = audit.to_string();
-    assert!(text.contains("library/moved"), "push audit entries migrated: {text}");
+    assert!(
+        text.contains("library/moved"),
+        "push audit entries migrated: {text}"
+    );
 }

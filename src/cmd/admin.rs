@@ -38,7 +38,12 @@ pub struct Common {
     pub data: PathBuf,
     /// PostgreSQL URL of a scaled-out deployment (as `berth serve --database-url`);
     /// default: the SQLite database in the data directory.
-    #[arg(long, env = "BERTH_DATABASE_URL", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "BERTH_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: Option<String>,
     /// Tables for humans, JSON for scripts.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]

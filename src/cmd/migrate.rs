@@ -83,15 +83,10 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
             }
         }
         let progress = |what: &str| eprintln!("berth migrate: {what}");
-        let report = berth_storage::migrate::migrate(
-            &src,
-            &src_blobs,
-            &dst,
-            dst_blobs.as_ref(),
-            &progress,
-        )
-        .await
-        .context("migration stopped (it can be re-run once the cause is fixed)")?;
+        let report =
+            berth_storage::migrate::migrate(&src, &src_blobs, &dst, dst_blobs.as_ref(), &progress)
+                .await
+                .context("migration stopped (it can be re-run once the cause is fixed)")?;
         println!(
             "migrated: {} blobs copied ({} bytes, digests verified), {} already present; rows: {}",
             report.blobs_copied,

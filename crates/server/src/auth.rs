@@ -16,8 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use berth_auth::{
     Action, Actions, BearerChallenge, ChallengeError, Credentials, LoginLimiter, MemoryLookup,
     Principal, ResourceType, Role, Scope, Throttled, ThrottledBy, TokenService, VerifiedToken,
-    Visibility,
-    parse_authorization, project_of, verify_login,
+    Visibility, parse_authorization, project_of, verify_login,
 };
 use berth_proto::error::ErrorCode;
 use berth_storage::{AccountStore, AuditEvent, ProjectRole};

@@ -316,7 +316,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: the Prometheus text exposition format.
 pub async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !state.ops.metrics.enabled {
-        return (StatusCode::NOT_FOUND, "metrics are disabled ([metrics] enabled = false)\n")
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are disabled ([metrics] enabled = false)\n",
+        )
             .into_response();
     }
     if let Some(token) = &state.ops.metrics.bearer_token {
@@ -346,7 +349,10 @@ pub async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> 
     }
     handle.run_upkeep();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         handle.render(),
     )
         .into_response()

@@ -90,7 +90,9 @@ async fn copy_blobs(
         };
         let id = dst_blobs.start_upload().await?;
         let copied = async {
-            dst_blobs.append(&id, Some(0), source.chunks, u64::MAX).await?;
+            dst_blobs
+                .append(&id, Some(0), source.chunks, u64::MAX)
+                .await?;
             dst_blobs.finish_upload(&id, &digest).await
         }
         .await;
@@ -102,12 +104,12 @@ async fn copy_blobs(
             Err(e) => {
                 let _ = dst_blobs.cancel_upload(&id).await;
                 return Err(match e {
-                    StorageError::DigestMismatch { expected, actual } => StorageError::Conflict(
-                        format!(
+                    StorageError::DigestMismatch { expected, actual } => {
+                        StorageError::Conflict(format!(
                             "the source's blob {expected} is corrupt (its bytes hash to {actual}); \
                              restore it from a backup or delete the images using it, then re-run"
-                        ),
-                    ),
+                        ))
+                    }
                     other => other,
                 });
             }
@@ -148,18 +150,37 @@ async fn copy_rows(
     progress: &(dyn Fn(&str) + Sync),
     report: &mut MigrateReport,
 ) -> StorageResult<()> {
-    copy_table!(src, dst, report, progress, "repositories", (String, i64),
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "repositories",
+        (String, i64),
         "SELECT name, created_at FROM repositories",
         |tx, r| sqlx::query(
             "INSERT INTO repositories (name, created_at) VALUES ($1, $2)
              ON CONFLICT (name) DO NOTHING",
-        ).bind(r.0).bind(r.1));
-    copy_table!(src, dst, report, progress, "blob_links", (String, String, i64),
+        )
+        .bind(r.0)
+        .bind(r.1)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "blob_links",
+        (String, String, i64),
         "SELECT repository, digest, size FROM blob_links",
         |tx, r| sqlx::query(
             "INSERT INTO blob_links (repository, digest, size) VALUES ($1, $2, $3)
              ON CONFLICT (repository, digest) DO NOTHING",
-        ).bind(r.0).bind(r.1).bind(r.2));
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+    );
     type ManifestRow = (
         String,
         String,
@@ -171,7 +192,13 @@ async fn copy_rows(
         Option<String>,
         i64,
     );
-    copy_table!(src, dst, report, progress, "manifests", ManifestRow,
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "manifests",
+        ManifestRow,
         "SELECT repository, digest, media_type, content, size, subject, artifact_type,
                 annotations, created_at FROM manifests",
         |tx, r| sqlx::query(
@@ -179,49 +206,129 @@ async fn copy_rows(
                                     artifact_type, annotations, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (repository, digest) DO NOTHING",
-        ).bind(r.0).bind(r.1).bind(r.2).bind(r.3).bind(r.4).bind(r.5).bind(r.6).bind(r.7).bind(r.8));
-    copy_table!(src, dst, report, progress, "manifest_blobs", (String, String, String),
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+        .bind(r.4)
+        .bind(r.5)
+        .bind(r.6)
+        .bind(r.7)
+        .bind(r.8)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "manifest_blobs",
+        (String, String, String),
         "SELECT repository, manifest, blob FROM manifest_blobs",
         |tx, r| sqlx::query(
             "INSERT INTO manifest_blobs (repository, manifest, blob) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
-        ).bind(r.0).bind(r.1).bind(r.2));
-    copy_table!(src, dst, report, progress, "manifest_children", (String, String, String),
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "manifest_children",
+        (String, String, String),
         "SELECT repository, manifest, child FROM manifest_children",
         |tx, r| sqlx::query(
             "INSERT INTO manifest_children (repository, manifest, child) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
-        ).bind(r.0).bind(r.1).bind(r.2));
-    copy_table!(src, dst, report, progress, "tags", (String, String, String, i64),
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "tags",
+        (String, String, String, i64),
         "SELECT repository, tag, digest, updated_at FROM tags",
         |tx, r| sqlx::query(
             "INSERT INTO tags (repository, tag, digest, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (repository, tag)
              DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-        ).bind(r.0).bind(r.1).bind(r.2).bind(r.3));
-    copy_table!(src, dst, report, progress, "projects", (String, bool, String, i64),
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "projects",
+        (String, bool, String, i64),
         "SELECT name, public, description, created_at FROM projects",
         |tx, r| sqlx::query(
             "INSERT INTO projects (name, public, description, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name)
              DO UPDATE SET public = excluded.public, description = excluded.description",
-        ).bind(r.0).bind(r.1).bind(r.2).bind(r.3));
-    copy_table!(src, dst, report, progress, "users", (String, String, bool, bool, i64),
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "users",
+        (String, String, bool, bool, i64),
         "SELECT name, password_hash, admin, disabled, created_at FROM users",
         |tx, r| sqlx::query(
             "INSERT INTO users (name, password_hash, admin, disabled, created_at)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash,
                  admin = excluded.admin, disabled = excluded.disabled",
-        ).bind(r.0).bind(r.1).bind(r.2).bind(r.3).bind(r.4));
-    copy_table!(src, dst, report, progress, "members", (String, String, String),
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+        .bind(r.4)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "members",
+        (String, String, String),
         "SELECT project, username, role FROM members",
         |tx, r| sqlx::query(
             "INSERT INTO members (project, username, role) VALUES ($1, $2, $3)
              ON CONFLICT (project, username) DO UPDATE SET role = excluded.role",
-        ).bind(r.0).bind(r.1).bind(r.2));
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+    );
     type RobotRow = (String, String, String, bool, Option<i64>, bool, i64, String);
-    copy_table!(src, dst, report, progress, "robots", RobotRow,
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "robots",
+        RobotRow,
         "SELECT name, project, secret_hash, can_push, expires_at, revoked, created_at,
                 description FROM robots",
         |tx, r| sqlx::query(
@@ -231,27 +338,71 @@ async fn copy_rows(
              ON CONFLICT (name) DO UPDATE SET secret_hash = excluded.secret_hash,
                  can_push = excluded.can_push, expires_at = excluded.expires_at,
                  revoked = excluded.revoked, description = excluded.description",
-        ).bind(r.0).bind(r.1).bind(r.2).bind(r.3).bind(r.4).bind(r.5).bind(r.6).bind(r.7));
-    copy_table!(src, dst, report, progress, "refresh_tokens", (String, String, i64),
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+        .bind(r.4)
+        .bind(r.5)
+        .bind(r.6)
+        .bind(r.7)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "refresh_tokens",
+        (String, String, i64),
         "SELECT id_hash, subject, expires_at FROM refresh_tokens",
         |tx, r| sqlx::query(
             "INSERT INTO refresh_tokens (id_hash, subject, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT (id_hash) DO NOTHING",
-        ).bind(r.0).bind(r.1).bind(r.2));
-    copy_table!(src, dst, report, progress, "console_sessions", (String, String, i64, i64),
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "console_sessions",
+        (String, String, i64, i64),
         "SELECT id_hash, username, created_at, expires_at FROM console_sessions",
         |tx, r| sqlx::query(
             "INSERT INTO console_sessions (id_hash, username, created_at, expires_at)
              VALUES ($1, $2, $3, $4) ON CONFLICT (id_hash) DO NOTHING",
-        ).bind(r.0).bind(r.1).bind(r.2).bind(r.3));
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+    );
     type AuditRow = (i64, i64, String, String, String, String, String);
-    copy_table!(src, dst, report, progress, "audit_events", AuditRow,
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "audit_events",
+        AuditRow,
         "SELECT id, at, actor, action, resource, client_addr, detail FROM audit_events",
         |tx, r| sqlx::query(
             "INSERT INTO audit_events (id, at, actor, action, resource, client_addr, detail)
              OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (id) DO NOTHING",
-        ).bind(r.0).bind(r.1).bind(r.2).bind(r.3).bind(r.4).bind(r.5).bind(r.6));
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+        .bind(r.4)
+        .bind(r.5)
+        .bind(r.6)
+    );
     // New events continue after the highest migrated id.
     sqlx::query(
         "SELECT setval(pg_get_serial_sequence('audit_events', 'id'),
@@ -265,7 +416,9 @@ async fn copy_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::{AccountStore, AuditEvent, AuditFilter, Project, ProjectRole, Robot, User};
+    use crate::accounts::{
+        AccountStore, AuditEvent, AuditFilter, Project, ProjectRole, Robot, User,
+    };
     use crate::fs::FsBlobStore;
     use crate::metadata::{MetadataStore, NewManifest};
     use crate::pg_fixture::PgCluster;
@@ -305,16 +458,25 @@ mod tests {
     async fn embedded_deployment_moves_to_postgres_and_catches_up() {
         let src_dir = tempfile::tempdir().unwrap();
         let dst_dir = tempfile::tempdir().unwrap();
-        let src = SqliteMetadata::open(&src_dir.path().join("metadata.db")).await.unwrap();
-        let src_blobs = FsBlobStore::open(src_dir.path().to_path_buf()).await.unwrap();
-        let dst_blobs = FsBlobStore::open(dst_dir.path().to_path_buf()).await.unwrap();
+        let src = SqliteMetadata::open(&src_dir.path().join("metadata.db"))
+            .await
+            .unwrap();
+        let src_blobs = FsBlobStore::open(src_dir.path().to_path_buf())
+            .await
+            .unwrap();
+        let dst_blobs = FsBlobStore::open(dst_dir.path().to_path_buf())
+            .await
+            .unwrap();
         let url = PgCluster::shared().database().await;
         let dst = PgMetadata::open(&PgOptions::new(url)).await.unwrap();
 
         let shared = put_blob(&src_blobs, b"shared layer").await;
         let own = put_blob(&src_blobs, b"own layer").await;
         let config = put_blob(&src_blobs, b"{\"config\":1}").await;
-        for (repo, blobs) in [("library/a", [&shared, &config]), ("team/b", [&shared, &own])] {
+        for (repo, blobs) in [
+            ("library/a", [&shared, &config]),
+            ("team/b", [&shared, &own]),
+        ] {
             for b in blobs {
                 let size = src_blobs.stat(b).await.unwrap().unwrap();
                 src.link_blob(repo, b, size).await.unwrap();
@@ -347,7 +509,9 @@ mod tests {
         })
         .await
         .unwrap();
-        src.set_member("team", "alice", ProjectRole::Developer).await.unwrap();
+        src.set_member("team", "alice", ProjectRole::Developer)
+            .await
+            .unwrap();
         src.create_robot(&Robot {
             project: "team".into(),
             name: "robot$team+ci".into(),
@@ -375,40 +539,74 @@ mod tests {
         }
 
         let quiet = |_: &str| {};
-        let report = migrate(&src, &src_blobs, &dst, &dst_blobs, &quiet).await.unwrap();
+        let report = migrate(&src, &src_blobs, &dst, &dst_blobs, &quiet)
+            .await
+            .unwrap();
         assert_eq!((report.blobs_copied, report.blobs_present), (3, 0));
 
         // Everything is there, bit for bit.
         for m in [&a, &b] {
             let tag = m.tag.as_deref().unwrap();
-            let got = dst.manifest_by_tag(&m.repository, tag).await.unwrap().unwrap();
-            assert_eq!((got.digest, got.content), (m.digest.clone(), m.content.clone()));
+            let got = dst
+                .manifest_by_tag(&m.repository, tag)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (got.digest, got.content),
+                (m.digest.clone(), m.content.clone())
+            );
             for blob in &m.blobs {
                 assert!(dst.blob_link(&m.repository, blob).await.unwrap().is_some());
                 let mut r = dst_blobs.open(blob, None).await.unwrap();
                 let mut bytes = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut r.reader, &mut bytes).await.unwrap();
+                tokio::io::AsyncReadExt::read_to_end(&mut r.reader, &mut bytes)
+                    .await
+                    .unwrap();
                 assert_eq!(&Digest::sha256(&bytes), blob);
             }
         }
         let referrers = dst.referrers("library/a", &a.digest, None).await.unwrap();
         assert_eq!(referrers.len(), 1);
         assert_eq!(referrers[0].digest, sig.digest);
-        assert_eq!(dst.list_projects().await.unwrap(), src.list_projects().await.unwrap());
-        assert_eq!(dst.list_users().await.unwrap(), src.list_users().await.unwrap());
-        assert_eq!(dst.members("team").await.unwrap(), src.members("team").await.unwrap());
-        assert_eq!(dst.robots("team").await.unwrap(), src.robots("team").await.unwrap());
+        assert_eq!(
+            dst.list_projects().await.unwrap(),
+            src.list_projects().await.unwrap()
+        );
+        assert_eq!(
+            dst.list_users().await.unwrap(),
+            src.list_users().await.unwrap()
+        );
+        assert_eq!(
+            dst.members("team").await.unwrap(),
+            src.members("team").await.unwrap()
+        );
+        assert_eq!(
+            dst.robots("team").await.unwrap(),
+            src.robots("team").await.unwrap()
+        );
         let all = AuditFilter::default();
-        assert_eq!(dst.audit_events(&all).await.unwrap(), src.audit_events(&all).await.unwrap());
+        assert_eq!(
+            dst.audit_events(&all).await.unwrap(),
+            src.audit_events(&all).await.unwrap()
+        );
 
         // Changes in the source, then a second run: it catches up and copies no blob twice.
         let moved = manifest("team/b", r#"{"b":2}"#, Some("latest"), &[&own]);
         src.put_manifest(moved.clone()).await.unwrap();
         src.revoke_robot("robot$team+ci").await.unwrap();
-        src.set_member("team", "alice", ProjectRole::Maintainer).await.unwrap();
-        let report = migrate(&src, &src_blobs, &dst, &dst_blobs, &quiet).await.unwrap();
+        src.set_member("team", "alice", ProjectRole::Maintainer)
+            .await
+            .unwrap();
+        let report = migrate(&src, &src_blobs, &dst, &dst_blobs, &quiet)
+            .await
+            .unwrap();
         assert_eq!((report.blobs_copied, report.blobs_present), (0, 3));
-        let got = dst.manifest_by_tag("team/b", "latest").await.unwrap().unwrap();
+        let got = dst
+            .manifest_by_tag("team/b", "latest")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.digest, moved.digest);
         assert!(dst.robot("robot$team+ci").await.unwrap().unwrap().revoked);
         assert_eq!(
@@ -435,9 +633,15 @@ mod tests {
         let bad = put_blob(&src_blobs, b"will rot").await;
         src.link_blob("team/b", &bad, 8).await.unwrap();
         let hex = bad.to_string().trim_start_matches("sha256:").to_owned();
-        let path = src_dir.path().join("blobs/sha256").join(&hex[..2]).join(&hex);
+        let path = src_dir
+            .path()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(&hex);
         std::fs::write(&path, b"rotten!!").unwrap();
-        let e = migrate(&src, &src_blobs, &dst, &dst_blobs, &quiet).await.unwrap_err();
+        let e = migrate(&src, &src_blobs, &dst, &dst_blobs, &quiet)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains(&bad.to_string()), "{e}");
         assert!(dst_blobs.stat(&bad).await.unwrap().is_none());
     }

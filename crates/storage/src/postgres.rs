@@ -199,7 +199,11 @@ async fn lock_repository(conn: &mut PgConnection, repository: &str) -> StorageRe
 
 /// Lock blob digests (sorted, so two transactions never wait on each other in a cycle):
 /// shared by writers that add a reference, exclusive by [`MetadataStore::unlink_blob`].
-async fn lock_blobs(conn: &mut PgConnection, digests: &[String], shared: bool) -> StorageResult<()> {
+async fn lock_blobs(
+    conn: &mut PgConnection,
+    digests: &[String],
+    shared: bool,
+) -> StorageResult<()> {
     let mut keys: Vec<i64> = digests.iter().map(|d| lock_key("blob", d)).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -223,7 +227,10 @@ pub(crate) fn project_lock_key(name: &str) -> i64 {
 
 /// Create `repository` if missing, holding its project's lock (shared) until commit so
 /// that a concurrent `delete_project` on another replica cannot miss it.
-async fn ensure_repository(tx: &mut Transaction<'_, Postgres>, repository: &str) -> StorageResult<()> {
+async fn ensure_repository(
+    tx: &mut Transaction<'_, Postgres>,
+    repository: &str,
+) -> StorageResult<()> {
     let project = repository.split('/').next().unwrap_or(repository);
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(project_lock_key(project))
@@ -824,7 +831,12 @@ impl PgMetadata {
     /// Count one failure of `key` (starting again from zero when its last failure is
     /// older than `forget_ms` and it is not blocked); returns the new count. One atomic
     /// statement, so failures on different replicas all count.
-    pub async fn login_failure(&self, key: &str, now_ms: i64, forget_ms: i64) -> StorageResult<u32> {
+    pub async fn login_failure(
+        &self,
+        key: &str,
+        now_ms: i64,
+        forget_ms: i64,
+    ) -> StorageResult<u32> {
         let failures = sqlx::query_scalar::<_, i32>(
             "INSERT INTO login_failures AS f (key, failures, last_failure, blocked_until)
              VALUES ($1, 1, $2, NULL)
@@ -922,7 +934,9 @@ mod tests {
     #[tokio::test]
     async fn audit_ids_increase_across_pools() {
         let url = PgCluster::shared().database().await;
-        let a = PgMetadata::open(&PgOptions::new(url.clone())).await.expect("a");
+        let a = PgMetadata::open(&PgOptions::new(url.clone()))
+            .await
+            .expect("a");
         let b = PgMetadata::open(&PgOptions::new(url)).await.expect("b");
         let event = |at| AuditEvent {
             id: 0,
@@ -981,20 +995,30 @@ mod tests {
                 let scratch = format!("scratch/r{i}");
                 store.link_blob(&scratch, &blob, 10).await.expect("link");
                 let m = manifest(i, &blob);
-                let (put, unlinked) =
-                    tokio::join!(store.put_manifest(m.clone()), store.unlink_blob(&scratch, &blob));
+                let (put, unlinked) = tokio::join!(
+                    store.put_manifest(m.clone()),
+                    store.unlink_blob(&scratch, &blob)
+                );
                 let still_needed = unlinked.expect("unlink");
                 match put {
                     // The manifest committed first: the unlink must see that it needs the blob.
                     Ok(()) => {
-                        assert!(still_needed, "blob {blob} reported unneeded while referenced");
+                        assert!(
+                            still_needed,
+                            "blob {blob} reported unneeded while referenced"
+                        );
                         assert_eq!(store.blob_link(REPO, &blob).await.expect("link"), Some(10));
                     }
                     // The unlink committed first: the manifest must not reference it.
                     Err(StorageError::BlobUnknown(d)) => {
                         assert_eq!(d, blob);
                         assert!(!still_needed);
-                        assert!(!store.manifest_exists(REPO, &m.digest).await.expect("exists"));
+                        assert!(
+                            !store
+                                .manifest_exists(REPO, &m.digest)
+                                .await
+                                .expect("exists")
+                        );
                         // Pushed again once the blob is back (as a client would retry).
                         store.link_blob(REPO, &blob, 10).await.expect("relink");
                         store.put_manifest(m.clone()).await.expect("retry");
@@ -1015,9 +1039,11 @@ mod tests {
                 .await
                 .expect("by tag")
                 .expect("tag exists");
-            assert!(pushed
-                .iter()
-                .any(|m| m.tag.as_deref() == Some(tag) && m.digest == got.digest));
+            assert!(
+                pushed
+                    .iter()
+                    .any(|m| m.tag.as_deref() == Some(tag) && m.digest == got.digest)
+            );
         }
         assert_eq!(
             b.list_tags(REPO, None, 100).await.expect("tags"),
@@ -1042,9 +1068,17 @@ mod tests {
         for m in movers {
             m.await.expect("mover");
         }
-        let last = a.manifest_by_tag(REPO, "race").await.expect("race").expect("tag");
+        let last = a
+            .manifest_by_tag(REPO, "race")
+            .await
+            .expect("race")
+            .expect("tag");
         let candidates = [pushed_manifest(49).digest, pushed_manifest(1049).digest];
-        assert!(candidates.contains(&last.digest), "tag ended on {}", last.digest);
+        assert!(
+            candidates.contains(&last.digest),
+            "tag ended on {}",
+            last.digest
+        );
 
         // Deleting a manifest while another replica re-tags it leaves no dangling tag.
         let victim = pushed[0].clone();
@@ -1096,7 +1130,9 @@ mod tests {
         let mut options = PgOptions::new(format!("postgres://berth:secret@127.0.0.1:{port}/x"));
         options.acquire_timeout = Duration::from_secs(1);
         let started = std::time::Instant::now();
-        let e = PgMetadata::open(&options).await.expect_err("nothing listens");
+        let e = PgMetadata::open(&options)
+            .await
+            .expect_err("nothing listens");
         assert!(started.elapsed() < Duration::from_secs(10));
         let msg = e.to_string();
         assert!(matches!(e, StorageError::Unavailable(_)), "{e:?}");

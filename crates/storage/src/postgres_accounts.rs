@@ -622,10 +622,7 @@ impl AccountStore for PgMetadata {
         }
         q.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit));
-        let rows = q
-            .build_query_as::<AuditRow>()
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = q.build_query_as::<AuditRow>().fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
             .map(
