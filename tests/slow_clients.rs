@@ -226,7 +226,9 @@ async fn stalled_upload_is_closed_then_resumed_from_the_reported_offset() {
     );
     read_until_closed(&mut tls);
 
-    // The registry reports what it kept; a normal client resumes from there.
+    // The registry reports what it kept; a normal client resumes from there (a new
+    // client: the first one's pooled connection has reached the 2 s keep-alive bound).
+    let client = reg.client();
     let url = format!("{}{location}", reg.url());
     let resp = client.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 204);

@@ -392,10 +392,15 @@ enum Stream {
 }
 
 impl Stream {
-    fn into_tcp(self) -> TcpStream {
+    /// Say goodbye at the TLS level (`close_notify`, so that a client holding the
+    /// connection in its pool sees it closed rather than reset), then hand back the socket.
+    async fn close_tls(self) -> TcpStream {
         match self {
             Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.into_inner().0,
+            Stream::Tls(mut tls) => {
+                let _ = tokio::time::timeout(LINGER_IDLE, tls.shutdown()).await;
+                tls.into_inner().0
+            }
         }
     }
 }
@@ -414,7 +419,7 @@ impl Drop for ConnIo {
         {
             let permit = self.permit.take();
             rt.spawn(async move {
-                linger(stream.into_tcp()).await;
+                linger(stream.close_tls().await).await;
                 drop(permit);
             });
         }
