@@ -191,7 +191,8 @@ fn oci_layout(dir: &Path, layer: &[u8]) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let manifest = manifest_json(config, layer);
     for blob in [layer, &config[..], &manifest] {
         let digest = digest_of(blob);
@@ -222,29 +223,37 @@ async fn oversized_push_is_refused_clearly_and_a_small_push_follows() {
     let big = noise(60 * MIB, 1);
     let big_path = work.path().join("big.bin");
     std::fs::write(&big_path, &big).unwrap();
-    let out = run_cmd(
-        Command::new("curl").args([
-            "-sS",
-            "-i",
-            "--cacert",
-            reg.ca_path().to_str().unwrap(),
-            "-u",
-            &common::admin_creds(),
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{}", big_path.display()),
-            &format!(
-                "{}/v2/library/big/blobs/uploads/?digest={}",
-                reg.url(),
-                digest_of(&big)
-            ),
-        ]),
-        Duration::from_secs(120),
-    );
-    assert!(out.stdout.starts_with("HTTP/1.1 507"), "{out:?}");
-    assert!(out.stdout.contains("storage is full"), "{out:?}");
-    assert!(out.stdout.contains("needs 60.0 MiB"), "{out:?}");
+    for http in ["--http1.1", "--http2"] {
+        let out = run_cmd(
+            Command::new("curl").args([
+                http,
+                "-sS",
+                "-i",
+                "--cacert",
+                reg.ca_path().to_str().unwrap(),
+                "-u",
+                &common::admin_creds(),
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &format!("@{}", big_path.display()),
+                &format!(
+                    "{}/v2/library/big/blobs/uploads/?digest={}",
+                    reg.url(),
+                    digest_of(&big)
+                ),
+            ]),
+            Duration::from_secs(120),
+        );
+        let status = if http == "--http1.1" {
+            "HTTP/1.1 507"
+        } else {
+            "HTTP/2 507"
+        };
+        assert!(out.stdout.starts_with(status), "{out:?}");
+        assert!(out.stdout.contains("storage is full"), "{out:?}");
+        assert!(out.stdout.contains("needs 60.0 MiB"), "{out:?}");
+    }
     assert!(uploads(&reg).is_empty(), "{:?}", uploads(&reg));
 
     // skopeo streams the layer in one PATCH without a length: it runs out of space
@@ -289,7 +298,11 @@ async fn oversized_push_is_refused_clearly_and_a_small_push_follows() {
         .json()
         .await
         .unwrap();
-    assert_eq!(v["checks"]["storage"]["reserve_bytes"], 4 * MIB as u64, "{v}");
+    assert_eq!(
+        v["checks"]["storage"]["reserve_bytes"],
+        4 * MIB as u64,
+        "{v}"
+    );
     assert!(v["refusals"]["storage_full"].as_u64().unwrap() >= 2, "{v}");
 }
 
@@ -309,7 +322,11 @@ async fn chunked_upload_out_of_space_is_resumable_or_cancellable_and_the_reserve
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let url = format!("{}{}", reg.url(), resp.headers()["location"].to_str().unwrap());
+    let url = format!(
+        "{}{}",
+        reg.url(),
+        resp.headers()["location"].to_str().unwrap()
+    );
     let patch = |range: (usize, usize)| {
         client
             .patch(&url)
@@ -387,7 +404,11 @@ async fn chunked_upload_out_of_space_is_resumable_or_cancellable_and_the_reserve
         .await
         .unwrap();
     assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
-    let url = format!("{}{}", reg.url(), resp.headers()["location"].to_str().unwrap());
+    let url = format!(
+        "{}{}",
+        reg.url(),
+        resp.headers()["location"].to_str().unwrap()
+    );
     let chunk = |from: usize, to: usize| {
         client
             .patch(&url)
@@ -408,7 +429,11 @@ async fn chunked_upload_out_of_space_is_resumable_or_cancellable_and_the_reserve
 
     verify_all(&reg, "library/app", &["v1", "moved", "v2"]).await;
     let resp = client
-        .get(format!("{}/v2/library/app/blobs/{}", reg.url(), digest_of(&blob)))
+        .get(format!(
+            "{}/v2/library/app/blobs/{}",
+            reg.url(),
+            digest_of(&blob)
+        ))
         .send()
         .await
         .unwrap();
@@ -455,7 +480,10 @@ async fn restart_removes_orphan_upload_files_and_keeps_live_sessions() {
     let reg = start_in(data);
     let left = uploads(&reg);
     for id in orphans {
-        assert!(!left.iter().any(|f| f == id), "orphan {id} survived: {left:?}");
+        assert!(
+            !left.iter().any(|f| f == id),
+            "orphan {id} survived: {left:?}"
+        );
     }
     assert_eq!(left.len(), 1, "{left:?}");
     // The live session survived, with its bytes.

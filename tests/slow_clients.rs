@@ -115,7 +115,11 @@ fn read_response(stream: &mut impl Read) -> (u16, String, String) {
             break i + 4;
         }
         let n = stream.read(&mut buf).expect("read response head");
-        assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&data));
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(&data)
+        );
         data.extend_from_slice(&buf[..n]);
     };
     let head = String::from_utf8_lossy(&data[..head_end]).to_string();
@@ -189,13 +193,19 @@ async fn slow_header_client_is_closed_after_the_header_timeout() {
 
     // A TCP connection that never starts TLS is closed after the handshake timeout.
     let mut idle = TcpStream::connect(addr).unwrap();
-    idle.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let started = Instant::now();
     read_until_closed(&mut idle);
     assert!(started.elapsed() < Duration::from_secs(8));
 
     // The server still serves.
-    let resp = reg.client().get(format!("{}/v2/", reg.url())).send().await.unwrap();
+    let resp = reg
+        .client()
+        .get(format!("{}/v2/", reg.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -325,7 +335,10 @@ async fn upload_session_limit_refuses_then_accepts_after_finish_or_cancel() {
         .unwrap();
     assert_eq!(resp.status(), 204);
     sessions.push(new_session(&reg, &client, "library/many").await);
-    assert_eq!(start_upload(&reg, &client, "library/many").await.status(), 429);
+    assert_eq!(
+        start_upload(&reg, &client, "library/many").await.status(),
+        429
+    );
 
     // Finish one: a new session is accepted.
     let blob = b"finished".to_vec();
@@ -359,8 +372,7 @@ async fn plain_http_on_the_https_port_gets_a_400_naming_the_cause() {
     // As curl shows it.
     common::need("curl");
     let out = common::run_cmd(
-        std::process::Command::new("curl")
-            .args(["-sS", "-i", &format!("http://{}/v2/", reg.addr)]),
+        std::process::Command::new("curl").args(["-sS", "-i", &format!("http://{}/v2/", reg.addr)]),
         Duration::from_secs(30),
     );
     assert!(out.stdout.starts_with("HTTP/1.1 400"), "{out:?}");
@@ -381,7 +393,8 @@ async fn early_refusals_reach_http1_clients_that_send_the_whole_body() {
         manifest.len()
     );
     tls.write_all(head.as_bytes()).unwrap();
-    tls.write_all(&manifest).expect("the server reset the connection while the body was sent");
+    tls.write_all(&manifest)
+        .expect("the server reset the connection while the body was sent");
     tls.flush().unwrap();
     let (status, _, body) = read_response(&mut tls);
     assert_eq!(status, 413, "{body}");
@@ -397,7 +410,8 @@ async fn early_refusals_reach_http1_clients_that_send_the_whole_body() {
         blob.len()
     );
     tls.write_all(head.as_bytes()).unwrap();
-    tls.write_all(&blob).expect("the server reset the connection while the body was sent");
+    tls.write_all(&blob)
+        .expect("the server reset the connection while the body was sent");
     tls.flush().unwrap();
     let (status, _, body) = read_response(&mut tls);
     assert_eq!(status, 400, "{body}");
@@ -467,7 +481,10 @@ async fn readyz_shows_database_and_free_space() {
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["ready"], true, "{v}");
     assert_eq!(v["checks"]["database"]["ok"], true, "{v}");
-    assert!(v["checks"]["storage"]["free_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["checks"]["storage"]["free_bytes"].as_u64().unwrap() > 0,
+        "{v}"
+    );
     assert!(v["checks"]["storage"]["reserve_bytes"].is_u64(), "{v}");
 }
 
@@ -548,7 +565,9 @@ fn small_oci_layout(dir: &std::path::Path) -> String {
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let layer = vec![42u8; 256 * 1024];
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -651,7 +670,13 @@ async fn soak() {
     let mut tasks = Vec::new();
     for id in 0..conns {
         let source = IpAddr::from([127, 0, 0, 2 + (id % addresses) as u8]);
-        tasks.push(tokio::spawn(misbehave(id, source, reg.addr, tls.clone(), until)));
+        tasks.push(tokio::spawn(misbehave(
+            id,
+            source,
+            reg.addr,
+            tls.clone(),
+            until,
+        )));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     // skopeo pushes and pulls next to the flood, from its own thread.
@@ -729,6 +754,10 @@ async fn soak() {
         "manifest GET p99 {busy:?} under load vs {quiet:?} quiet"
     );
     // The server is still healthy after the flood.
-    let resp = client.get(format!("{}/readyz", reg.url())).send().await.unwrap();
+    let resp = client
+        .get(format!("{}/readyz", reg.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }

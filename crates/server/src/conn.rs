@@ -135,7 +135,9 @@ impl Server {
                 shared.refusals.note(
                     peer.ip(),
                     Refusal::Connections,
-                    &format!("connection refused: {max} connections are open (limits.max_connections)"),
+                    &format!(
+                        "connection refused: {max} connections are open (limits.max_connections)"
+                    ),
                 );
                 drop(tcp);
                 continue;
@@ -154,7 +156,11 @@ impl Server {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(shared.clone().connection(tcp, peer, permit, stop_rx.clone()));
+            tokio::spawn(
+                shared
+                    .clone()
+                    .connection(tcp, peer, permit, stop_rx.clone()),
+            );
         }
         drop(listener);
         let _ = stop_tx.send(true);
@@ -207,7 +213,10 @@ impl Drop for Permit {
 
 impl Shared {
     fn admit(self: &Arc<Self>, addr: IpAddr, global: OwnedSemaphorePermit) -> Option<Permit> {
-        let mut map = self.per_address.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .per_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let n = map.entry(addr).or_insert(0);
         if *n >= self.limits.max_connections_per_address.max(1) {
             return None;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_storage::fs::FsBlobStore;
+use berth_storage::sqlite::SqliteMetadata;
 use berth_storage::{BlobStore, MetadataStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use berth_storage::sqlite::SqliteMetadata;
 
 use berth_auth::{SigningKey, TokenConfig, TokenService};
 

@@ -18,8 +18,8 @@ use futures_util::TryStreamExt;
 use crate::blobs::{digest_header, parse_digest};
 use crate::error::{ApiError, ApiResult};
 use crate::limits::{Refusal, human_bytes};
-use berth_storage::FULL_ADVICE;
 use crate::routes::Ctx;
+use berth_storage::FULL_ADVICE;
 
 fn body_stream(body: Body) -> ByteStream {
     Box::pin(body.into_data_stream().map_err(io::Error::other))
@@ -148,10 +148,7 @@ async fn admit_session(ctx: &Ctx, owner: &str) -> ApiResult<()> {
             return Ok(());
         }
     };
-    let announced = ctx
-        .query("digest")
-        .and(content_length(ctx))
-        .unwrap_or(0);
+    let announced = ctx.query("digest").and(content_length(ctx)).unwrap_or(0);
     if space.in_reserve() || space.free < announced.saturating_add(space.reserve) {
         let needs = if announced > 0 {
             format!("the upload needs {}, ", human_bytes(announced))

@@ -49,8 +49,7 @@ pub enum StorageError {
 }
 
 /// The text of every out-of-space refusal (what happened and what to do).
-pub const FULL_ADVICE: &str =
-    "an administrator must free space (delete images, run garbage collection) or enlarge the volume";
+pub const FULL_ADVICE: &str = "an administrator must free space (delete images, run garbage collection) or enlarge the volume";
 
 /// Whether an I/O error means the filesystem (or the user's quota) has no room left.
 pub fn is_out_of_space(e: &std::io::Error) -> bool {

@@ -183,10 +183,11 @@ impl SqliteMetadata {
 async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
     sqlx::raw_sql(SCHEMA).execute(pool).await?;
     // Migration: `uploads.owner` (per-principal session limit) came after the first schema.
-    let has_owner: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info('uploads') WHERE name = 'owner'")
-            .fetch_one(pool)
-            .await?;
+    let has_owner: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pragma_table_info('uploads') WHERE name = 'owner'",
+    )
+    .fetch_one(pool)
+    .await?;
     if has_owner == 0 {
         sqlx::raw_sql("ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
             .execute(pool)
