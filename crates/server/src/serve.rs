@@ -317,13 +317,24 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// HTTP/2 receive window of one stream: how much of an upload the client may send ahead of
+/// what the handler has written. With the 64 KiB default (and hyper's adaptive window,
+/// whose estimate stays small on a low-latency link) a push stalled on every window update;
+/// a few MiB lets the client keep sending while the previous buffer is hashed and written.
+const H2_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 receive window of a whole connection: bounds the body bytes one connection can
+/// make the server buffer, whatever its number of streams.
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// HTTP/2 flow-control windows sized for multi-GiB layers; bounded header sizes.
 fn tune(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
     builder
         .http1()
         .max_buf_size(256 * 1024)
         .http2()
-        .adaptive_window(true)
+        .adaptive_window(false)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_frame_size(1 << 20)
         .max_header_list_size(64 * 1024);
 }
