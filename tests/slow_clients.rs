@@ -159,8 +159,6 @@ async fn new_session(reg: &Berth, client: &reqwest::Client, repo: &str) -> Strin
 async fn slow_header_client_is_closed_after_the_header_timeout() {
     let reg = start();
     let addr = reg.addr;
-    let ca = reg.ca_pem();
-    let _ = ca;
     let mut tls = tls_connect(&reg);
     tls.sock
         .set_read_timeout(Some(Duration::from_millis(300)))
@@ -281,8 +279,7 @@ async fn slow_steady_upload_is_never_cut() {
     let all: Vec<u8> = chunks.concat();
     let stream = futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        it.next()
-            .map(|c| (Ok::<_, std::io::Error>(bytes_of(c)), it))
+        it.next().map(|c| (Ok::<_, std::io::Error>(c), it))
     });
     let started = Instant::now();
     let resp = client
@@ -305,10 +302,6 @@ async fn slow_steady_upload_is_never_cut() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-}
-
-fn bytes_of(v: Vec<u8>) -> Vec<u8> {
-    v
 }
 
 #[tokio::test]
@@ -541,7 +534,7 @@ async fn misbehave(
         else {
             continue;
         };
-        let head: &[u8] = if id % 2 == 0 {
+        let head: &[u8] = if id.is_multiple_of(2) {
             b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: "
         } else {
             b"PATCH /v2/library/soak/blobs/uploads/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"

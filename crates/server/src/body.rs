@@ -194,10 +194,10 @@ impl HttpBody for Tail {
             return Poll::Ready(Some(frame));
         }
         // The response is complete; was the request body left unread?
-        if let Some(mut rx) = this.rest.take() {
-            if let Ok(body) = rx.try_recv() {
-                this.drain = Some(body);
-            }
+        if let Some(mut rx) = this.rest.take()
+            && let Ok(body) = rx.try_recv()
+        {
+            this.drain = Some(body);
         }
         let Some(body) = this.drain.as_mut() else {
             return Poll::Ready(None);

@@ -181,8 +181,8 @@ fn statvfs(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let frsize = st.f_frsize as u64;
-    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+    let frsize = st.f_frsize;
+    Ok((st.f_blocks * frsize, st.f_bavail * frsize))
 }
 
 /// Human-readable bytes (`1.5 GiB`), for messages.
@@ -224,7 +224,7 @@ pub fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 #[cfg(test)]
