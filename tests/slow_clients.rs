@@ -266,6 +266,15 @@ async fn stalled_upload_is_closed_then_resumed_from_the_reported_offset() {
         .await
         .unwrap();
     assert_eq!(pulled.as_ref(), &blob[..]);
+    let ready: serde_json::Value = client
+        .get(format!("{}/readyz", reg.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["refusals"]["body_idle_timeout"], 1, "{ready}");
 }
 
 #[tokio::test]

@@ -209,11 +209,16 @@ async fn out_of_space(ctx: &Ctx, name: &str, id: &str, msg: String) -> ApiError 
 }
 
 /// Count (and log, once a minute per client) an out-of-space refusal.
+/// Also counts uploads ended by the body idle timeout.
 fn refused(ctx: &Ctx, e: ApiError) -> ApiError {
     if e.status == Some(StatusCode::INSUFFICIENT_STORAGE) {
         ctx.state
             .refusals
             .note(ctx.caller.addr, Refusal::StorageFull, &e.detail);
+    } else if e.detail.contains("body_idle_timeout_secs") {
+        ctx.state
+            .refusals
+            .note(ctx.caller.addr, Refusal::BodyIdle, &e.detail);
     }
     e
 }
@@ -321,7 +326,7 @@ pub(crate) async fn patch(ctx: Ctx, body: Body, name: &str, id: &str) -> ApiResu
     match st {
         Ok(st) => Ok(in_progress(name, &st)),
         Err(berth_storage::StorageError::Full(msg)) => Err(out_of_space(&ctx, name, id, msg).await),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(refused(&ctx, e.into())),
     }
 }
 
@@ -369,7 +374,7 @@ async fn commit(
             Err(berth_storage::StorageError::Full(msg)) => {
                 return Err(out_of_space(ctx, name, id, msg).await);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(refused(ctx, e.into())),
         }
     }
     match state.blobs.finish_upload(id, digest).await {
