@@ -214,6 +214,24 @@ impl FsBlobStore {
         Ok(removed)
     }
 
+    /// The ids of the upload files in `uploads/` (start-up reconciliation with the
+    /// metadata: a file no session owns is removed with [`BlobStore::cancel_upload`]).
+    pub async fn upload_file_ids(&self) -> StorageResult<Vec<String>> {
+        let dir = self.uploads.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                if let Ok(name) = entry?.file_name().into_string()
+                    && valid_id(&name)
+                {
+                    out.push(name);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     fn upload_path(&self, id: &str) -> PathBuf {
         self.uploads.join(id)
     }
@@ -390,6 +408,7 @@ impl BlobStore for FsBlobStore {
 
         let start = progress.size;
         let Progress { size, hasher } = progress;
+        let start_hasher = hasher.clone();
         let mut pipeline = Pipeline::new(
             SessionWriter {
                 file,
@@ -453,8 +472,27 @@ impl BlobStore for FsBlobStore {
             }));
         };
         let SessionWriter {
-            size, mut guard, ..
+            file,
+            size,
+            mut guard,
+            ..
         } = *writer;
+        let outcome = match outcome {
+            Err(StorageError::Full(msg)) => {
+                // Out of space: keep only what earlier requests acknowledged, so the bytes
+                // of this request stop holding space and the client can resume (or cancel)
+                // from the offset it was last told. (`ftruncate` to a smaller size does
+                // not wait for the device.)
+                if file.file.set_len(start).is_ok() {
+                    *guard = Some(Progress {
+                        size: start,
+                        hasher: start_hasher,
+                    });
+                }
+                return Err(StorageError::Full(msg));
+            }
+            other => other,
+        };
         // The hasher runs ahead of the file by up to one buffer, so it describes the file
         // only if every write succeeded; otherwise the next request re-derives the state.
         if pipeline.all_written {
