@@ -73,6 +73,7 @@ impl From<StorageError> for ApiError {
                 ApiError::new(ErrorCode::Unsupported, detail).with_status(StatusCode::CONFLICT)
             }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, detail),
+            StorageError::Denied(_) => ApiError::new(ErrorCode::Denied, detail),
             StorageError::Io(_) | StorageError::Database(_) => ApiError::internal(detail),
         }
     }

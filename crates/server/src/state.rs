@@ -18,6 +18,8 @@ pub struct AppState {
     pub auto_create_projects: bool,
     /// Where the served certificate came from (for the console's certificate page).
     pub tls: TlsInfo,
+    /// Garbage collection, quotas, retention, immutable tags, pull times.
+    pub lifecycle: Arc<crate::gc::Lifecycle>,
 }
 
 /// Where the certificate this server presents came from.

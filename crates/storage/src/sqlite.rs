@@ -153,6 +153,34 @@ impl SqliteMetadata {
         Ok(SqliteMetadata { reader, writer })
     }
 
+    /// Open for a bulk load (benchmarks, imports): `synchronous=OFF`, so a power loss may
+    /// lose the last transactions. Everything else (schema, triggers) is as [`Self::open`];
+    /// reopen with `open` to serve.
+    pub async fn open_for_bulk_load(path: &Path) -> StorageResult<SqliteMetadata> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .synchronous(SqliteSynchronous::Off)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .journal_mode(SqliteJournalMode::Wal);
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        create_schema(&pool).await?;
+        Ok(SqliteMetadata {
+            reader: pool.clone(),
+            writer: pool,
+        })
+    }
+
     /// A fresh private in-memory database (tests). One connection, kept open forever,
     /// because every `:memory:` connection is a database of its own.
     pub async fn in_memory() -> StorageResult<SqliteMetadata> {
