@@ -235,9 +235,13 @@ async fn change(data: &Path, dist: &Path, pct: usize) -> Result<(), String> {
         if !meta.repository_exists(&repo).await.map_err(|e| e.to_string())? {
             break;
         }
-        match meta.manifest_by_tag(&repo, &tag).await.map_err(|e| e.to_string())? {
-            None => break,
-            Some(_) => {}
+        if meta
+            .manifest_by_tag(&repo, &tag)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            break;
         }
         if i % 100 < pct {
             meta.delete_tag(&repo, &tag).await.map_err(|e| e.to_string())?;

@@ -712,7 +712,7 @@ fn runs_table(runs: &[berth_server::gc::ops::RunView]) -> String {
                 r.manifests_removed.to_string(),
                 r.tags_removed.to_string(),
                 r.blobs_removed.to_string(),
-                berth_storage::sqlite_lifecycle::format_bytes(r.bytes_freed),
+                berth_storage::lifecycle::format_bytes(r.bytes_freed),
                 r.errors.len().to_string(),
             ]
         })
@@ -799,7 +799,7 @@ async fn policy(a: PolicyArgs) -> anyhow::Result<()> {
             .map_err(fail)?
     };
     show(a.common.output, &view, || {
-        let fmt = berth_storage::sqlite_lifecycle::format_bytes;
+        let fmt = berth_storage::lifecycle::format_bytes;
         format!(
             "project:      {}\nusage:        {} in {} repositories\nquota:        {}\nrepositories: {}\nimmutable:    {}\nretention:    {}\n",
             view.project,

@@ -104,6 +104,11 @@ pub fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/api/v1/projects/{name}/retention",
             post(run_retention),
         ),
+        (
+            Method::POST,
+            "/api/v1/projects/{name}/purge",
+            post(purge_project),
+        ),
     ]
 }
 
@@ -523,6 +528,15 @@ async fn run_retention(
     JsonBody(b): JsonBody<RunRequest>,
 ) -> ApiResult<Response> {
     ok(&crate::gc::ops::run_retention(&s, &c, &name, b.dry_run).await?)
+}
+
+async fn purge_project(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let n = crate::gc::ops::purge_project(&s, &c, &name).await?;
+    ok(&serde_json::json!({ "repositories_deleted": n }))
 }
 
 #[cfg(test)]

@@ -196,7 +196,7 @@ impl Lifecycle {
                 let _ = self.blobs.cancel_upload(upload).await;
                 self.meta.delete_upload(upload).await?;
                 return Err(StorageError::Denied(
-                    berth_storage::sqlite_lifecycle::quota_message(project, quota, usage, size),
+                    berth_storage::lifecycle::quota_message(project, quota, usage, size),
                 ));
             }
         }
@@ -718,6 +718,170 @@ pub async fn audit_run(auth: &crate::auth::Auth, run: &GcRun) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_storage::fs::FsBlobStore;
+    use berth_storage::sqlite::SqliteMetadata;
+    use berth_storage::{NewManifest, UploadSession};
+
+    async fn setup(dir: &std::path::Path) -> (Lifecycle, SqliteMetadata, Arc<FsBlobStore>) {
+        let meta = SqliteMetadata::open(&dir.join("metadata.db")).await.unwrap();
+        let blobs = Arc::new(FsBlobStore::open(dir.to_path_buf()).await.unwrap());
+        let config = LifecycleConfig {
+            blob_grace_secs: 0,
+            untagged_delay_secs: 0,
+            ..LifecycleConfig::default()
+        };
+        let lc = Lifecycle::new(
+            Arc::new(meta.clone()),
+            Arc::new(meta.clone()),
+            blobs.clone(),
+            config,
+            Duration::from_secs(3600),
+        );
+        (lc, meta, blobs)
+    }
+
+    async fn upload(blobs: &FsBlobStore, data: &[u8]) -> String {
+        let id = blobs.start_upload().await.unwrap();
+        let body: berth_storage::ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(
+            bytes::Bytes::copy_from_slice(data),
+        )]));
+        blobs.append(&id, None, body, u64::MAX).await.unwrap();
+        id
+    }
+
+    fn opts() -> GcOptions {
+        GcOptions {
+            dry_run: false,
+            started_by: "test".into(),
+        }
+    }
+
+    /// A client re-uploads a blob the collector has just tombstoned: the commit waits until
+    /// the collector has deleted the old bytes, then stores the client's bytes; nothing is lost.
+    #[tokio::test]
+    async fn reupload_of_a_blob_being_collected_waits_and_keeps_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lc, meta, blobs) = setup(dir.path()).await;
+        let data = b"layer that GC is collecting".to_vec();
+        let d = Digest::sha256(&data);
+        let id = upload(&blobs, &data).await;
+        blobs.finish_upload(&id, &d).await.unwrap();
+        meta.link_blob("p/r", &d, data.len() as u64).await.unwrap();
+        // The collector's transaction: unreferenced, so tombstoned (bytes still there).
+        assert_eq!(
+            lc.store.tombstone_blob(&d, i64::MAX / 2, false).await.unwrap(),
+            BlobVerdict::Tombstoned
+        );
+        // The client pushes the same content again.
+        let id = upload(&blobs, &data).await;
+        meta.create_upload(UploadSession {
+            id: id.clone(),
+            repository: "p/r".into(),
+            started_at: now(),
+        })
+        .await
+        .unwrap();
+        let lc = Arc::new(lc);
+        let waiting = {
+            let (lc, id, d) = (lc.clone(), id.clone(), d.clone());
+            tokio::spawn(async move { lc.before_commit("p/r", &id, &d, 27).await })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!waiting.is_finished(), "the commit must wait for the collector");
+        // The collector finishes: bytes deleted, tombstone cleared.
+        blobs.delete(&d).await.unwrap();
+        lc.store.clear_tombstone(&d).await.unwrap();
+        waiting.await.unwrap().unwrap();
+        // Pinned now: another cycle cannot take it, and the commit stores the new bytes.
+        assert_eq!(
+            lc.store.tombstone_blob(&d, i64::MAX / 2, false).await.unwrap(),
+            BlobVerdict::Kept
+        );
+        blobs.finish_upload(&id, &d).await.unwrap();
+        meta.link_blob("p/r", &d, data.len() as u64).await.unwrap();
+        meta.delete_upload(&id).await.unwrap();
+        assert_eq!(blobs.stat(&d).await.unwrap(), Some(data.len() as u64));
+    }
+
+    /// A cycle removes untagged manifests and then their unreferenced blobs, keeps what is
+    /// shared, and the next cycle has nothing left to look at (incremental).
+    #[tokio::test]
+    async fn cycle_collects_garbage_and_the_next_one_has_nothing_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lc, meta, blobs) = setup(dir.path()).await;
+        let shared = b"shared layer".to_vec();
+        let own = b"own layer".to_vec();
+        let (ds, dn) = (Digest::sha256(&shared), Digest::sha256(&own));
+        for (data, d) in [(&shared, &ds), (&own, &dn)] {
+            let id = upload(&blobs, data).await;
+            blobs.finish_upload(&id, d).await.unwrap();
+            meta.link_blob("p/a", d, data.len() as u64).await.unwrap();
+        }
+        let manifest = |content: &str, tag: &str, blobs: Vec<Digest>| NewManifest {
+            repository: "p/a".into(),
+            digest: Digest::sha256(content.as_bytes()),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            content: content.as_bytes().to_vec(),
+            tag: Some(tag.into()),
+            blobs,
+            children: Vec::new(),
+            subject: None,
+            artifact_type: None,
+            annotations_json: None,
+        };
+        let keep = manifest("{\"keep\":1}", "keep", vec![ds.clone()]);
+        let drop = manifest("{\"drop\":1}", "drop", vec![ds.clone(), dn.clone()]);
+        meta.put_manifest(keep).await.unwrap();
+        meta.put_manifest(drop.clone()).await.unwrap();
+        meta.delete_tag("p/a", "drop").await.unwrap();
+        let dry = lc
+            .run_gc(&GcOptions {
+                dry_run: true,
+                started_by: "test".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(dry.manifests_removed, 1);
+        assert!(meta.manifest_exists("p/a", &drop.digest).await.unwrap());
+        let run = lc.run_gc(&opts()).await.unwrap();
+        assert_eq!(run.errors, "");
+        assert_eq!(run.manifests_removed, 1);
+        assert_eq!(run.blobs_removed, 1, "{}", run.detail);
+        assert_eq!(blobs.stat(&dn).await.unwrap(), None);
+        assert_eq!(blobs.stat(&ds).await.unwrap(), Some(shared.len() as u64));
+        assert_eq!(lc.store.gc_backlog().await.unwrap(), 0);
+        let again = lc.run_gc(&opts()).await.unwrap();
+        assert_eq!((again.manifests_removed, again.blobs_removed), (0, 0));
+        let runs = lc.store.gc_runs(10).await.unwrap();
+        assert_eq!(runs.len(), 3);
+        assert!(runs[2].dry_run);
+    }
+
+    /// Pull times are kept in memory until flushed, then visible to retention.
+    #[tokio::test]
+    async fn pulls_are_batched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lc, meta, _blobs) = setup(dir.path()).await;
+        let m = NewManifest {
+            repository: "p/a".into(),
+            digest: Digest::sha256(b"{}"),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            content: b"{}".to_vec(),
+            tag: Some("t".into()),
+            blobs: Vec::new(),
+            children: Vec::new(),
+            subject: None,
+            artifact_type: None,
+            annotations_json: None,
+        };
+        meta.put_manifest(m.clone()).await.unwrap();
+        lc.pulls.record("p/a", &m.digest);
+        lc.pulls.record("p/a", &m.digest);
+        assert_eq!(lc.store.tag_times("p/a").await.unwrap()[0].pulled_at, None);
+        assert_eq!(lc.flush_pulls().await.unwrap(), 1);
+        assert!(lc.store.tag_times("p/a").await.unwrap()[0].pulled_at.is_some());
+        assert_eq!(lc.flush_pulls().await.unwrap(), 0);
+    }
 
     #[test]
     fn patterns() {
@@ -954,6 +1118,27 @@ pub mod ops {
             )
             .await;
         view(state, p).await
+    }
+
+    /// Delete a project with everything in it (system administrators): its repositories
+    /// first (their manifests and blobs are reclaimed by the next GC cycles), then the
+    /// project, its members and robots. Returns how many repositories were deleted.
+    pub async fn purge_project(state: &AppState, caller: &Caller, project: &str) -> ApiResult<usize> {
+        admin::require_system_admin(caller, "delete a project with its repositories")?;
+        admin::access(&state.auth, caller, project).await?;
+        let n = state.lifecycle.purge_project(project).await?;
+        state
+            .auth
+            .audit(
+                &caller.actor(),
+                "project.purge",
+                &format!("project:{project}"),
+                caller.addr,
+                &format!("{n} repositories deleted"),
+            )
+            .await;
+        admin::delete_project(&state.auth, caller, project).await?;
+        Ok(n)
     }
 
     /// Run a project's retention policy now (project administrators).

@@ -285,3 +285,32 @@ pub trait LifecycleStore: Send + Sync + 'static {
     /// (if given). Returns how many were deleted.
     async fn prune_audit(&self, before: Option<i64>, keep: Option<u64>) -> StorageResult<u64>;
 }
+
+/// Human-readable byte count.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The `DENIED` message of a quota refusal (names quota, usage and size refused).
+pub fn quota_message(project: &str, quota: u64, usage: u64, size: u64) -> String {
+    format!(
+        "storage quota of project {project} exceeded: quota {} ({quota} bytes), usage {} \
+         ({usage} bytes), this push needs {} ({size} bytes) more; delete images or ask an \
+         administrator to raise the quota",
+        format_bytes(quota),
+        format_bytes(usage),
+        format_bytes(size)
+    )
+}
+

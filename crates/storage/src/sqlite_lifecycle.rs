@@ -16,7 +16,7 @@ use berth_proto::Digest;
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use crate::lifecycle::{
-    BlobVerdict, Candidate, CandidateKind, GcRun, LifecycleStore, ManifestVerdict, ProjectPolicy,
+    quota_message, BlobVerdict, Candidate, CandidateKind, GcRun, LifecycleStore, ManifestVerdict, ProjectPolicy,
     PushLimits, QuotaUsage, TagTimes,
 };
 use crate::metadata::{NewManifest, UploadSession};
@@ -322,22 +322,6 @@ pub(crate) async fn check_references(
     Ok(())
 }
 
-/// Human-readable byte count.
-pub fn format_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// Inside a manifest PUT: the quota, the repository count and the immutable rule.
 pub(crate) async fn check_limits(
     tx: &mut Transaction<'_, Sqlite>,
@@ -430,18 +414,6 @@ pub(crate) async fn check_limits(
         }
     }
     Ok(())
-}
-
-/// The `DENIED` message of a quota refusal (names quota, usage and size refused).
-pub fn quota_message(project: &str, quota: u64, usage: u64, size: u64) -> String {
-    format!(
-        "storage quota of project {project} exceeded: quota {} ({quota} bytes), usage {} \
-         ({usage} bytes), this push needs {} ({size} bytes) more; delete images or ask an \
-         administrator to raise the quota",
-        format_bytes(quota),
-        format_bytes(usage),
-        format_bytes(size)
-    )
 }
 
 fn kind_code(kind: CandidateKind) -> &'static str {

@@ -14,7 +14,7 @@ use super::{Form, Layout, PageError, PageResult, Viewer, render, respond};
 use crate::gc::RetentionPolicy;
 use crate::gc::ops::{self, PolicyUpdate, RunView};
 use crate::state::AppState;
-use berth_storage::sqlite_lifecycle::format_bytes;
+use berth_storage::lifecycle::format_bytes;
 
 async fn with_form<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
 where
