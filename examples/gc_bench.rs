@@ -33,7 +33,12 @@ fn main() {
         .build()
         .expect("runtime");
     let result = runtime.block_on(async {
-        match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        match args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             ["generate", data, dist, n] => generate(data.as_ref(), dist.as_ref(), parse(n)?).await,
             ["change", data, dist, pct] => change(data.as_ref(), dist.as_ref(), parse(pct)?).await,
             ["berth-gc", data] => berth_gc(data.as_ref()).await,
@@ -93,9 +98,7 @@ fn image(i: usize, shared: &[(Digest, Vec<u8>)]) -> (Vec<u8>, Vec<u8>, usize, Ve
     let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"n\":{i}}}").into_bytes();
     let layer = noise(i as u64 + 1_000_000, 4096);
     let s = i % SHARED;
-    let desc = |media: &str, b: &[u8]| {
-        serde_json::json!({"mediaType": media, "digest": Digest::sha256(b).to_string(), "size": b.len()})
-    };
+    let desc = |media: &str, b: &[u8]| serde_json::json!({"mediaType": media, "digest": Digest::sha256(b).to_string(), "size": b.len()});
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST,
@@ -168,14 +171,23 @@ async fn generate(data: &Path, dist: &Path, n: usize) -> Result<(), String> {
         }
         let link = md.to_string();
         write(
-            &r.join("_manifests/revisions/sha256").join(md.hex()).join("link"),
+            &r.join("_manifests/revisions/sha256")
+                .join(md.hex())
+                .join("link"),
             link.as_bytes(),
         )?;
         let t = r.join("_manifests/tags").join(&tag);
         write(&t.join("current/link"), link.as_bytes())?;
-        write(&t.join("index/sha256").join(md.hex()).join("link"), link.as_bytes())?;
+        write(
+            &t.join("index/sha256").join(md.hex()).join("link"),
+            link.as_bytes(),
+        )?;
         if i % 10_000 == 9_999 {
-            eprintln!("gc_bench: {} manifests in {:.0} s", i + 1, started.elapsed().as_secs_f64());
+            eprintln!(
+                "gc_bench: {} manifests in {:.0} s",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     // The generation's own change log is not what the benchmark measures: start clean, as
@@ -232,7 +244,11 @@ async fn change(data: &Path, dist: &Path, pct: usize) -> Result<(), String> {
     loop {
         let repo = repo_of(i);
         let tag = format!("t{i}");
-        if !meta.repository_exists(&repo).await.map_err(|e| e.to_string())? {
+        if !meta
+            .repository_exists(&repo)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             break;
         }
         if meta
@@ -244,7 +260,9 @@ async fn change(data: &Path, dist: &Path, pct: usize) -> Result<(), String> {
             break;
         }
         if i % 100 < pct {
-            meta.delete_tag(&repo, &tag).await.map_err(|e| e.to_string())?;
+            meta.delete_tag(&repo, &tag)
+                .await
+                .map_err(|e| e.to_string())?;
             std::fs::remove_dir_all(dist_repo(dist, &repo).join("_manifests/tags").join(&tag))
                 .map_err(|e| e.to_string())?;
             n += 1;
@@ -302,9 +320,7 @@ async fn push(url: &str, creds: &str, n: usize, prefix: &str) -> Result<(), Stri
         let repo = format!("bench/push{}", i % 4);
         let config = format!("{{\"push\":\"{prefix}{i}\"}}").into_bytes();
         let layer = noise(i as u64 + 77 + prefix.len() as u64 * 1_000_003, 256 << 10);
-        let desc = |b: &[u8]| {
-            serde_json::json!({"mediaType": "application/octet-stream", "digest": Digest::sha256(b).to_string(), "size": b.len()})
-        };
+        let desc = |b: &[u8]| serde_json::json!({"mediaType": "application/octet-stream", "digest": Digest::sha256(b).to_string(), "size": b.len()});
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2, "mediaType": MANIFEST, "config": desc(&config), "layers": [desc(&layer)],
         }))
@@ -352,7 +368,11 @@ async fn push(url: &str, creds: &str, n: usize, prefix: &str) -> Result<(), Stri
             .await
             .map_err(|e| e.to_string())?;
         if r.status().as_u16() != 201 {
-            return Err(format!("manifest PUT: {} {}", r.status(), r.text().await.unwrap_or_default()));
+            return Err(format!(
+                "manifest PUT: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ));
         }
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }

@@ -642,7 +642,11 @@ async fn immutable_tags_are_refused_with_the_rule() {
     let srv = Berth::start_with(FAST_GC);
     let reg = Reg::new(&srv);
     let (s, v) = reg
-        .api(reqwest::Method::POST, "/api/v1/projects", Some(json!({"name": "imm"})))
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/projects",
+            Some(json!({"name": "imm"})),
+        )
         .await;
     assert!(s == 201 || s == 200, "{v}");
     reg.policy("imm", json!({"immutable_tags": ["v*", "release-*"]}))
@@ -769,7 +773,9 @@ async fn gc_after_project_deletion_returns_disk_space() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["repositories_deleted"], 3);
-    let (s, _) = reg.api(reqwest::Method::GET, "/api/v1/projects/gone", None).await;
+    let (s, _) = reg
+        .api(reqwest::Method::GET, "/api/v1/projects/gone", None)
+        .await;
     assert_eq!(s, 404, "the project is gone");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The CLI on the data directory, while the server runs.

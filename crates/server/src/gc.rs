@@ -723,7 +723,9 @@ mod tests {
     use berth_storage::{NewManifest, UploadSession};
 
     async fn setup(dir: &std::path::Path) -> (Lifecycle, SqliteMetadata, Arc<FsBlobStore>) {
-        let meta = SqliteMetadata::open(&dir.join("metadata.db")).await.unwrap();
+        let meta = SqliteMetadata::open(&dir.join("metadata.db"))
+            .await
+            .unwrap();
         let blobs = Arc::new(FsBlobStore::open(dir.to_path_buf()).await.unwrap());
         let config = LifecycleConfig {
             blob_grace_secs: 0,
@@ -769,7 +771,10 @@ mod tests {
         meta.link_blob("p/r", &d, data.len() as u64).await.unwrap();
         // The collector's transaction: unreferenced, so tombstoned (bytes still there).
         assert_eq!(
-            lc.store.tombstone_blob(&d, i64::MAX / 2, false).await.unwrap(),
+            lc.store
+                .tombstone_blob(&d, i64::MAX / 2, false)
+                .await
+                .unwrap(),
             BlobVerdict::Tombstoned
         );
         // The client pushes the same content again.
@@ -787,14 +792,20 @@ mod tests {
             tokio::spawn(async move { lc.before_commit("p/r", &id, &d, 27).await })
         };
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(!waiting.is_finished(), "the commit must wait for the collector");
+        assert!(
+            !waiting.is_finished(),
+            "the commit must wait for the collector"
+        );
         // The collector finishes: bytes deleted, tombstone cleared.
         blobs.delete(&d).await.unwrap();
         lc.store.clear_tombstone(&d).await.unwrap();
         waiting.await.unwrap().unwrap();
         // Pinned now: another cycle cannot take it, and the commit stores the new bytes.
         assert_eq!(
-            lc.store.tombstone_blob(&d, i64::MAX / 2, false).await.unwrap(),
+            lc.store
+                .tombstone_blob(&d, i64::MAX / 2, false)
+                .await
+                .unwrap(),
             BlobVerdict::Kept
         );
         blobs.finish_upload(&id, &d).await.unwrap();
@@ -879,7 +890,11 @@ mod tests {
         lc.pulls.record("p/a", &m.digest);
         assert_eq!(lc.store.tag_times("p/a").await.unwrap()[0].pulled_at, None);
         assert_eq!(lc.flush_pulls().await.unwrap(), 1);
-        assert!(lc.store.tag_times("p/a").await.unwrap()[0].pulled_at.is_some());
+        assert!(
+            lc.store.tag_times("p/a").await.unwrap()[0]
+                .pulled_at
+                .is_some()
+        );
         assert_eq!(lc.flush_pulls().await.unwrap(), 0);
     }
 
@@ -1123,7 +1138,11 @@ pub mod ops {
     /// Delete a project with everything in it (system administrators): its repositories
     /// first (their manifests and blobs are reclaimed by the next GC cycles), then the
     /// project, its members and robots. Returns how many repositories were deleted.
-    pub async fn purge_project(state: &AppState, caller: &Caller, project: &str) -> ApiResult<usize> {
+    pub async fn purge_project(
+        state: &AppState,
+        caller: &Caller,
+        project: &str,
+    ) -> ApiResult<usize> {
         admin::require_system_admin(caller, "delete a project with its repositories")?;
         admin::access(&state.auth, caller, project).await?;
         let n = state.lifecycle.purge_project(project).await?;

@@ -313,4 +313,3 @@ pub fn quota_message(project: &str, quota: u64, usage: u64, size: u64) -> String
         format_bytes(size)
     )
 }
-

@@ -16,8 +16,8 @@ use berth_proto::Digest;
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use crate::lifecycle::{
-    quota_message, BlobVerdict, Candidate, CandidateKind, GcRun, LifecycleStore, ManifestVerdict, ProjectPolicy,
-    PushLimits, QuotaUsage, TagTimes,
+    BlobVerdict, Candidate, CandidateKind, GcRun, LifecycleStore, ManifestVerdict, ProjectPolicy,
+    PushLimits, QuotaUsage, TagTimes, quota_message,
 };
 use crate::metadata::{NewManifest, UploadSession};
 use crate::sqlite::{SqliteMetadata, now, parse_digest, project_range, to_i64, to_u64};
