@@ -658,24 +658,6 @@ async fn audit(a: AuditArgs) -> anyhow::Result<()> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::table;
-
-    #[test]
-    fn tables_align_columns() {
-        let t = table(
-            &["NAME", "ROLE"],
-            &[
-                vec!["alice".into(), "guest".into()],
-                vec!["b".into(), "project_admin".into()],
-            ],
-        );
-        assert_eq!(t, "NAME   ROLE\nalice  guest\nb      project_admin\n");
-        assert_eq!(table(&["A", "B"], &[]), "A  B\n");
-    }
-}
-
 /// The registry side of the data directory (blobs and metadata) for the lifecycle commands.
 async fn open_registry(
     common: &Common,
@@ -828,4 +810,22 @@ async fn retention(a: RetentionArgs) -> anyhow::Result<()> {
         .await
         .map_err(fail)?;
     show(a.common.output, &run, || run_text(&run))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["NAME", "ROLE"],
+            &[
+                vec!["alice".into(), "guest".into()],
+                vec!["b".into(), "project_admin".into()],
+            ],
+        );
+        assert_eq!(t, "NAME   ROLE\nalice  guest\nb      project_admin\n");
+        assert_eq!(table(&["A", "B"], &[]), "A  B\n");
+    }
 }

@@ -172,7 +172,7 @@ pub(crate) async fn policy_page(
             Vec::new()
         };
         let page = PolicyPage {
-            l: viewer.layout(&format!("{project}: storage policy")),
+            l: viewer.layout(format!("{project}: storage policy")),
             name: project,
             usage: format_bytes(p.usage_bytes),
             usage_bytes: p.usage_bytes,
