@@ -673,6 +673,8 @@ mod tests {
             auto_create_projects: false,
             tls: Default::default(),
             lifecycle,
+            refusals: Default::default(),
+            space: crate::limits::DiskSpace::new(dir.path().to_owned(), Default::default()),
         };
         (state, dir)
     }

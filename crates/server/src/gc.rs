@@ -783,6 +783,7 @@ mod tests {
             id: id.clone(),
             repository: "p/r".into(),
             started_at: now(),
+            owner: "user:test".into(),
         })
         .await
         .unwrap();

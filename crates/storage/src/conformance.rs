@@ -846,6 +846,7 @@ pub async fn metadata_suite(store: &dyn MetadataStore) {
         id: "0b5c2a36-7d4e-4f7a-9c1e-2f1d3a4b5c6d".to_owned(),
         repository: "new/repo".to_owned(),
         started_at: 1_700_000_000,
+        owner: "user:alice".to_owned(),
     };
     assert_eq!(ok(store.upload(&session.id).await, "missing upload"), None);
     ok(store.create_upload(session.clone()).await, "create upload");
@@ -860,8 +861,22 @@ pub async fn metadata_suite(store: &dyn MetadataStore) {
         ),
         "an upload session alone does not create a repository"
     );
+    assert_eq!(
+        ok(store.count_uploads_by_owner("user:alice").await, "count"),
+        1
+    );
+    assert_eq!(
+        ok(store.count_uploads_by_owner("user:bob").await, "count"),
+        0
+    );
+    assert!(ok(store.upload_ids().await, "upload ids").contains(&session.id));
     ok(store.delete_upload(&session.id).await, "delete upload");
     assert_eq!(ok(store.upload(&session.id).await, "deleted upload"), None);
+    assert_eq!(
+        ok(store.count_uploads_by_owner("user:alice").await, "count"),
+        0
+    );
+    assert!(!ok(store.upload_ids().await, "upload ids").contains(&session.id));
     ok(
         store.delete_upload(&session.id).await,
         "delete upload again",
@@ -2306,6 +2321,7 @@ pub async fn lifecycle_suite(
             id: "u-d".into(),
             repository: APP.into(),
             started_at: 10,
+            owner: "user:alice".into(),
         })
         .await,
         "upload",
@@ -2321,7 +2337,8 @@ pub async fn lifecycle_suite(
         vec![UploadSession {
             id: "u-d".into(),
             repository: APP.into(),
-            started_at: 10
+            started_at: 10,
+            owner: "user:alice".into()
         }]
     );
     assert!(ok(life.stale_uploads(10, 10).await, "not stale").is_empty());

@@ -43,7 +43,7 @@ pub use accounts::{
     RefreshToken, Robot, UnknownName, User, Visibility,
 };
 pub use blob::{BlobChunks, BlobReader, BlobStore, ByteStream, UploadId, UploadState};
-pub use error::{StorageError, StorageResult};
+pub use error::{FULL_ADVICE, StorageError, StorageResult, is_out_of_space};
 pub use lifecycle::{
     BlobVerdict, Candidate, CandidateKind, GcRun, LifecycleStore, ManifestVerdict, ProjectPolicy,
     PushLimits, QuotaUsage, TagTimes,

@@ -936,8 +936,8 @@ impl LifecycleStore for SqliteMetadata {
     }
 
     async fn stale_uploads(&self, before: i64, limit: u32) -> StorageResult<Vec<UploadSession>> {
-        let rows = sqlx::query_as::<_, (String, String, i64)>(
-            "SELECT id, repository, started_at FROM uploads WHERE started_at < ?1
+        let rows = sqlx::query_as::<_, (String, String, i64, String)>(
+            "SELECT id, repository, started_at, owner FROM uploads WHERE started_at < ?1
              ORDER BY started_at LIMIT ?2",
         )
         .bind(before)
@@ -946,10 +946,11 @@ impl LifecycleStore for SqliteMetadata {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, repository, started_at)| UploadSession {
+            .map(|(id, repository, started_at, owner)| UploadSession {
                 id,
                 repository,
                 started_at,
+                owner,
             })
             .collect())
     }
