@@ -808,8 +808,10 @@ async fn gc_after_project_deletion_returns_disk_space() {
     let (_, after) = blobs_on_disk(srv.data.path());
     assert_eq!(before - after, total);
     let df_after = fs_used(srv.data.path());
+    // The database's WAL grows a little while GC writes: at least half of the blob bytes
+    // must show as allocated space returned (the exact byte count is checked above).
     assert!(
-        df_before.saturating_sub(df_after) >= 3 << 20,
+        df_before.saturating_sub(df_after) >= total / 2,
         "disk space allocated to the data directory went from {df_before} to {df_after}"
     );
     let (_, runs) = reg
