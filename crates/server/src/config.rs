@@ -21,6 +21,46 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Authentication and access control.
     pub auth: AuthConfig,
+    /// Garbage collection, retention schedules, pull-time recording, audit-log retention.
+    pub lifecycle: LifecycleConfig,
+}
+
+/// Storage lifecycle (`[lifecycle]`): see `crate::gc`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Seconds between scheduled garbage-collection cycles (0: only on demand).
+    pub gc_interval_secs: u64,
+    /// A blob is collected only this long after it lost its last reference (or was
+    /// uploaded without one): the window in which a push may still reference it.
+    pub blob_grace_secs: u64,
+    /// An untagged manifest is collected this long after it became untagged.
+    pub untagged_delay_secs: u64,
+    /// Collect untagged manifests at all (false: only blobs and what is deleted explicitly).
+    pub delete_untagged: bool,
+    /// Seconds between scheduled runs of the projects' retention policies (0: never).
+    pub retention_interval_secs: u64,
+    /// Pull times are gathered in memory and written this often.
+    pub pull_flush_secs: u64,
+    /// Delete audit events older than this many days (none: keep).
+    pub audit_keep_days: Option<u64>,
+    /// Keep at most this many audit events (none: no limit).
+    pub audit_keep_entries: Option<u64>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            gc_interval_secs: 3600,
+            blob_grace_secs: 2 * 3600,
+            untagged_delay_secs: 24 * 3600,
+            delete_untagged: true,
+            retention_interval_secs: 24 * 3600,
+            pull_flush_secs: 30,
+            audit_keep_days: None,
+            audit_keep_entries: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +204,7 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             limits: Limits::default(),
             auth: AuthConfig::default(),
+            lifecycle: LifecycleConfig::default(),
         }
     }
 }

@@ -81,6 +81,7 @@ impl From<StorageError> for ApiError {
                 ApiError::new(ErrorCode::Unsupported, detail).with_status(StatusCode::CONFLICT)
             }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, detail),
+            StorageError::Denied(_) => ApiError::new(ErrorCode::Denied, detail),
             // 507, not 503: docker and skopeo show only the status line of a 5xx, and
             // "507 Insufficient Storage" names the cause; Go clients (crane, oras) retry
             // 503s with backoff, which only delays the answer on a full disk.

@@ -12,6 +12,8 @@
 //!   operations shared with the CLI.
 //! - [`console`]: the web console (server-rendered HTML at `/`) over the same [`admin`]
 //!   operations and [`auth`] checks, with its own sessions and CSRF tokens.
+//! - [`gc`]: storage lifecycle — online incremental GC, quotas, retention, immutable
+//!   tags — over [`berth_storage::LifecycleStore`] and [`berth_storage::BlobStore`].
 //! - [`auth`]: who the caller is and whether they may; [`token`] issues Docker tokens.
 //! - storage: [`berth_storage::BlobStore`] and [`berth_storage::MetadataStore`] in
 //!   [`state::AppState`].
@@ -25,6 +27,7 @@ pub mod config;
 pub mod conn;
 pub mod console;
 pub mod error;
+pub mod gc;
 pub mod limits;
 pub mod routes;
 pub mod serve;

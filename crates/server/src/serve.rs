@@ -124,13 +124,23 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
             ca_crt: config.tls_dir().join("ca.crt"),
         },
     };
+    let lifecycle = Arc::new(crate::gc::Lifecycle::new(
+        Arc::new(meta.clone()),
+        Arc::new(meta.clone()),
+        blobs.clone(),
+        config.lifecycle.clone(),
+        ttl,
+    ));
+    let auth = Arc::new(auth);
+    lifecycle.spawn_schedules(auth.clone());
     Ok(AppState {
         blobs,
         meta: Arc::new(meta),
-        auth: Arc::new(auth),
+        auth,
         limits: config.limits.clone(),
         auto_create_projects: config.auth.auto_create_projects,
         tls,
+        lifecycle,
         refusals: Default::default(),
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
     })

@@ -19,6 +19,8 @@ pub struct AppState {
     pub auto_create_projects: bool,
     /// Where the served certificate came from (for the console's certificate page).
     pub tls: TlsInfo,
+    /// Garbage collection, quotas, retention, immutable tags, pull times.
+    pub lifecycle: Arc<crate::gc::Lifecycle>,
     /// Refusals of bounds, counted and logged at most once a minute per client.
     pub refusals: Arc<Refusals>,
     /// Free space and reserve of the data directory's filesystem.

@@ -82,8 +82,16 @@ pub(crate) async fn start(ctx: Ctx, body: Body, name: &str) -> ApiResult<Respons
 
     if let Some(mount) = ctx.query("mount") {
         let digest = parse_digest(mount)?;
-        if let Some(size) = mountable_size(&ctx, &digest).await? {
-            state.meta.link_blob(name, &digest, size).await?;
+        if mountable_size(&ctx, &digest).await?.is_some()
+            // Linked in one transaction with the check that the source still links it
+            // (and that the collector is not deleting it).
+            && state
+                .lifecycle
+                .store
+                .mount_blob(ctx.query("from"), name, &digest)
+                .await?
+                .is_some()
+        {
             return Ok(created(name, &digest));
         }
         // Not mountable: fall through to an ordinary upload session, as the spec says.
@@ -377,6 +385,13 @@ async fn commit(
             Err(e) => return Err(refused(ctx, e.into())),
         }
     }
+    // Quota, then pin the digest so the collector cannot take the blob between the
+    // commit (which may find it already stored) and the link.
+    let size = state.blobs.upload_state(id).await?.size;
+    state
+        .lifecycle
+        .before_commit(name, id, digest, size)
+        .await?;
     match state.blobs.finish_upload(id, digest).await {
         Ok(size) => {
             state.meta.link_blob(name, digest, size).await?;

@@ -35,6 +35,10 @@ pub enum StorageError {
     /// has repositories); the message says what is in the way.
     #[error("{0}")]
     Conflict(String),
+    /// Refused by a project policy (storage quota, repository limit, immutable tag); the
+    /// message names the rule and what to do.
+    #[error("{0}")]
+    Denied(String),
     /// The client's stream failed mid-transfer (connection dropped, body error).
     #[error("reading the request body failed: {0}")]
     Body(String),

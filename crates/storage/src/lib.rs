@@ -12,6 +12,10 @@
 //!   ([`sqlite_accounts`]). It stores password and secret hashes made by the auth crate
 //!   and never hashes or checks anything itself.
 //!
+//! - [`LifecycleStore`]: the primitives of garbage collection, quotas, retention and
+//!   immutable tags — a change log, tombstones, upload pins, quota usage kept in the same
+//!   transactions as pushes ([`lifecycle`], for SQLite in [`sqlite_lifecycle`]).
+//!
 //! Each trait comes with one conformance suite ([`conformance`]) that every backend runs.
 //!
 //! Invariants every backend keeps:
@@ -28,9 +32,11 @@ pub mod blob;
 pub mod conformance;
 pub mod error;
 pub mod fs;
+pub mod lifecycle;
 pub mod metadata;
 pub mod sqlite;
 pub mod sqlite_accounts;
+pub mod sqlite_lifecycle;
 
 pub use accounts::{
     AccountStore, AuditEvent, AuditFilter, ConsoleSession, Member, Project, ProjectRole,
@@ -38,6 +44,10 @@ pub use accounts::{
 };
 pub use blob::{BlobChunks, BlobReader, BlobStore, ByteStream, UploadId, UploadState};
 pub use error::{FULL_ADVICE, StorageError, StorageResult, is_out_of_space};
+pub use lifecycle::{
+    BlobVerdict, Candidate, CandidateKind, GcRun, LifecycleStore, ManifestVerdict, ProjectPolicy,
+    PushLimits, QuotaUsage, TagTimes,
+};
 pub use metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
     UntaggedManifest, UploadSession, Usage,
