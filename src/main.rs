@@ -196,6 +196,10 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     config.tls.hosts.extend(args.hosts);
     config.tls.ips.extend(args.ips);
+    config
+        .storage
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| anyhow::anyhow!("in the environment: {e}"))?;
     Ok(config)
 }
 

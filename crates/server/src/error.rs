@@ -73,6 +73,8 @@ impl From<StorageError> for ApiError {
                 ApiError::new(ErrorCode::Unsupported, detail).with_status(StatusCode::CONFLICT)
             }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, detail),
+            StorageError::Unavailable(_) => ApiError::new(ErrorCode::Unavailable, detail)
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
             StorageError::Io(_) | StorageError::Database(_) => ApiError::internal(detail),
         }
     }

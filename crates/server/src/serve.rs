@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
+use berth_storage::BlobStore;
 use berth_storage::fs::FsBlobStore;
+use berth_storage::s3::S3BlobStore;
 use berth_storage::sqlite::SqliteMetadata;
 
 use berth_auth::{SigningKey, TokenConfig, TokenService};
 
 use crate::auth::Auth;
-use crate::config::ServerConfig;
+use crate::config::{BlobBackend, ServerConfig};
 use crate::state::{AppState, TlsInfo};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -60,13 +62,29 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         path: config.data.display().to_string(),
         source,
     };
-    let blobs = FsBlobStore::open(config.data.clone())
-        .await
-        .map_err(storage_err)?;
+    let blobs: Arc<dyn BlobStore> = match config.storage.backend {
+        BlobBackend::Fs => Arc::new(
+            FsBlobStore::open(config.data.clone())
+                .await
+                .map_err(storage_err)?,
+        ),
+        BlobBackend::S3 => {
+            let s3 =
+                S3BlobStore::connect(&config.storage.s3).map_err(|source| ServeError::Storage {
+                    path: format!("bucket {}", config.storage.s3.bucket),
+                    source,
+                })?;
+            // Refuse to start against a bucket that does not answer, with its name.
+            s3.check().await.map_err(|source| ServeError::Storage {
+                path: format!("bucket {}", config.storage.s3.bucket),
+                source,
+            })?;
+            Arc::new(s3)
+        }
+    };
     let meta = SqliteMetadata::open(&config.data.join("metadata.db"))
         .await
         .map_err(storage_err)?;
-    let blobs = Arc::new(blobs);
     let ttl = Duration::from_secs(config.limits.upload_ttl_hours * 3600);
     let purger = blobs.clone();
     tokio::spawn(async move {
