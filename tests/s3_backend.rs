@@ -14,7 +14,7 @@ use common::garage::{self, Garage};
 use common::{Berth, need, run_cmd};
 
 /// `berth serve` on `garage`'s bucket under `prefix`, with `redirect` as given.
-fn start_on(garage: &Garage, prefix: &str, redirect: bool) -> Berth {
+async fn start_on(garage: &Garage, prefix: &str, redirect: bool) -> Berth {
     let data = tempfile::tempdir().expect("tempdir");
     let config = data.path().join("berth.toml");
     std::fs::write(
@@ -34,23 +34,19 @@ fn start_on(garage: &Garage, prefix: &str, redirect: bool) -> Berth {
     // Garage creates its default key and bucket just after it listens; Berth refuses to
     // start on a bucket that does not answer, so retry the start briefly.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !bucket_answers(garage) {
+    while !bucket_answers(garage).await {
         assert!(
             Instant::now() < deadline,
             "Garage's bucket did not answer:\n{}",
             garage.log()
         );
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Berth::start_in(data, &["--config", config.to_str().unwrap()])
 }
 
 /// Whether Garage knows the default key and bucket yet (a signed listing succeeds).
-fn bucket_answers(garage: &Garage) -> bool {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+async fn bucket_answers(garage: &Garage) -> bool {
     let config = berth_storage::s3::S3Config {
         endpoint: Some(garage.endpoint()),
         region: garage::REGION.to_owned(),
@@ -60,7 +56,7 @@ fn bucket_answers(garage: &Garage) -> bool {
         ..Default::default()
     };
     let store = berth_storage::s3::S3BlobStore::connect(&config).unwrap();
-    rt.block_on(store.check()).is_ok()
+    store.check().await.is_ok()
 }
 
 fn skopeo(args: &[&str]) -> common::CmdOutput {
@@ -81,7 +77,7 @@ fn s(p: &Path) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_push_and_redirected_pull() {
     let garage = Garage::shared();
-    let reg = start_on(garage, "skopeo", true);
+    let reg = start_on(garage, "skopeo", true).await;
     let tmp = tempfile::tempdir().unwrap();
     let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
     let cert_dir = reg.cert_dir();
@@ -157,7 +153,7 @@ async fn skopeo_push_and_redirected_pull() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bucket_outage_during_push_is_503_then_resumes() {
     let mut garage = Garage::start();
-    let reg = start_on(&garage, "outage", false);
+    let reg = start_on(&garage, "outage", false).await;
     let client = reg.client();
     let base = format!("{}/v2/library/outage", reg.url());
     let blob: Vec<u8> = (0..12 * 1024 * 1024u32)

@@ -157,6 +157,9 @@ pub struct S3BlobStore {
     /// Names the bucket in errors: "object store http://host:port bucket NAME".
     name: String,
     redirect: Option<Duration>,
+    /// Plain HTTP client (same trust as `store`) for the one S3 call `object_store` lacks:
+    /// ListMultipartUploads, sent as a pre-signed GET.
+    http: reqwest::Client,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pointers: Mutex<HashMap<Digest, Pointer>>,
 }
@@ -236,6 +239,9 @@ impl S3BlobStore {
             }
         }
 
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(config.request_timeout_secs.max(1)));
         let mut options = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_pool_idle_timeout(Duration::from_secs(30))
@@ -263,6 +269,13 @@ impl S3BlobStore {
                         for cert in certs {
                             options = options.with_root_certificate(cert);
                         }
+                        let extra = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                            config_error(format!(
+                                "CA file {} for the S3 endpoint is not PEM: {e}",
+                                path.display()
+                            ))
+                        })?;
+                        http = http.tls_certs_merge(extra);
                     }
                     Err(e) if required => {
                         return Err(config_error(format!(
@@ -330,6 +343,9 @@ impl S3BlobStore {
             reader: Arc::new(reader),
             prefix,
             name,
+            http: http
+                .build()
+                .map_err(|e| config_error(format!("cannot configure the S3 client: {e}")))?,
             redirect: config
                 .redirect
                 .then(|| Duration::from_secs(config.presign_ttl_secs.clamp(10, 7 * 24 * 3600))),
@@ -580,7 +596,89 @@ impl S3BlobStore {
                 removed += 1;
             }
         }
+        // Multipart uploads no session points to any more (a process killed between
+        // starting one and recording it, or a session purged by hand).
+        for (id, upload, initiated) in self.multipart_uploads().await? {
+            if initiated >= cutoff || self.upload_state(&id).await.is_ok() {
+                continue;
+            }
+            let path = self.path(&format!("data/{id}"));
+            match self.store.abort_multipart(&path, &upload).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.unavailable("aborting a multipart upload", e)),
+            }
+        }
         Ok(removed)
+    }
+
+    /// Multipart uploads in progress under `PREFIX/data/`: (upload id of Berth, S3 upload
+    /// id, initiation time). ListMultipartUploads, which `object_store` does not offer, is
+    /// sent as a GET pre-signed by it.
+    async fn multipart_uploads(&self) -> StorageResult<Vec<(String, String, SystemTime)>> {
+        let data = format!("{}data/", self.prefix);
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        // At most 100 pages of 1000.
+        for _ in 0..100 {
+            let mut query = vec![("uploads", String::new()), ("prefix", data.clone())];
+            if let Some((key, id)) = &markers {
+                query.push(("key-marker", key.clone()));
+                query.push(("upload-id-marker", id.clone()));
+            }
+            let options = object_store::signer::SignedUrlOptions::new().with_query(query);
+            let url = self
+                .store
+                .signed_url_opts(
+                    object_store::signer::Method::GET,
+                    &ObjPath::default(),
+                    Duration::from_secs(60),
+                    &options,
+                )
+                .await
+                .map_err(|e| self.unavailable("listing multipart uploads", e))?;
+            let failed = |e: String| {
+                StorageError::Unavailable(format!(
+                    "{} failed listing multipart uploads: {e}",
+                    self.name
+                ))
+            };
+            let resp = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let status = resp.status();
+            let body = resp.text().await.map_err(|e| failed(e.to_string()))?;
+            if !status.is_success() {
+                return Err(failed(format!("HTTP {status}: {body}")));
+            }
+            for upload in xml_elements(&body, "Upload") {
+                let (Some(key), Some(id)) = (xml_text(upload, "Key"), xml_text(upload, "UploadId"))
+                else {
+                    continue;
+                };
+                let Some(ours) = key.strip_prefix(&data).filter(|k| valid_id(k)) else {
+                    continue;
+                };
+                let initiated = xml_text(upload, "Initiated")
+                    .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                    .map(SystemTime::from)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                out.push((ours.to_owned(), id.to_owned(), initiated));
+            }
+            if xml_text(&body, "IsTruncated") != Some("true") {
+                break;
+            }
+            match (
+                xml_text(&body, "NextKeyMarker"),
+                xml_text(&body, "NextUploadIdMarker"),
+            ) {
+                (Some(k), Some(i)) => markers = Some((k.to_owned(), i.to_owned())),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     /// Keys of upload artifacts (sessions and uncommitted data objects) in the bucket:
@@ -623,6 +721,12 @@ impl S3BlobStore {
                     left.push(key);
                 }
             }
+        }
+        for (id, upload, _) in self.multipart_uploads().await? {
+            left.push(format!(
+                "multipart upload {upload} of {}data/{id}",
+                self.prefix
+            ));
         }
         Ok(left)
     }
@@ -931,6 +1035,26 @@ fn take_bytes(pending: &mut Vec<Bytes>, n: usize) -> PutPayload {
     }
     *pending = rest;
     out.into_iter().collect()
+}
+
+/// The contents of each `<tag>…</tag>` in `xml` (S3 listings: flat, no attributes on the
+/// tags read here).
+fn xml_elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        out.push(&after[..end]);
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+/// The text of the first `<tag>` in `xml`.
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    xml_elements(xml, tag).into_iter().next()
 }
 
 /// Header of a session object and where its tail starts.
@@ -1329,6 +1453,12 @@ mod tests {
             .append(&id, None, body(vec![data(PART + 10, 5)]), u64::MAX)
             .await
             .unwrap();
+        let listed = store.multipart_uploads().await.unwrap();
+        assert!(listed.iter().any(|(i, _, _)| *i == id), "{listed:?}");
+        // A multipart upload no session records (a process killed right after starting it).
+        let orphan = uuid::Uuid::new_v4().to_string();
+        let orphan_path = store.path(&format!("data/{orphan}"));
+        store.store.create_multipart(&orphan_path).await.unwrap();
         let recent = store.start_upload().await.unwrap();
         assert_eq!(
             store
@@ -1354,6 +1484,8 @@ mod tests {
             Err(StorageError::UploadUnknown(_))
         ));
         assert_eq!(store.upload_state(&recent).await.unwrap().size, 1);
+        let listed = store.multipart_uploads().await.unwrap();
+        assert!(listed.is_empty(), "{listed:?}");
         store.cancel_upload(&recent).await.unwrap();
         assert!(store.upload_artifacts().await.unwrap().is_empty());
     }
