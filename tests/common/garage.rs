@@ -29,6 +29,8 @@ pub struct Garage {
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
     config: PathBuf,
+    /// For the shared instance: the shell that kills it once the test process is gone.
+    watchdog: Option<Child>,
     /// The S3 API address (127.0.0.1:PORT).
     pub addr: SocketAddr,
 }
@@ -64,7 +66,7 @@ impl Garage {
             // directory by PID when this test process has exited.
             let pid = g.child.as_ref().unwrap().id();
             let dir = g.dir.take().unwrap().keep();
-            Command::new("sh")
+            let watchdog = Command::new("sh")
                 .arg("-c")
                 .arg(format!(
                     "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 {pid}; \
@@ -77,6 +79,7 @@ impl Garage {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn the Garage watchdog");
+            g.watchdog = Some(watchdog);
             g
         })
     }
@@ -113,6 +116,7 @@ impl Garage {
             child: None,
             dir: Some(dir),
             config,
+            watchdog: None,
             addr,
         };
         g.restart();
