@@ -88,8 +88,12 @@ impl Berth {
         self.client_builder().build().expect("client")
     }
 
-    fn client_builder(&self) -> reqwest::ClientBuilder {
-        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(120));
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        // HTTP/1.1 unless a test asks for HTTP/2 itself (reqwest offers h2 by ALPN once its
+        // `http2` feature is on).
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .http1_only();
         if self.scheme == "https" {
             let certs = reqwest::Certificate::from_pem_bundle(&self.ca_pem()).expect("ca pem");
             b = b.tls_certs_only(certs);

@@ -577,6 +577,8 @@ mod tests {
             limits: Default::default(),
             auto_create_projects: false,
             tls: Default::default(),
+            refusals: Default::default(),
+            space: crate::limits::DiskSpace::new(dir.path().to_owned(), Default::default()),
         };
         (state, dir)
     }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -158,6 +159,32 @@ pub struct Limits {
     pub max_page_size: u32,
     /// Abandoned upload sessions are removed after this many hours.
     pub upload_ttl_hours: u64,
+    /// Open upload sessions per principal (user or robot; per client address for
+    /// anonymous pushes). The next one is refused with 429 `TOOMANYREQUESTS`.
+    pub max_upload_sessions: u64,
+    /// Connections open at once, all clients together; more are closed at accept.
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to complete the TLS handshake.
+    pub tls_handshake_timeout_secs: u64,
+    /// Seconds a client has to send a complete request head (HTTP/1.1; it also bounds an
+    /// idle keep-alive connection). On HTTP/2, the first request must arrive in this time.
+    pub header_timeout_secs: u64,
+    /// Seconds without a single byte of a request body before the request is ended (an
+    /// upload stays resumable from the offset the registry reports). Idle time, not total
+    /// time: a slow but steady upload is never cut.
+    pub body_idle_timeout_secs: u64,
+    /// Seconds a connection may stay without any byte read or written (HTTP/2 keep-alive,
+    /// clients that stopped reading a response).
+    pub idle_timeout_secs: u64,
+    /// Free space kept on the data directory's filesystem: while less is free, new uploads
+    /// are refused with 507 so that the metadata database and uploads in flight can still
+    /// complete. The reserve is the smaller of `min_free_bytes` and `min_free_percent` of
+    /// the filesystem (0 in either turns the reserve off).
+    pub min_free_bytes: u64,
+    /// See `min_free_bytes`.
+    pub min_free_percent: f64,
 }
 
 impl Default for Limits {
@@ -167,8 +194,43 @@ impl Default for Limits {
             max_blob_bytes: 64 << 30,
             max_page_size: 10_000,
             upload_ttl_hours: 24 * 7,
+            max_upload_sessions: 1_000,
+            max_connections: 16_384,
+            max_connections_per_address: 1_024,
+            tls_handshake_timeout_secs: 10,
+            header_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
+            idle_timeout_secs: 120,
+            min_free_bytes: 1 << 30,
+            min_free_percent: 1.0,
         }
     }
+}
+
+impl Limits {
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        secs(self.tls_handshake_timeout_secs)
+    }
+    pub fn header_timeout(&self) -> Duration {
+        secs(self.header_timeout_secs)
+    }
+    pub fn body_idle_timeout(&self) -> Duration {
+        secs(self.body_idle_timeout_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        secs(self.idle_timeout_secs)
+    }
+
+    /// The free-space reserve on a filesystem of `total` bytes.
+    pub fn reserve_bytes(&self, total: u64) -> u64 {
+        let pct = (total as f64 * self.min_free_percent.clamp(0.0, 100.0) / 100.0) as u64;
+        self.min_free_bytes.min(pct)
+    }
+}
+
+/// A timeout of `n` seconds; 0 is taken as 1 (a bound of zero would refuse everyone).
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n.max(1))
 }
 
 impl Default for ServerConfig {

@@ -37,7 +37,22 @@ fn manifest_unknown(name: &str, reference: &str) -> ApiError {
 
 pub(crate) async fn get(ctx: Ctx, name: &str, reference: &str) -> ApiResult<Response> {
     let meta = &ctx.state.meta;
-    let record = match parse_reference(reference)? {
+    // A reference that cannot be a tag or digest names no manifest: 404, as the OCI
+    // conformance suite expects for GET/HEAD (only a PUT is told the reference is invalid).
+    let reference_parsed = match parse_reference(reference) {
+        Ok(r) => r,
+        Err(e) if e.code == ErrorCode::TagInvalid => {
+            return Err(ApiError::new(
+                ErrorCode::ManifestUnknown,
+                format!(
+                    "manifest {reference} is not in repository {name}: {}",
+                    e.detail
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let record = match reference_parsed {
         Reference::Tag(tag) => meta.manifest_by_tag(name, &tag).await?,
         Reference::Digest(d) => meta.manifest_by_digest(name, &d).await?,
     }
@@ -100,12 +115,33 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
     };
 
     let meta = &ctx.state.meta;
+    let mut sizes = std::collections::HashMap::with_capacity(parsed.blobs.len());
     for blob in &parsed.blobs {
-        if meta.blob_link(name, blob).await?.is_none() {
+        match meta.blob_link(name, blob).await? {
+            Some(size) => {
+                sizes.insert(blob, size);
+            }
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!(
+                        "blob {blob} referenced by the manifest is not in repository {name}; push it first"
+                    ),
+                ));
+            }
+        }
+    }
+    // A descriptor that lies about its blob's size would only fail at pull time, far from
+    // the cause, in clients that check sizes.
+    for d in &parsed.blob_descriptors {
+        if let Some(&real) = sizes.get(&d.digest)
+            && real != d.size
+        {
             return Err(ApiError::new(
-                ErrorCode::ManifestBlobUnknown,
+                ErrorCode::ManifestInvalid,
                 format!(
-                    "blob {blob} referenced by the manifest is not in repository {name}; push it first"
+                    "{} names blob {} with size {}, but that blob is {real} bytes; fix the descriptor's size",
+                    d.path, d.digest, d.size
                 ),
             ));
         }

@@ -7,6 +7,7 @@ use berth_storage::{BlobStore, MetadataStore};
 
 use crate::auth::Auth;
 use crate::config::Limits;
+use crate::limits::{DiskSpace, Refusals};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -18,6 +19,10 @@ pub struct AppState {
     pub auto_create_projects: bool,
     /// Where the served certificate came from (for the console's certificate page).
     pub tls: TlsInfo,
+    /// Refusals of bounds, counted and logged at most once a minute per client.
+    pub refusals: Arc<Refusals>,
+    /// Free space and reserve of the data directory's filesystem.
+    pub space: DiskSpace,
 }
 
 /// Where the certificate this server presents came from.

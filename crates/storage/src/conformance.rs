@@ -846,6 +846,7 @@ pub async fn metadata_suite(store: &dyn MetadataStore) {
         id: "0b5c2a36-7d4e-4f7a-9c1e-2f1d3a4b5c6d".to_owned(),
         repository: "new/repo".to_owned(),
         started_at: 1_700_000_000,
+        owner: "user:alice".to_owned(),
     };
     assert_eq!(ok(store.upload(&session.id).await, "missing upload"), None);
     ok(store.create_upload(session.clone()).await, "create upload");
@@ -860,8 +861,22 @@ pub async fn metadata_suite(store: &dyn MetadataStore) {
         ),
         "an upload session alone does not create a repository"
     );
+    assert_eq!(
+        ok(store.count_uploads_by_owner("user:alice").await, "count"),
+        1
+    );
+    assert_eq!(
+        ok(store.count_uploads_by_owner("user:bob").await, "count"),
+        0
+    );
+    assert!(ok(store.upload_ids().await, "upload ids").contains(&session.id));
     ok(store.delete_upload(&session.id).await, "delete upload");
     assert_eq!(ok(store.upload(&session.id).await, "deleted upload"), None);
+    assert_eq!(
+        ok(store.count_uploads_by_owner("user:alice").await, "count"),
+        0
+    );
+    assert!(!ok(store.upload_ids().await, "upload ids").contains(&session.id));
     ok(
         store.delete_upload(&session.id).await,
         "delete upload again",

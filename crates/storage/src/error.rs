@@ -38,8 +38,12 @@ pub enum StorageError {
     /// The client's stream failed mid-transfer (connection dropped, body error).
     #[error("reading the request body failed: {0}")]
     Body(String),
+    /// The registry's storage is out of space (`ENOSPC`/`EDQUOT`, SQLite's "database or
+    /// disk is full"), or below the configured free-space reserve. The text says what.
+    #[error("{0}")]
+    Full(String),
     #[error("storage I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// A backing service (the object store) failed or did not answer in time; the message
     /// names it. Retrying later can succeed; nothing half-written became visible.
     #[error("{0}; retry when it is reachable again")]
@@ -48,8 +52,43 @@ pub enum StorageError {
     Database(String),
 }
 
+/// The text of every out-of-space refusal (what happened and what to do).
+pub const FULL_ADVICE: &str = "an administrator must free space (delete images, run garbage collection) or enlarge the volume";
+
+/// Whether an I/O error means the filesystem (or the user's quota) has no room left.
+pub fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        if is_out_of_space(&e) {
+            StorageError::Full(format!(
+                "the registry's storage is full ({e}); {FULL_ADVICE}"
+            ))
+        } else {
+            StorageError::Io(e)
+        }
+    }
+}
+
 impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && db.code().as_deref() == Some("13")
+        {
+            // SQLITE_FULL
+            return StorageError::Full(format!(
+                "the registry's metadata database cannot grow: the disk is full; {FULL_ADVICE}"
+            ));
+        }
+        if let sqlx::Error::Io(io) = &e
+            && is_out_of_space(io)
+        {
+            return StorageError::Full(format!(
+                "the registry's storage is full ({io}); {FULL_ADVICE}"
+            ));
+        }
         StorageError::Database(e.to_string())
     }
 }

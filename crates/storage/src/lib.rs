@@ -38,7 +38,7 @@ pub use accounts::{
     RefreshToken, Robot, UnknownName, User, Visibility,
 };
 pub use blob::{BlobChunks, BlobReader, BlobStore, ByteStream, UploadId, UploadState};
-pub use error::{StorageError, StorageResult};
+pub use error::{FULL_ADVICE, StorageError, StorageResult, is_out_of_space};
 pub use metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
     UntaggedManifest, UploadSession, Usage,

@@ -91,7 +91,8 @@ CREATE INDEX IF NOT EXISTS tags_by_digest ON tags(repository, digest);
 CREATE TABLE IF NOT EXISTS uploads (
     id          TEXT    NOT NULL PRIMARY KEY,
     repository  TEXT    NOT NULL,
-    started_at  INTEGER NOT NULL
+    started_at  INTEGER NOT NULL,
+    owner       TEXT    NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 "#;
 
@@ -181,6 +182,20 @@ impl SqliteMetadata {
 /// Create every table and index that is missing (idempotent).
 async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
     sqlx::raw_sql(SCHEMA).execute(pool).await?;
+    // Migration: `uploads.owner` (per-principal session limit) came after the first schema.
+    let has_owner: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pragma_table_info('uploads') WHERE name = 'owner'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if has_owner == 0 {
+        sqlx::raw_sql("ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            .execute(pool)
+            .await?;
+    }
+    sqlx::raw_sql("CREATE INDEX IF NOT EXISTS uploads_by_owner ON uploads(owner)")
+        .execute(pool)
+        .await?;
     sqlx::raw_sql(crate::sqlite_accounts::SCHEMA)
         .execute(pool)
         .await?;
@@ -593,27 +608,45 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn create_upload(&self, session: UploadSession) -> StorageResult<()> {
-        sqlx::query("INSERT INTO uploads (id, repository, started_at) VALUES (?1, ?2, ?3)")
-            .bind(&session.id)
-            .bind(&session.repository)
-            .bind(session.started_at)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "INSERT INTO uploads (id, repository, started_at, owner) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&session.id)
+        .bind(&session.repository)
+        .bind(session.started_at)
+        .bind(&session.owner)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
     async fn upload(&self, id: &str) -> StorageResult<Option<UploadSession>> {
-        let row = sqlx::query_as::<_, (String, i64)>(
-            "SELECT repository, started_at FROM uploads WHERE id = ?1",
+        let row = sqlx::query_as::<_, (String, i64, String)>(
+            "SELECT repository, started_at, owner FROM uploads WHERE id = ?1",
         )
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|(repository, started_at)| UploadSession {
+        Ok(row.map(|(repository, started_at, owner)| UploadSession {
             id: id.to_owned(),
             repository,
             started_at,
+            owner,
         }))
+    }
+
+    async fn count_uploads_by_owner(&self, owner: &str) -> StorageResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE owner = ?1")
+            .bind(owner)
+            .fetch_one(&self.reader)
+            .await?;
+        to_u64(n)
+    }
+
+    async fn upload_ids(&self) -> StorageResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM uploads")
+            .fetch_all(&self.reader)
+            .await?)
     }
 
     async fn delete_upload(&self, id: &str) -> StorageResult<()> {
