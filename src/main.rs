@@ -225,6 +225,10 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         .unwrap_or(lc.retention_interval_secs);
     lc.audit_keep_days = args.audit_keep_days.or(lc.audit_keep_days);
     lc.audit_keep_entries = args.audit_keep_entries.or(lc.audit_keep_entries);
+    config
+        .storage
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| anyhow::anyhow!("in the environment: {e}"))?;
     Ok(config)
 }
 

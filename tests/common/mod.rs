@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod garage;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};

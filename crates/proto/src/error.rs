@@ -1,7 +1,7 @@
 //! The OCI distribution error-code table and the JSON error body.
 //!
 //! Codes, statuses and messages follow the OCI distribution spec and, for the codes the spec
-//! leaves out (`RANGE_INVALID`, `PAGINATION_NUMBER_INVALID`, `TAG_INVALID`), Distribution's
+//! leaves out (`RANGE_INVALID`, `PAGINATION_NUMBER_INVALID`, `TAG_INVALID`, `UNAVAILABLE`), Distribution's
 //! `registry/api/v2/errors.go`.
 
 use std::fmt;
@@ -26,6 +26,7 @@ pub enum ErrorCode {
     RangeInvalid,
     PaginationNumberInvalid,
     TagInvalid,
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -48,6 +49,7 @@ impl ErrorCode {
         ErrorCode::RangeInvalid,
         ErrorCode::PaginationNumberInvalid,
         ErrorCode::TagInvalid,
+        ErrorCode::Unavailable,
     ];
 
     /// The wire code, e.g. `BLOB_UNKNOWN`.
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::TagInvalid => "TAG_INVALID",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -94,6 +97,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => 416,
             ErrorCode::PaginationNumberInvalid => 400,
             ErrorCode::TagInvalid => 400,
+            ErrorCode::Unavailable => 503,
         }
     }
 
@@ -119,6 +123,7 @@ impl ErrorCode {
             ErrorCode::RangeInvalid => "invalid content range",
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::TagInvalid => "manifest tag did not match URI",
+            ErrorCode::Unavailable => "service unavailable",
         }
     }
 }
@@ -170,6 +175,7 @@ mod tests {
                 400,
             ),
             (ErrorCode::TagInvalid, "TAG_INVALID", 400),
+            (ErrorCode::Unavailable, "UNAVAILABLE", 503),
         ];
         assert_eq!(ErrorCode::ALL.len(), want.len());
         for (i, &(code, s, status)) in want.iter().enumerate() {

@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Garbage collection, retention schedules, pull-time recording, audit-log retention.
     pub lifecycle: LifecycleConfig,
+    /// Where blobs are kept (`[storage]`: the data directory, or an S3 bucket).
+    pub storage: StorageConfig,
 }
 
 /// Storage lifecycle (`[lifecycle]`): see `crate::gc`.
@@ -60,6 +62,81 @@ impl Default for LifecycleConfig {
             audit_keep_days: None,
             audit_keep_entries: None,
         }
+    }
+}
+
+/// `[storage]`: the blob backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `fs` (default: blobs under the data directory) or `s3` (`[storage.s3]`).
+    pub backend: BlobBackend,
+    /// The bucket, when `backend = "s3"`.
+    pub s3: berth_storage::s3::S3Config,
+}
+
+/// Which [`berth_storage::BlobStore`] serves blobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    #[default]
+    Fs,
+    S3,
+}
+
+impl StorageConfig {
+    /// Override keys from `BERTH_STORAGE_BACKEND` and `BERTH_S3_*` variables (as given by
+    /// `var`, normally `std::env::var`). Errors name the variable and what it accepts.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        let flag = |name: &str, v: String| match v.as_str() {
+            "1" | "true" | "yes" => Ok(true),
+            "0" | "false" | "no" | "" => Ok(false),
+            _ => Err(format!("{name}={v:?}: use true or false")),
+        };
+        if let Some(v) = var("BERTH_STORAGE_BACKEND") {
+            self.backend = match v.as_str() {
+                "fs" => BlobBackend::Fs,
+                "s3" => BlobBackend::S3,
+                _ => return Err(format!("BERTH_STORAGE_BACKEND={v:?}: use fs or s3")),
+            };
+        }
+        let s3 = &mut self.s3;
+        for (name, slot) in [
+            ("BERTH_S3_ENDPOINT", &mut s3.endpoint),
+            ("BERTH_S3_ACCESS_KEY_ID", &mut s3.access_key_id),
+            ("BERTH_S3_SECRET_ACCESS_KEY", &mut s3.secret_access_key),
+        ] {
+            if let Some(v) = var(name) {
+                *slot = Some(v);
+            }
+        }
+        for (name, slot) in [
+            ("BERTH_S3_REGION", &mut s3.region),
+            ("BERTH_S3_BUCKET", &mut s3.bucket),
+            ("BERTH_S3_PREFIX", &mut s3.prefix),
+        ] {
+            if let Some(v) = var(name) {
+                *slot = v;
+            }
+        }
+        if let Some(v) = var("BERTH_S3_CA_FILE") {
+            s3.ca_file = Some(v.into());
+        }
+        for (name, slot) in [
+            ("BERTH_S3_ALLOW_HTTP", &mut s3.allow_http),
+            ("BERTH_S3_PATH_STYLE", &mut s3.path_style),
+            ("BERTH_S3_REDIRECT", &mut s3.redirect),
+        ] {
+            if let Some(v) = var(name) {
+                *slot = flag(name, v)?;
+            }
+        }
+        if let Some(v) = var("BERTH_S3_PRESIGN_TTL_SECS") {
+            s3.presign_ttl_secs = v
+                .parse()
+                .map_err(|_| format!("BERTH_S3_PRESIGN_TTL_SECS={v:?}: use a number of seconds"))?;
+        }
+        Ok(())
     }
 }
 
@@ -205,6 +282,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             lifecycle: LifecycleConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -239,6 +317,32 @@ mod tests {
             }
         }
         assert!(seen > 0, "no example configs found in {dir}");
+    }
+
+    #[test]
+    fn storage_section_and_env() {
+        let mut config = ServerConfig::from_toml(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:3900\"\n\
+             bucket = \"b\"\nregion = \"garage\"\nredirect = true\n",
+        )
+        .unwrap();
+        assert_eq!(config.storage.backend, BlobBackend::S3);
+        assert_eq!(config.storage.s3.bucket, "b");
+        assert!(config.storage.s3.redirect && config.storage.s3.path_style);
+        let env = |k: &str| match k {
+            "BERTH_S3_BUCKET" => Some("other".to_owned()),
+            "BERTH_S3_REDIRECT" => Some("false".to_owned()),
+            "BERTH_S3_PRESIGN_TTL_SECS" => Some("60".to_owned()),
+            _ => None,
+        };
+        config.storage.apply_env(env).unwrap();
+        assert_eq!(config.storage.s3.bucket, "other");
+        assert!(!config.storage.s3.redirect);
+        assert_eq!(config.storage.s3.presign_ttl_secs, 60);
+        let bad = |k: &str| (k == "BERTH_STORAGE_BACKEND").then(|| "nfs".to_owned());
+        let err = config.storage.apply_env(bad).unwrap_err();
+        assert!(err.contains("BERTH_STORAGE_BACKEND"), "{err}");
+        assert_eq!(ServerConfig::default().storage.backend, BlobBackend::Fs);
     }
 
     #[test]

@@ -82,6 +82,8 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, detail),
             StorageError::Denied(_) => ApiError::new(ErrorCode::Denied, detail),
+            StorageError::Unavailable(_) => ApiError::new(ErrorCode::Unavailable, detail)
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
             // 507, not 503: docker and skopeo show only the status line of a 5xx, and
             // "507 Insufficient Storage" names the cause; Go clients (crane, oras) retry
             // 503s with backoff, which only delays the answer on a full disk.

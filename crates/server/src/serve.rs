@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_storage::fs::FsBlobStore;
+use berth_storage::s3::S3BlobStore;
 use berth_storage::sqlite::SqliteMetadata;
 use berth_storage::{BlobStore, MetadataStore};
 use rustls_pki_types::pem::PemObject;
@@ -16,7 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use berth_auth::{SigningKey, TokenConfig, TokenService};
 
 use crate::auth::Auth;
-use crate::config::ServerConfig;
+use crate::config::{BlobBackend, ServerConfig};
 use crate::state::{AppState, TlsInfo};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -61,18 +62,39 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         path: config.data.display().to_string(),
         source,
     };
-    let blobs = FsBlobStore::open(config.data.clone())
-        .await
-        .map_err(storage_err)?;
+    let (blobs, fs): (Arc<dyn BlobStore>, Option<Arc<FsBlobStore>>) = match config.storage.backend {
+        BlobBackend::Fs => {
+            let fs = Arc::new(
+                FsBlobStore::open(config.data.clone())
+                    .await
+                    .map_err(storage_err)?,
+            );
+            (fs.clone(), Some(fs))
+        }
+        BlobBackend::S3 => {
+            let s3 =
+                S3BlobStore::connect(&config.storage.s3).map_err(|source| ServeError::Storage {
+                    path: format!("bucket {}", config.storage.s3.bucket),
+                    source,
+                })?;
+            // Refuse to start against a bucket that does not answer, with its name.
+            s3.check().await.map_err(|source| ServeError::Storage {
+                path: format!("bucket {}", config.storage.s3.bucket),
+                source,
+            })?;
+            (Arc::new(s3), None)
+        }
+    };
     let meta = SqliteMetadata::open(&config.data.join("metadata.db"))
         .await
         .map_err(storage_err)?;
-    reconcile_uploads(&blobs, &meta)
-        .await
-        .map_err(storage_err)?;
-    let blobs = Arc::new(blobs);
+    // The filesystem store's upload files are reconciled with the database's sessions; the
+    // S3 store keeps its sessions in the bucket, where `purge_stale_uploads` reclaims them.
+    if let Some(fs) = &fs {
+        reconcile_uploads(fs, &meta).await.map_err(storage_err)?;
+    }
     let ttl = Duration::from_secs(config.limits.upload_ttl_hours * 3600);
-    let (purger, purger_meta) = (blobs.clone(), meta.clone());
+    let (purger, purger_meta, purger_fs) = (blobs.clone(), meta.clone(), fs.clone());
     tokio::spawn(async move {
         // Abandoned sessions are reclaimed by the TTL: at start, then every hour.
         let mut every = tokio::time::interval(Duration::from_secs(3600));
@@ -83,7 +105,9 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
                 Ok(n) => tracing::info!(removed = n, "removed abandoned uploads"),
                 Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),
             }
-            if let Err(e) = forget_sessions_without_files(&purger, &purger_meta).await {
+            if let Some(fs) = &purger_fs
+                && let Err(e) = forget_sessions_without_files(fs, &purger_meta).await
+            {
                 tracing::warn!(error = %e, "could not forget purged upload sessions");
             }
         }

@@ -48,6 +48,10 @@ pub enum StorageError {
     Full(String),
     #[error("storage I/O error: {0}")]
     Io(std::io::Error),
+    /// A backing service (the object store) failed or did not answer in time; the message
+    /// names it. Retrying later can succeed; nothing half-written became visible.
+    #[error("{0}; retry when it is reachable again")]
+    Unavailable(String),
     #[error("metadata database error: {0}")]
     Database(String),
 }

@@ -560,6 +560,10 @@ impl BlobStore for FsBlobStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    async fn purge_stale_uploads(&self, older_than: Duration) -> StorageResult<usize> {
+        FsBlobStore::purge_stale_uploads(self, older_than).await
+    }
 }
 
 /// The descriptors of an upload file being appended to.

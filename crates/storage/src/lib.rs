@@ -1,8 +1,8 @@
 //! Storage behind three narrow async traits:
 //!
 //! - [`BlobStore`]: content-addressed bytes (layers, configs) and resumable upload sessions.
-//!   [`fs::FsBlobStore`] keeps them on the local filesystem; an S3 backend can implement
-//!   the same trait later.
+//!   [`fs::FsBlobStore`] keeps them on the local filesystem, [`s3::S3BlobStore`] in an
+//!   S3-compatible bucket.
 //! - [`MetadataStore`]: repositories, manifests, tags, referrers and which blobs each
 //!   repository may serve. [`sqlite::SqliteMetadata`] keeps them in an embedded SQLite
 //!   database (WAL); a PostgreSQL backend can implement the same trait later.
@@ -34,6 +34,7 @@ pub mod error;
 pub mod fs;
 pub mod lifecycle;
 pub mod metadata;
+pub mod s3;
 pub mod sqlite;
 pub mod sqlite_accounts;
 pub mod sqlite_lifecycle;
