@@ -15,7 +15,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Berth, need, run_cmd};
-use sha2::Digest as _;
 
 const MIB: usize = 1 << 20;
 
@@ -77,7 +76,7 @@ fn start_in(data: tempfile::TempDir) -> Berth {
 }
 
 fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    common::sha256_digest(bytes)
 }
 
 /// Incompressible bytes (xorshift), different per `seed`.
@@ -136,13 +135,7 @@ async fn push_small_image(reg: &Berth, repo: &str, tag: &str, seed: u64) -> Vec<
 }
 
 fn manifest_json(config: &[u8], layer: &[u8]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_of(config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest_of(layer), "size": layer.len()}],
-    }))
-    .unwrap()
+    common::image_manifest_json(config, layer)
 }
 
 async fn put_manifest(reg: &Berth, repo: &str, tag: &str, manifest: &[u8]) {
@@ -188,27 +181,7 @@ async fn verify_all(reg: &Berth, repo: &str, tags: &[&str]) {
 
 /// Write an OCI layout with one image whose layer is `layer`.
 fn oci_layout(dir: &Path, layer: &[u8]) -> String {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let manifest = manifest_json(config, layer);
-    for blob in [layer, &config[..], &manifest] {
-        let digest = digest_of(blob);
-        std::fs::write(blobs.join(&digest[7..]), blob).unwrap();
-    }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest_of(&manifest),
-            "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": "big"},
-        }],
-    });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    format!("oci:{}:big", dir.display())
+    common::one_layer_oci_layout(dir, "big", layer)
 }
 
 #[tokio::test]

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{ADMIN_PASSWORD, ADMIN_USER, Berth, basic_auth};
-use sha2::Digest as _;
 
 /// Small bounds: every timeout 2 s, three upload sessions per principal, 4 MiB blobs.
 const CONFIG: &str = r#"
@@ -49,7 +48,7 @@ fn auth() -> String {
 }
 
 fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    common::sha256_digest(bytes)
 }
 
 fn tls_config(reg: &Berth, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
@@ -563,29 +562,7 @@ async fn misbehave(
 
 /// An OCI layout with one small image tagged `x`; returns its `oci:` reference.
 fn small_oci_layout(dir: &std::path::Path) -> String {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let layer = vec![42u8; 256 * 1024];
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-            .to_vec();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_of(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest_of(&layer), "size": layer.len()}],
-    }))
-    .unwrap();
-    for blob in [&layer, &config, &manifest] {
-        std::fs::write(blobs.join(&digest_of(blob)[7..]), blob).unwrap();
-    }
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": digest_of(&manifest), "size": manifest.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "x"}}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    format!("oci:{}:x", dir.display())
+    common::one_layer_oci_layout(dir, "x", &vec![42u8; 256 * 1024])
 }
 
 fn p99(mut v: Vec<Duration>) -> Duration {
