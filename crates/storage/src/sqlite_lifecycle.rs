@@ -520,37 +520,35 @@ impl LifecycleStore for SqliteMetadata {
         .bind(&d)
         .fetch_optional(&mut *tx)
         .await?;
-        let drop_candidate =
-            "DELETE FROM gc_candidates WHERE kind = 'm' AND repository = ?1 AND digest = ?2";
-        let Some((size, subject)) = row else {
-            sqlx::query(drop_candidate)
-                .bind(repository)
-                .bind(&d)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(ManifestVerdict::Kept);
-        };
-        let referenced = sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS(SELECT 1 FROM tags WHERE repository = ?1 AND digest = ?2)
+        // Gone already, or still referenced: the candidate is dropped and nothing else done.
+        let size = match row {
+            None => None,
+            Some((size, subject)) => {
+                let referenced = sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS(SELECT 1 FROM tags WHERE repository = ?1 AND digest = ?2)
                  OR EXISTS(SELECT 1 FROM manifest_children WHERE repository = ?1 AND child = ?2)
                  OR EXISTS(SELECT 1 FROM manifests WHERE repository = ?1 AND subject = ?2)
                  OR EXISTS(SELECT 1 FROM manifests WHERE repository = ?1 AND digest = ?3)",
-        )
-        .bind(repository)
-        .bind(&d)
-        .bind(subject.as_deref().unwrap_or(""))
-        .fetch_one(&mut *tx)
-        .await?;
-        if referenced {
-            sqlx::query(drop_candidate)
+                )
                 .bind(repository)
                 .bind(&d)
-                .execute(&mut *tx)
+                .bind(subject.as_deref().unwrap_or(""))
+                .fetch_one(&mut *tx)
                 .await?;
+                (!referenced).then_some(size)
+            }
+        };
+        let Some(size) = size else {
+            sqlx::query(
+                "DELETE FROM gc_candidates WHERE kind = 'm' AND repository = ?1 AND digest = ?2",
+            )
+            .bind(repository)
+            .bind(&d)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             return Ok(ManifestVerdict::Kept);
-        }
+        };
         let since = sqlx::query_scalar::<_, i64>(
             "SELECT since FROM gc_candidates WHERE kind = 'm' AND repository = ?1 AND digest = ?2",
         )
