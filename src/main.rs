@@ -93,6 +93,24 @@ struct ServeArgs {
     /// (or set BERTH_ADMIN_PASSWORD); generated and printed once otherwise.
     #[arg(long)]
     admin_password_file: Option<PathBuf>,
+    /// Seconds between garbage-collection cycles (0: only on demand) [default: 3600].
+    #[arg(long, env = "BERTH_GC_INTERVAL_SECS")]
+    gc_interval_secs: Option<u64>,
+    /// Seconds a blob stays after losing its last reference [default: 7200].
+    #[arg(long, env = "BERTH_GC_BLOB_GRACE_SECS")]
+    gc_blob_grace_secs: Option<u64>,
+    /// Seconds an untagged manifest stays before GC removes it [default: 86400].
+    #[arg(long, env = "BERTH_GC_UNTAGGED_DELAY_SECS")]
+    gc_untagged_delay_secs: Option<u64>,
+    /// Seconds between runs of the projects' retention policies (0: never) [default: 86400].
+    #[arg(long, env = "BERTH_RETENTION_INTERVAL_SECS")]
+    retention_interval_secs: Option<u64>,
+    /// Delete audit events older than this many days.
+    #[arg(long, env = "BERTH_AUDIT_KEEP_DAYS")]
+    audit_keep_days: Option<u64>,
+    /// Keep at most this many audit events.
+    #[arg(long, env = "BERTH_AUDIT_KEEP_ENTRIES")]
+    audit_keep_entries: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -206,6 +224,21 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     config.tls.hosts.extend(args.hosts);
     config.tls.ips.extend(args.ips);
+    let lc = &mut config.lifecycle;
+    lc.gc_interval_secs = args.gc_interval_secs.unwrap_or(lc.gc_interval_secs);
+    lc.blob_grace_secs = args.gc_blob_grace_secs.unwrap_or(lc.blob_grace_secs);
+    lc.untagged_delay_secs = args
+        .gc_untagged_delay_secs
+        .unwrap_or(lc.untagged_delay_secs);
+    lc.retention_interval_secs = args
+        .retention_interval_secs
+        .unwrap_or(lc.retention_interval_secs);
+    lc.audit_keep_days = args.audit_keep_days.or(lc.audit_keep_days);
+    lc.audit_keep_entries = args.audit_keep_entries.or(lc.audit_keep_entries);
+    config
+        .storage
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| anyhow::anyhow!("in the environment: {e}"))?;
     Ok(config)
 }
 

@@ -644,3 +644,141 @@ fn skopeo_reads_what_berth_pushed() {
     )
     .ok();
 }
+
+/// The base64 lines of every certificate in a PEM file.
+fn pem_body_lines(pem_file: &Path) -> Vec<String> {
+    std::fs::read_to_string(pem_file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----") && !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The Kubernetes steps `berth cert init` prints, run as printed against a cluster that
+/// already holds two other CAs in `image-fetcher-ca-bundle`, keep those CAs and append
+/// Berth's; run twice, nothing is added twice; run with no ConfigMap yet, it is created.
+/// There is no Kubernetes here: `kubectl` is a script that keeps the one ConfigMap in a
+/// file (`get … -o yaml` prints it, `apply -f -` replaces it).
+#[test]
+fn printed_configmap_steps_append_to_the_existing_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let first = other_ca(t);
+    let second_dir = t.join("second-ca");
+    berth(
+        t,
+        &[
+            "cert",
+            "init",
+            "--out",
+            &p(&second_dir),
+            "--host",
+            "second.invalid",
+        ],
+        false,
+    )
+    .ok();
+    let second = second_dir.join("ca.crt");
+    let cluster = t.join("cluster");
+    std::fs::create_dir_all(&cluster).unwrap();
+    let stored = cluster.join("cm.yaml");
+    let existing = berth(
+        t,
+        &["kube", "ca-bundle", "--ca", &p(&first), "--ca", &p(&second)],
+        false,
+    )
+    .ok();
+    std::fs::write(&stored, &existing.stdout).unwrap();
+
+    let bin = t.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let kubectl = bin.join("kubectl");
+    std::fs::write(
+        &kubectl,
+        format!(
+            "#!/bin/sh\nstore={store}\ncase \"$*\" in\n\
+             *'get configmap image-fetcher-ca-bundle -o yaml'*)\n\
+             \x20 if [ -f \"$store\" ]; then cat \"$store\"; else echo 'Error from server (NotFound): configmaps \"image-fetcher-ca-bundle\" not found' >&2; exit 1; fi ;;\n\
+             *'apply -f -'*) cat > \"$store.new\" && mv \"$store.new\" \"$store\" && echo configmap/image-fetcher-ca-bundle configured ;;\n\
+             *) echo \"kubectl stand-in: unexpected arguments: $*\" >&2; exit 2 ;;\n\
+             esac\n",
+            store = p(&stored)
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let out_dir = t.join("berth-ca");
+    let init = berth(
+        t,
+        &[
+            "cert",
+            "init",
+            "--out",
+            &p(&out_dir),
+            "--host",
+            "registry.test",
+        ],
+        false,
+    )
+    .ok();
+    let text = &init.stdout;
+    let start = text
+        .find("kubectl -n kube-system get configmap")
+        .unwrap_or_else(|| panic!("no ConfigMap step in:\n{text}"));
+    let end =
+        start + text[start..].find("kubectl apply -f -").unwrap() + "kubectl apply -f -".len();
+    let script = &text[start..end];
+    assert!(
+        !text.contains("create configmap"),
+        "the printed steps must not replace the bundle:\n{text}"
+    );
+
+    let work = t.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let path = format!(
+        "{}:{}:{}",
+        bin.display(),
+        berth_bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run_steps = || {
+        let mut cmd = Command::new("bash");
+        cmd.args(["-euc", script])
+            .current_dir(&work)
+            .env("PATH", &path)
+            .env("BERTH_LOG", "warn");
+        run_cmd(&mut cmd, Duration::from_secs(60)).ok()
+    };
+    let berth_ca = out_dir.join("ca.crt");
+    for round in 0..2 {
+        run_steps();
+        let cm = std::fs::read_to_string(&stored).unwrap();
+        assert_eq!(
+            cm.matches("BEGIN CERTIFICATE").count(),
+            3,
+            "round {round}: two kept + Berth's:\n{cm}"
+        );
+        for ca in [&first, &second, &berth_ca] {
+            for line in pem_body_lines(ca) {
+                assert!(
+                    cm.contains(&line),
+                    "round {round}: {} lost:\n{cm}",
+                    ca.display()
+                );
+            }
+        }
+        assert!(cm.contains("namespace: kube-system"), "{cm}");
+    }
+
+    // No ConfigMap yet: the same steps create it with Berth's CA alone.
+    std::fs::remove_file(&stored).unwrap();
+    run_steps();
+    let cm = std::fs::read_to_string(&stored).unwrap();
+    assert_eq!(cm.matches("BEGIN CERTIFICATE").count(), 1, "{cm}");
+    for line in pem_body_lines(&berth_ca) {
+        assert!(cm.contains(&line), "{cm}");
+    }
+}

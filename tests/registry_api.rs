@@ -2118,3 +2118,62 @@ async fn sigkill_after_acknowledged_pushes_loses_nothing() {
     assert_eq!(list[0]["digest"], art_d.as_str());
     assert_eq!(list[0]["artifactType"], SBOM_TYPE);
 }
+
+/// The OCI conformance suite reads a manifest by a reference that cannot be a tag and
+/// expects 404; a PUT to such a reference is told the tag is invalid.
+#[tokio::test]
+async fn invalid_tag_reads_are_404_and_writes_400() {
+    let reg = start();
+    let (_, _, _) = reg.push_image("badtag/app", "v1", "badtag").await;
+    let long = "t".repeat(129);
+    for reference in [".INVALID_MANIFEST_NAME", "-dash", long.as_str()] {
+        let g = reg.get_manifest("badtag/app", reference).await;
+        g.expect_error(&[404], &["MANIFEST_UNKNOWN"]);
+        let h = reg
+            .head(&format!("/v2/badtag/app/manifests/{reference}"))
+            .await;
+        h.expect(404);
+    }
+    let config = blob_bytes("badtag-config", 12);
+    let cd = reg.push_blob("badtag/app", &config).await;
+    let m = oci_manifest(&cd, config.len(), &[], json!({}));
+    reg.put_manifest("badtag/app", ".INVALID_MANIFEST_NAME", OCI_MANIFEST, &m)
+        .await
+        .expect_error(&[400], &["TAG_INVALID"]);
+}
+
+/// A descriptor whose size differs from the stored blob's is refused at push, naming the
+/// descriptor, the claimed and the real size; nothing is tagged.
+#[tokio::test]
+async fn manifest_with_wrong_descriptor_size_is_refused() {
+    let reg = start();
+    let config = blob_bytes("sizes-config", 40);
+    let layer = blob_bytes("sizes-layer", 1000);
+    let cd = reg.push_blob("sizes/app", &config).await;
+    let ld = reg.push_blob("sizes/app", &layer).await;
+
+    let lying_layer = oci_manifest(&cd, config.len(), &[(&ld, 999)], json!({}));
+    let r = reg
+        .put_manifest("sizes/app", "v1", OCI_MANIFEST, &lying_layer)
+        .await;
+    r.expect_error(&[400], &["MANIFEST_INVALID"]);
+    let text = r.text();
+    assert!(
+        text.contains("layers[0]") && text.contains("999") && text.contains("1000"),
+        "the refusal must name the descriptor and both sizes: {text}"
+    );
+
+    let lying_config = oci_manifest(&cd, 41, &[(&ld, layer.len())], json!({}));
+    let r = reg
+        .put_manifest("sizes/app", "v1", OCI_MANIFEST, &lying_config)
+        .await;
+    r.expect_error(&[400], &["MANIFEST_INVALID"]);
+    assert!(r.text().contains("config"), "{}", r.text());
+
+    reg.get_manifest("sizes/app", "v1")
+        .await
+        .expect_error(&[404], &["MANIFEST_UNKNOWN"]);
+    let honest = oci_manifest(&cd, config.len(), &[(&ld, layer.len())], json!({}));
+    reg.push_manifest("sizes/app", "v1", OCI_MANIFEST, &honest)
+        .await;
+}

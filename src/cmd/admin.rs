@@ -28,6 +28,64 @@ pub enum AdminCommand {
     Robot(RobotArgs),
     /// Show the audit log, newest first.
     Audit(AuditArgs),
+    /// Run a garbage-collection cycle now, online (safe while `berth serve` runs).
+    Gc(GcArgs),
+    /// A project's storage policy (quota, immutable tags, retention) and usage.
+    Policy(PolicyArgs),
+    /// Apply a project's retention policy now.
+    Retention(RetentionArgs),
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Only report what would be removed (count and bytes).
+    #[arg(long)]
+    dry_run: bool,
+    /// A blob is removed only this long after losing its last reference.
+    #[arg(long, default_value_t = 7200)]
+    blob_grace_secs: u64,
+    /// An untagged manifest is removed only this long after it became untagged.
+    #[arg(long, default_value_t = 86400)]
+    untagged_delay_secs: u64,
+    /// Keep untagged manifests (collect only unreferenced blobs).
+    #[arg(long)]
+    keep_untagged: bool,
+    /// List recent runs instead of running one.
+    #[arg(long, conflicts_with = "dry_run")]
+    history: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// The project.
+    project: String,
+    /// Storage quota in bytes (0: none).
+    #[arg(long)]
+    quota_bytes: Option<u64>,
+    /// Most repositories (0: no limit).
+    #[arg(long)]
+    max_repositories: Option<u64>,
+    /// Immutable tag patterns, `*` wildcard (repeatable; replaces the list; "" clears it).
+    #[arg(long = "immutable")]
+    immutable: Option<Vec<String>>,
+    /// Retention policy as JSON, e.g. '{"keep_last":5,"keep_tags":["v*"]}' ("" clears it).
+    #[arg(long)]
+    retention: Option<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+pub struct RetentionArgs {
+    /// The project.
+    project: String,
+    /// Only list what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// Where the data is and how to print it (accepted before or after the subcommand).
@@ -212,6 +270,9 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
             AdminCommand::User(a) => user(a).await,
             AdminCommand::Robot(a) => robot(a).await,
             AdminCommand::Audit(a) => audit(a).await,
+            AdminCommand::Gc(a) => gc(a).await,
+            AdminCommand::Policy(a) => policy(a).await,
+            AdminCommand::Retention(a) => retention(a).await,
         }
     })
 }
@@ -608,6 +669,160 @@ async fn audit(a: AuditArgs) -> anyhow::Result<()> {
             &rows,
         )
     })
+}
+
+/// The registry side of the data directory (blobs and metadata) for the lifecycle commands.
+async fn open_registry(
+    common: &Common,
+    lifecycle: berth_server::config::LifecycleConfig,
+) -> anyhow::Result<berth_server::AppState> {
+    let mut config = berth_server::ServerConfig {
+        data: common.data.clone(),
+        lifecycle,
+        ..berth_server::ServerConfig::default()
+    };
+    // No schedules in a one-shot command.
+    config.lifecycle.gc_interval_secs = 0;
+    config.lifecycle.retention_interval_secs = 0;
+    config.lifecycle.pull_flush_secs = 0;
+    berth_server::serve::open_state(&config)
+        .await
+        .with_context(|| format!("opening the data directory {}", common.data.display()))
+}
+
+fn runs_table(runs: &[berth_server::gc::ops::RunView]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                if r.dry_run {
+                    format!("{} (dry run)", r.kind)
+                } else {
+                    r.kind.clone()
+                },
+                format_time(r.started_at),
+                format!("{}s", r.finished_at - r.started_at),
+                r.started_by.clone(),
+                r.manifests_removed.to_string(),
+                r.tags_removed.to_string(),
+                r.blobs_removed.to_string(),
+                berth_storage::lifecycle::format_bytes(r.bytes_freed),
+                r.errors.len().to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "KIND",
+            "STARTED",
+            "TOOK",
+            "BY",
+            "MANIFESTS",
+            "TAGS",
+            "BLOBS",
+            "FREED",
+            "ERRORS",
+        ],
+        &rows,
+    )
+}
+
+fn run_text(r: &berth_server::gc::ops::RunView) -> String {
+    let mut out = format!("{}\n", r.detail);
+    for e in &r.errors {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    out
+}
+
+async fn gc(a: GcArgs) -> anyhow::Result<()> {
+    let lifecycle = berth_server::config::LifecycleConfig {
+        blob_grace_secs: a.blob_grace_secs,
+        untagged_delay_secs: a.untagged_delay_secs,
+        delete_untagged: !a.keep_untagged,
+        ..Default::default()
+    };
+    let state = open_registry(&a.common, lifecycle).await?;
+    let caller = admin::local_admin();
+    if a.history {
+        let runs = berth_server::gc::ops::runs(&state, &caller, 50)
+            .await
+            .map_err(fail)?;
+        return show(a.common.output, &runs, || runs_table(&runs));
+    }
+    let run = berth_server::gc::ops::run_gc(&state, &caller, a.dry_run, "cli")
+        .await
+        .map_err(fail)?;
+    show(a.common.output, &run, || run_text(&run))?;
+    if !run.errors.is_empty() {
+        anyhow::bail!("garbage collection met {} errors", run.errors.len());
+    }
+    Ok(())
+}
+
+async fn policy(a: PolicyArgs) -> anyhow::Result<()> {
+    let state = open_registry(&a.common, Default::default()).await?;
+    let caller = admin::local_admin();
+    let changes = a.quota_bytes.is_some()
+        || a.max_repositories.is_some()
+        || a.immutable.is_some()
+        || a.retention.is_some();
+    let view = if changes {
+        let retention = match a.retention.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(json) => Some(Some(
+                serde_json::from_str(json).context("--retention is not a valid policy")?,
+            )),
+        };
+        let update = berth_server::gc::ops::PolicyUpdate {
+            quota_bytes: a.quota_bytes.map(|q| (q > 0).then_some(q)),
+            max_repositories: a.max_repositories.map(|m| (m > 0).then_some(m)),
+            immutable_tags: a
+                .immutable
+                .map(|v| v.into_iter().filter(|p| !p.is_empty()).collect()),
+            retention,
+        };
+        berth_server::gc::ops::set_policy(&state, &caller, &a.project, update)
+            .await
+            .map_err(fail)?
+    } else {
+        berth_server::gc::ops::policy(&state, &caller, &a.project)
+            .await
+            .map_err(fail)?
+    };
+    show(a.common.output, &view, || {
+        let fmt = berth_storage::lifecycle::format_bytes;
+        format!(
+            "project:      {}\nusage:        {} in {} repositories\nquota:        {}\nrepositories: {}\nimmutable:    {}\nretention:    {}\n",
+            view.project,
+            fmt(view.usage_bytes),
+            view.repositories,
+            view.quota_bytes.map_or("none".into(), fmt),
+            view.max_repositories
+                .map_or("no limit".into(), |m| m.to_string()),
+            if view.immutable_tags.is_empty() {
+                "none".into()
+            } else {
+                view.immutable_tags.join(", ")
+            },
+            view.retention
+                .as_ref()
+                .map_or("none".into(), |r| serde_json::to_string(r)
+                    .unwrap_or_default()),
+        )
+    })
+}
+
+async fn retention(a: RetentionArgs) -> anyhow::Result<()> {
+    let state = open_registry(&a.common, Default::default()).await?;
+    let caller = admin::local_admin();
+    let run = berth_server::gc::ops::run_retention(&state, &caller, &a.project, a.dry_run)
+        .await
+        .map_err(fail)?;
+    show(a.common.output, &run, || run_text(&run))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod garage;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
@@ -87,8 +88,12 @@ impl Berth {
         self.client_builder().build().expect("client")
     }
 
-    fn client_builder(&self) -> reqwest::ClientBuilder {
-        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(120));
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        // HTTP/1.1 unless a test asks for HTTP/2 itself (reqwest offers h2 by ALPN once its
+        // `http2` feature is on).
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .http1_only();
         if self.scheme == "https" {
             let certs = reqwest::Certificate::from_pem_bundle(&self.ca_pem()).expect("ca pem");
             b = b.tls_certs_only(certs);
@@ -350,4 +355,46 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> CmdOutput {
         stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
         cmdline,
     }
+}
+
+/// `sha256:HEX` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// An image manifest (OCI, compact JSON) naming `config` and one gzip `layer`.
+pub fn image_manifest_json(config: &[u8], layer: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256_digest(layer), "size": layer.len()}],
+    }))
+    .unwrap()
+}
+
+/// An OCI image layout in `dir` holding one image, with `layer` as its only layer, tagged
+/// `tag`; returns its `oci:DIR:TAG` reference (for skopeo).
+pub fn one_layer_oci_layout(dir: &Path, tag: &str, layer: &[u8]) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let manifest = image_manifest_json(config, layer);
+    for blob in [layer, &config[..], &manifest] {
+        std::fs::write(blobs.join(&sha256_digest(blob)[7..]), blob).unwrap();
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256_digest(&manifest),
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    format!("oci:{}:{tag}", dir.display())
 }

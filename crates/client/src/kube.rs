@@ -133,7 +133,9 @@ pub fn ca_bundle_configmap(
     add: &[(String, Vec<u8>)],
 ) -> Result<(String, usize, usize), String> {
     let mut ders: Vec<Vec<u8>> = Vec::new();
-    if let Some(text) = existing {
+    // An empty file is what `kubectl get configmap … -o yaml > FILE` leaves when the
+    // ConfigMap does not exist yet: nothing to keep.
+    if let Some(text) = existing.filter(|t| !t.trim().is_empty()) {
         let pem = read_ca_configmap(text)?;
         for c in crate::trust::parse_pem_bundle(pem.as_bytes(), "the existing ConfigMap")
             .map_err(|e| e.to_string())?

@@ -716,12 +716,15 @@ pub fn trust_instructions(ca_crt: &Path, registry: &str) -> String {
          \x20 (restart long-running daemons such as dockerd so they reload the store)\n\
          \n\
          Kubernetes (Berth's node-side image fetcher reads the ConfigMap image-fetcher-ca-bundle,\n\
-         key ca-bundle, in namespace kube-system):\n\
-         \x20 kubectl -n kube-system create configmap image-fetcher-ca-bundle \\\n\
-         \x20   --from-file=ca-bundle={ca} --dry-run=client -o yaml | kubectl apply -f -\n\
-         \x20 ca-bundle may hold several PEM certificates concatenated one after another, to trust\n\
-         \x20 more than one CA: cat ca-1.crt ca-2.crt > bundle.pem, then pass\n\
-         \x20 --from-file=ca-bundle=bundle.pem instead.\n",
+         key ca-bundle, in namespace kube-system). The bundle usually holds other CAs already\n\
+         (the platform's own): append to it, never replace it. Read the current ConfigMap (the\n\
+         file stays empty if there is none yet), add the CA without duplicates, apply:\n\
+         \x20 kubectl -n kube-system get configmap image-fetcher-ca-bundle -o yaml \\\n\
+         \x20   > image-fetcher-ca-bundle.yaml || true\n\
+         \x20 berth kube ca-bundle --ca {ca} \\\n\
+         \x20   --existing image-fetcher-ca-bundle.yaml | kubectl apply -f -\n\
+         \x20 ca-bundle holds several PEM certificates concatenated one after another; running\n\
+         \x20 the two commands again adds nothing twice.\n",
         ca_display = abs.display(),
     )
 }

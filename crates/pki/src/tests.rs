@@ -448,8 +448,9 @@ fn trust_instructions_cover_every_client() {
         "/etc/containers/certs.d/registry.test:5000/ca.crt",
         "/usr/local/share/ca-certificates/berth-registry.test.crt",
         "update-ca-certificates",
-        "kubectl -n kube-system create configmap image-fetcher-ca-bundle",
-        "--from-file=ca-bundle=/var/lib/berth/certs/ca.crt",
+        "kubectl -n kube-system get configmap image-fetcher-ca-bundle -o yaml",
+        "berth kube ca-bundle --ca /var/lib/berth/certs/ca.crt",
+        "--existing image-fetcher-ca-bundle.yaml | kubectl apply -f -",
         "concatenated",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");

@@ -1,7 +1,7 @@
 //! The OCI distribution error-code table and the JSON error body.
 //!
 //! Codes, statuses and messages follow the OCI distribution spec and, for the codes the spec
-//! leaves out (`RANGE_INVALID`, `PAGINATION_NUMBER_INVALID`, `TAG_INVALID`), Distribution's
+//! leaves out (`RANGE_INVALID`, `PAGINATION_NUMBER_INVALID`, `TAG_INVALID`, `UNAVAILABLE`), Distribution's
 //! `registry/api/v2/errors.go`.
 
 use std::fmt;

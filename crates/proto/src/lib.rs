@@ -25,7 +25,8 @@ mod test_support;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{ErrorCode, error_body};
 pub use manifest::{
-    MAX_DESCRIPTORS, MAX_MANIFEST_SIZE, ManifestError, ParsedManifest, media_types, parse_manifest,
+    BlobDescriptor, MAX_DESCRIPTORS, MAX_MANIFEST_SIZE, ManifestError, ParsedManifest, media_types,
+    parse_manifest,
 };
 pub use name::{
     MAX_NAME_LEN, MAX_TAG_LEN, NameError, Reference, validate_repository, validate_tag,

@@ -44,6 +44,9 @@ pub struct ParsedManifest {
     /// duplicates. Foreign/non-distributable layers that carry `urls` are excluded. Empty for
     /// indexes.
     pub blobs: Vec<Digest>,
+    /// Every blob descriptor behind `blobs` (config, then layers, duplicates included), with
+    /// the size it claims, so a server can check the claim against the stored blob.
+    pub blob_descriptors: Vec<BlobDescriptor>,
     /// Child manifests of an index (`manifests[].digest`), in order, without duplicates.
     pub children: Vec<Digest>,
     /// `subject.digest`, for the referrers API.
@@ -54,6 +57,15 @@ pub struct ParsedManifest {
     pub annotations_json: Option<String>,
     /// `config.mediaType` of an image manifest.
     pub config_media_type: Option<String>,
+}
+
+/// A blob descriptor of an image manifest: where it is, what it names and the size it claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobDescriptor {
+    /// JSON path of the descriptor, e.g. `config` or `layers[2]`.
+    pub path: String,
+    pub digest: Digest,
+    pub size: u64,
 }
 
 /// Why a manifest was rejected. Everything except the size errors is `MANIFEST_INVALID`.
@@ -153,6 +165,7 @@ enum Kind {
 struct Descriptor {
     media_type: String,
     digest: Digest,
+    size: u64,
     /// Foreign / non-distributable layer with download `urls`: not required to be pushed.
     external: bool,
 }
@@ -202,8 +215,8 @@ fn descriptor(v: &Value, path: &str) -> Result<Descriptor, ManifestError> {
             ));
         }
     };
-    match obj.get("size") {
-        Some(Value::Number(n)) if n.as_u64().is_some() => {}
+    let size = match obj.get("size") {
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
         Some(other) => {
             return Err(ManifestError::field(
                 format!("{path}.size"),
@@ -213,7 +226,7 @@ fn descriptor(v: &Value, path: &str) -> Result<Descriptor, ManifestError> {
         None => {
             return Err(ManifestError::field(format!("{path}.size"), "is required"));
         }
-    }
+    };
     let urls = match obj.get("urls") {
         None | Some(Value::Null) => false,
         Some(Value::Array(urls)) => {
@@ -237,6 +250,7 @@ fn descriptor(v: &Value, path: &str) -> Result<Descriptor, ManifestError> {
     Ok(Descriptor {
         media_type,
         digest,
+        size,
         external,
     })
 }
@@ -357,6 +371,7 @@ pub fn parse_manifest(
         media_type,
         is_index: kind == Kind::Index,
         blobs: Vec::new(),
+        blob_descriptors: Vec::new(),
         children: Vec::new(),
         subject: None,
         artifact_type: optional_string(obj, "artifactType")?,
@@ -383,10 +398,21 @@ pub fn parse_manifest(
                 });
             }
             let config = descriptor(config_value, "config")?;
+            parsed.blob_descriptors.push(BlobDescriptor {
+                path: "config".to_string(),
+                digest: config.digest.clone(),
+                size: config.size,
+            });
             push_unique(&mut parsed.blobs, config.digest);
             for (i, layer) in layers.iter().enumerate() {
-                let layer = descriptor(layer, &format!("layers[{i}]"))?;
+                let path = format!("layers[{i}]");
+                let layer = descriptor(layer, &path)?;
                 if !layer.external {
+                    parsed.blob_descriptors.push(BlobDescriptor {
+                        path,
+                        digest: layer.digest.clone(),
+                        size: layer.size,
+                    });
                     push_unique(&mut parsed.blobs, layer.digest);
                 }
             }
@@ -492,6 +518,15 @@ mod tests {
                 media_type: OCI_MANIFEST.into(),
                 is_index: false,
                 blobs: vec![d(0), d(1), d(2)],
+                blob_descriptors: ["config", "layers[0]", "layers[1]"]
+                    .iter()
+                    .zip([d(0), d(1), d(2)])
+                    .map(|(path, digest)| BlobDescriptor {
+                        path: path.to_string(),
+                        digest,
+                        size: 42,
+                    })
+                    .collect(),
                 children: vec![],
                 subject: None,
                 artifact_type: Some(OCI_CONFIG.into()),

@@ -363,7 +363,7 @@ fn check_password(password: &str) -> ApiResult<()> {
 // ---------------------------------------------------------------------------------------
 
 /// A project as the caller may see it.
-struct Access {
+pub(crate) struct Access {
     project: Project,
     role: Option<Role>,
     manage: bool,
@@ -371,7 +371,7 @@ struct Access {
 
 /// The project if the caller may see it (public, a member, its robot, a system admin);
 /// 404 otherwise, whether it exists or not.
-async fn access(auth: &Auth, caller: &Caller, name: &str) -> ApiResult<Access> {
+pub(crate) async fn access(auth: &Auth, caller: &Caller, name: &str) -> ApiResult<Access> {
     let missing = || not_found(format!("project {name:?} not found"));
     let project = auth.accounts.project(name).await?.ok_or_else(missing)?;
     let lookup = auth.lookup(&caller.principal, &[name]).await?;
@@ -392,7 +392,12 @@ async fn access(auth: &Auth, caller: &Caller, name: &str) -> ApiResult<Access> {
 }
 
 /// [`access`], and the right to manage the project, else 403.
-async fn require_manage(auth: &Auth, caller: &Caller, name: &str, what: &str) -> ApiResult<Access> {
+pub(crate) async fn require_manage(
+    auth: &Auth,
+    caller: &Caller,
+    name: &str,
+    what: &str,
+) -> ApiResult<Access> {
     let a = access(auth, caller, name).await?;
     if !a.manage {
         return Err(denied(format!(
@@ -403,7 +408,7 @@ async fn require_manage(auth: &Auth, caller: &Caller, name: &str, what: &str) ->
     Ok(a)
 }
 
-fn require_system_admin(caller: &Caller, what: &str) -> ApiResult<()> {
+pub(crate) fn require_system_admin(caller: &Caller, what: &str) -> ApiResult<()> {
     if caller.principal.is_anonymous() {
         return Err(unauthenticated(what));
     }

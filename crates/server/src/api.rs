@@ -87,6 +87,28 @@ pub fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::PATCH, "/api/v1/users/{name}", patch(update_user)),
         (Method::DELETE, "/api/v1/users/{name}", delete(delete_user)),
         (Method::GET, "/api/v1/audit", get(audit)),
+        (Method::GET, "/api/v1/gc", get(gc_runs)),
+        (Method::POST, "/api/v1/gc", post(gc_run)),
+        (
+            Method::GET,
+            "/api/v1/projects/{name}/policy",
+            get(project_policy),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/projects/{name}/policy",
+            patch(set_project_policy),
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/{name}/retention",
+            post(run_retention),
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/{name}/purge",
+            post(purge_project),
+        ),
     ]
 }
 
@@ -452,6 +474,71 @@ async fn audit(
     ok(&admin::audit_log(&s.auth, &c, &q.filter()).await?)
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    limit: Option<u32>,
+}
+
+async fn gc_runs(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let q: RunsQuery = query(&uri)?;
+    ok(&crate::gc::ops::runs(&s, &c, q.limit.unwrap_or(50)).await?)
+}
+
+async fn gc_run(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    JsonBody(b): JsonBody<RunRequest>,
+) -> ApiResult<Response> {
+    ok(&crate::gc::ops::run_gc(&s, &c, b.dry_run, "api").await?)
+}
+
+async fn project_policy(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    ok(&crate::gc::ops::policy(&s, &c, &name).await?)
+}
+
+async fn set_project_policy(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(name): Path<String>,
+    JsonBody(b): JsonBody<crate::gc::ops::PolicyUpdate>,
+) -> ApiResult<Response> {
+    ok(&crate::gc::ops::set_policy(&s, &c, &name, b).await?)
+}
+
+async fn run_retention(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(name): Path<String>,
+    JsonBody(b): JsonBody<RunRequest>,
+) -> ApiResult<Response> {
+    ok(&crate::gc::ops::run_retention(&s, &c, &name, b.dry_run).await?)
+}
+
+async fn purge_project(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let n = crate::gc::ops::purge_project(&s, &c, &name).await?;
+    ok(&serde_json::json!({ "repositories_deleted": n }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -570,13 +657,24 @@ mod tests {
         admin::bootstrap(&auth, Some("admin-password-1"))
             .await
             .unwrap();
+        let blobs: Arc<dyn berth_storage::BlobStore> = Arc::new(blobs);
+        let lifecycle = Arc::new(crate::gc::Lifecycle::new(
+            Arc::new(meta.clone()),
+            Arc::new(meta.clone()),
+            blobs.clone(),
+            Default::default(),
+            std::time::Duration::from_secs(3600),
+        ));
         let state = AppState {
-            blobs: Arc::new(blobs),
+            blobs,
             meta: Arc::new(meta),
             auth: Arc::new(auth),
             limits: Default::default(),
             auto_create_projects: false,
             tls: Default::default(),
+            lifecycle,
+            refusals: Default::default(),
+            space: crate::limits::DiskSpace::new(dir.path().to_owned(), Default::default()),
             ops: Default::default(),
         };
         (state, dir)

@@ -84,6 +84,25 @@ pub(crate) async fn get(ctx: Ctx, name: &str, digest: &str) -> ApiResult<Respons
         // HEAD never opens the file: the link's size is authoritative.
         return Ok(builder.body(Body::empty()).unwrap());
     }
+    // A backend configured to redirect (S3 with `redirect = true`) hands the client a
+    // short-lived pre-signed URL; the client sends its `Range` there itself.
+    match state.blobs.redirect_url(&digest).await {
+        Ok(Some(url)) => {
+            return Ok(Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, url)
+                .header("docker-content-digest", digest_header(&digest))
+                .header(header::CONTENT_LENGTH, 0)
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(Body::empty())
+                .unwrap());
+        }
+        Ok(None) => {}
+        Err(berth_storage::StorageError::BlobUnknown(_)) => {
+            return Err(blob_unknown(name, &digest));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let blob = match state.blobs.open_chunks(&digest, range).await {
         Ok(r) => r,
         // Linked in metadata but bytes gone (e.g. deleted by an operator): say so plainly.

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -24,6 +25,10 @@ pub struct ServerConfig {
     pub database: DatabaseConfig,
     /// The Prometheus `/metrics` endpoint.
     pub metrics: MetricsConfig,
+    /// Garbage collection, retention schedules, pull-time recording, audit-log retention.
+    pub lifecycle: LifecycleConfig,
+    /// Where blobs are kept (`[storage]`: the data directory, or an S3 bucket).
+    pub storage: StorageConfig,
 }
 
 /// `[database]`: the metadata and account store.
@@ -49,6 +54,44 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             acquire_timeout_secs: 5,
             statement_timeout_secs: 30,
+        }
+    }
+}
+
+/// Storage lifecycle (`[lifecycle]`): see `crate::gc`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Seconds between scheduled garbage-collection cycles (0: only on demand).
+    pub gc_interval_secs: u64,
+    /// A blob is collected only this long after it lost its last reference (or was
+    /// uploaded without one): the window in which a push may still reference it.
+    pub blob_grace_secs: u64,
+    /// An untagged manifest is collected this long after it became untagged.
+    pub untagged_delay_secs: u64,
+    /// Collect untagged manifests at all (false: only blobs and what is deleted explicitly).
+    pub delete_untagged: bool,
+    /// Seconds between scheduled runs of the projects' retention policies (0: never).
+    pub retention_interval_secs: u64,
+    /// Pull times are gathered in memory and written this often.
+    pub pull_flush_secs: u64,
+    /// Delete audit events older than this many days (none: keep).
+    pub audit_keep_days: Option<u64>,
+    /// Keep at most this many audit events (none: no limit).
+    pub audit_keep_entries: Option<u64>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            gc_interval_secs: 3600,
+            blob_grace_secs: 2 * 3600,
+            untagged_delay_secs: 24 * 3600,
+            delete_untagged: true,
+            retention_interval_secs: 24 * 3600,
+            pull_flush_secs: 30,
+            audit_keep_days: None,
+            audit_keep_entries: None,
         }
     }
 }
@@ -83,6 +126,81 @@ impl Default for MetricsConfig {
             enabled: true,
             bearer_token: None,
         }
+    }
+}
+
+/// `[storage]`: the blob backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `fs` (default: blobs under the data directory) or `s3` (`[storage.s3]`).
+    pub backend: BlobBackend,
+    /// The bucket, when `backend = "s3"`.
+    pub s3: berth_storage::s3::S3Config,
+}
+
+/// Which [`berth_storage::BlobStore`] serves blobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    #[default]
+    Fs,
+    S3,
+}
+
+impl StorageConfig {
+    /// Override keys from `BERTH_STORAGE_BACKEND` and `BERTH_S3_*` variables (as given by
+    /// `var`, normally `std::env::var`). Errors name the variable and what it accepts.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        let flag = |name: &str, v: String| match v.as_str() {
+            "1" | "true" | "yes" => Ok(true),
+            "0" | "false" | "no" | "" => Ok(false),
+            _ => Err(format!("{name}={v:?}: use true or false")),
+        };
+        if let Some(v) = var("BERTH_STORAGE_BACKEND") {
+            self.backend = match v.as_str() {
+                "fs" => BlobBackend::Fs,
+                "s3" => BlobBackend::S3,
+                _ => return Err(format!("BERTH_STORAGE_BACKEND={v:?}: use fs or s3")),
+            };
+        }
+        let s3 = &mut self.s3;
+        for (name, slot) in [
+            ("BERTH_S3_ENDPOINT", &mut s3.endpoint),
+            ("BERTH_S3_ACCESS_KEY_ID", &mut s3.access_key_id),
+            ("BERTH_S3_SECRET_ACCESS_KEY", &mut s3.secret_access_key),
+        ] {
+            if let Some(v) = var(name) {
+                *slot = Some(v);
+            }
+        }
+        for (name, slot) in [
+            ("BERTH_S3_REGION", &mut s3.region),
+            ("BERTH_S3_BUCKET", &mut s3.bucket),
+            ("BERTH_S3_PREFIX", &mut s3.prefix),
+        ] {
+            if let Some(v) = var(name) {
+                *slot = v;
+            }
+        }
+        if let Some(v) = var("BERTH_S3_CA_FILE") {
+            s3.ca_file = Some(v.into());
+        }
+        for (name, slot) in [
+            ("BERTH_S3_ALLOW_HTTP", &mut s3.allow_http),
+            ("BERTH_S3_PATH_STYLE", &mut s3.path_style),
+            ("BERTH_S3_REDIRECT", &mut s3.redirect),
+        ] {
+            if let Some(v) = var(name) {
+                *slot = flag(name, v)?;
+            }
+        }
+        if let Some(v) = var("BERTH_S3_PRESIGN_TTL_SECS") {
+            s3.presign_ttl_secs = v
+                .parse()
+                .map_err(|_| format!("BERTH_S3_PRESIGN_TTL_SECS={v:?}: use a number of seconds"))?;
+        }
+        Ok(())
     }
 }
 
@@ -145,6 +263,32 @@ pub struct Limits {
     pub max_page_size: u32,
     /// Abandoned upload sessions are removed after this many hours.
     pub upload_ttl_hours: u64,
+    /// Open upload sessions per principal (user or robot; per client address for
+    /// anonymous pushes). The next one is refused with 429 `TOOMANYREQUESTS`.
+    pub max_upload_sessions: u64,
+    /// Connections open at once, all clients together; more are closed at accept.
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to complete the TLS handshake.
+    pub tls_handshake_timeout_secs: u64,
+    /// Seconds a client has to send a complete request head (HTTP/1.1; it also bounds an
+    /// idle keep-alive connection). On HTTP/2, the first request must arrive in this time.
+    pub header_timeout_secs: u64,
+    /// Seconds without a single byte of a request body before the request is ended (an
+    /// upload stays resumable from the offset the registry reports). Idle time, not total
+    /// time: a slow but steady upload is never cut.
+    pub body_idle_timeout_secs: u64,
+    /// Seconds a connection may stay without any byte read or written (HTTP/2 keep-alive,
+    /// clients that stopped reading a response).
+    pub idle_timeout_secs: u64,
+    /// Free space kept on the data directory's filesystem: while less is free, new uploads
+    /// are refused with 507 so that the metadata database and uploads in flight can still
+    /// complete. The reserve is the smaller of `min_free_bytes` and `min_free_percent` of
+    /// the filesystem (0 in either turns the reserve off).
+    pub min_free_bytes: u64,
+    /// See `min_free_bytes`.
+    pub min_free_percent: f64,
 }
 
 impl Default for Limits {
@@ -154,8 +298,43 @@ impl Default for Limits {
             max_blob_bytes: 64 << 30,
             max_page_size: 10_000,
             upload_ttl_hours: 24 * 7,
+            max_upload_sessions: 1_000,
+            max_connections: 16_384,
+            max_connections_per_address: 1_024,
+            tls_handshake_timeout_secs: 10,
+            header_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
+            idle_timeout_secs: 120,
+            min_free_bytes: 1 << 30,
+            min_free_percent: 1.0,
         }
     }
+}
+
+impl Limits {
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        secs(self.tls_handshake_timeout_secs)
+    }
+    pub fn header_timeout(&self) -> Duration {
+        secs(self.header_timeout_secs)
+    }
+    pub fn body_idle_timeout(&self) -> Duration {
+        secs(self.body_idle_timeout_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        secs(self.idle_timeout_secs)
+    }
+
+    /// The free-space reserve on a filesystem of `total` bytes.
+    pub fn reserve_bytes(&self, total: u64) -> u64 {
+        let pct = (total as f64 * self.min_free_percent.clamp(0.0, 100.0) / 100.0) as u64;
+        self.min_free_bytes.min(pct)
+    }
+}
+
+/// A timeout of `n` seconds; 0 is taken as 1 (a bound of zero would refuse everyone).
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n.max(1))
 }
 
 impl Default for ServerConfig {
@@ -168,6 +347,8 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             database: DatabaseConfig::default(),
             metrics: MetricsConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -216,6 +397,32 @@ mod tests {
         assert_eq!(pg.acquire_timeout, std::time::Duration::from_secs(2));
         assert!(ServerConfig::default().database.postgres().is_none());
         assert!(ServerConfig::default().metrics.enabled);
+    }
+
+    #[test]
+    fn storage_section_and_env() {
+        let mut config = ServerConfig::from_toml(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:3900\"\n\
+             bucket = \"b\"\nregion = \"garage\"\nredirect = true\n",
+        )
+        .unwrap();
+        assert_eq!(config.storage.backend, BlobBackend::S3);
+        assert_eq!(config.storage.s3.bucket, "b");
+        assert!(config.storage.s3.redirect && config.storage.s3.path_style);
+        let env = |k: &str| match k {
+            "BERTH_S3_BUCKET" => Some("other".to_owned()),
+            "BERTH_S3_REDIRECT" => Some("false".to_owned()),
+            "BERTH_S3_PRESIGN_TTL_SECS" => Some("60".to_owned()),
+            _ => None,
+        };
+        config.storage.apply_env(env).unwrap();
+        assert_eq!(config.storage.s3.bucket, "other");
+        assert!(!config.storage.s3.redirect);
+        assert_eq!(config.storage.s3.presign_ttl_secs, 60);
+        let bad = |k: &str| (k == "BERTH_STORAGE_BACKEND").then(|| "nfs".to_owned());
+        let err = config.storage.apply_env(bad).unwrap_err();
+        assert!(err.contains("BERTH_STORAGE_BACKEND"), "{err}");
+        assert_eq!(ServerConfig::default().storage.backend, BlobBackend::Fs);
     }
 
     #[test]

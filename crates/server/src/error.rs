@@ -42,6 +42,14 @@ impl ApiError {
         self
     }
 
+    /// The registry's storage is full or below its reserve: 507 with the reason, what to
+    /// do, and a `Retry-After` for clients that honour it.
+    pub fn storage_full(detail: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Denied, detail)
+            .with_status(StatusCode::INSUFFICIENT_STORAGE)
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("60"))
+    }
+
     fn internal(detail: String) -> ApiError {
         ApiError {
             internal: true,
@@ -79,9 +87,14 @@ impl From<StorageError> for ApiError {
                 ApiError::new(ErrorCode::Unsupported, detail).with_status(StatusCode::CONFLICT)
             }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, detail),
-            StorageError::Io(_) | StorageError::Database(_) => ApiError::internal(detail),
+            StorageError::Denied(_) => ApiError::new(ErrorCode::Denied, detail),
             StorageError::Unavailable(_) => ApiError::new(ErrorCode::Unavailable, detail)
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
+            // 507, not 503: docker and skopeo show only the status line of a 5xx, and
+            // "507 Insufficient Storage" names the cause; Go clients (crane, oras) retry
+            // 503s with backoff, which only delays the answer on a full disk.
+            StorageError::Full(_) => ApiError::storage_full(detail),
+            StorageError::Io(_) | StorageError::Database(_) => ApiError::internal(detail),
         }
     }
 }

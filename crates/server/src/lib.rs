@@ -1,7 +1,9 @@
 //! The Berth registry server: an OCI Distribution v1.1 HTTP API over HTTPS.
 //!
 //! Layering (each module only calls the ones below it):
-//! - [`serve`]: TLS, listening socket, graceful shutdown.
+//! - [`serve`]: start-up (storage, TLS material), then [`conn`]: the accept loop,
+//!   TLS, connection limits and timeouts, graceful shutdown; [`limits`]: refusal
+//!   logging and disk space.
 //! - [`routes`]: the router — one wildcard route under `/v2/` parsed by
 //!   [`berth_proto::route`], dispatched by method to a handler.
 //! - handlers ([`blobs`], [`uploads`], [`manifests`], [`listing`]): parse the request,
@@ -10,6 +12,8 @@
 //!   operations shared with the CLI.
 //! - [`console`]: the web console (server-rendered HTML at `/`) over the same [`admin`]
 //!   operations and [`auth`] checks, with its own sessions and CSRF tokens.
+//! - [`gc`]: storage lifecycle — online incremental GC, quotas, retention, immutable
+//!   tags — over [`berth_storage::LifecycleStore`] and [`berth_storage::BlobStore`].
 //! - [`auth`]: who the caller is and whether they may; [`token`] issues Docker tokens.
 //! - [`ops`]: `/readyz`, `/metrics` and the request-counting middleware.
 //! - storage: [`berth_storage::BlobStore`] and [`berth_storage::MetadataStore`] in
@@ -21,14 +25,18 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod console;
 pub mod error;
+pub mod gc;
+pub mod limits;
 pub mod ops;
 pub mod routes;
 pub mod serve;
 pub mod state;
 
 mod blobs;
+mod body;
 mod listing;
 mod manifests;
 mod token;

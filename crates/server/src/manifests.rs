@@ -37,7 +37,22 @@ fn manifest_unknown(name: &str, reference: &str) -> ApiError {
 
 pub(crate) async fn get(ctx: Ctx, name: &str, reference: &str) -> ApiResult<Response> {
     let meta = &ctx.state.meta;
-    let record = match parse_reference(reference)? {
+    // A reference that cannot be a tag or digest names no manifest: 404, as the OCI
+    // conformance suite expects for GET/HEAD (only a PUT is told the reference is invalid).
+    let reference_parsed = match parse_reference(reference) {
+        Ok(r) => r,
+        Err(e) if e.code == ErrorCode::TagInvalid => {
+            return Err(ApiError::new(
+                ErrorCode::ManifestUnknown,
+                format!(
+                    "manifest {reference} is not in repository {name}: {}",
+                    e.detail
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let record = match reference_parsed {
         Reference::Tag(tag) => meta.manifest_by_tag(name, &tag).await?,
         Reference::Digest(d) => meta.manifest_by_digest(name, &d).await?,
     }
@@ -53,6 +68,8 @@ pub(crate) async fn get(ctx: Ctx, name: &str, reference: &str) -> ApiResult<Resp
     let body = if ctx.is_head() {
         Body::empty()
     } else {
+        // For retention ("pulled in the last D days"): memory only, flushed in batches.
+        ctx.state.lifecycle.pulls.record(name, &record.digest);
         Body::from(record.content)
     };
     Ok(builder.body(body).unwrap())
@@ -100,12 +117,33 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
     };
 
     let meta = &ctx.state.meta;
+    let mut sizes = std::collections::HashMap::with_capacity(parsed.blobs.len());
     for blob in &parsed.blobs {
-        if meta.blob_link(name, blob).await?.is_none() {
+        match meta.blob_link(name, blob).await? {
+            Some(size) => {
+                sizes.insert(blob, size);
+            }
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!(
+                        "blob {blob} referenced by the manifest is not in repository {name}; push it first"
+                    ),
+                ));
+            }
+        }
+    }
+    // A descriptor that lies about its blob's size would only fail at pull time, far from
+    // the cause, in clients that check sizes.
+    for d in &parsed.blob_descriptors {
+        if let Some(&real) = sizes.get(&d.digest)
+            && real != d.size
+        {
             return Err(ApiError::new(
-                ErrorCode::ManifestBlobUnknown,
+                ErrorCode::ManifestInvalid,
                 format!(
-                    "blob {blob} referenced by the manifest is not in repository {name}; push it first"
+                    "{} names blob {} with size {}, but that blob is {real} bytes; fix the descriptor's size",
+                    d.path, d.digest, d.size
                 ),
             ));
         }
@@ -122,19 +160,45 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
     }
 
     let subject = parsed.subject.clone();
-    meta.put_manifest(NewManifest {
-        repository: name.to_string(),
-        digest: digest.clone(),
-        media_type: parsed.media_type,
-        content: bytes.to_vec(),
-        tag: tag.clone(),
-        blobs: parsed.blobs,
-        children: parsed.children,
-        subject: parsed.subject,
-        artifact_type: parsed.artifact_type,
-        annotations_json: parsed.annotations_json,
-    })
-    .await?;
+    let lifecycle = &ctx.state.lifecycle;
+    let limits = lifecycle.push_limits(name, tag.as_deref()).await?;
+    let stored = lifecycle
+        .store
+        .put_manifest_checked(
+            NewManifest {
+                repository: name.to_string(),
+                digest: digest.clone(),
+                media_type: parsed.media_type,
+                content: bytes.to_vec(),
+                tag: tag.clone(),
+                blobs: parsed.blobs,
+                children: parsed.children,
+                subject: parsed.subject,
+                artifact_type: parsed.artifact_type,
+                annotations_json: parsed.annotations_json,
+            },
+            &limits,
+        )
+        .await;
+    match stored {
+        Ok(()) => {}
+        // Checked again inside the transaction: the collector may have just taken it.
+        Err(StorageError::BlobUnknown(blob)) => {
+            return Err(ApiError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!(
+                    "blob {blob} referenced by the manifest is not in repository {name}; push it again"
+                ),
+            ));
+        }
+        Err(StorageError::NotFound(what)) => {
+            return Err(ApiError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!("{what} (referenced by the index) is not there; push it again"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
     tracing::info!(repository = name, %digest, "manifest pushed");
     let resource = match &tag {
         Some(t) => format!("{name}:{t}@{digest}"),
@@ -170,9 +234,16 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
 
 pub(crate) async fn delete(ctx: Ctx, name: &str, reference: &str) -> ApiResult<Response> {
     let meta = &ctx.state.meta;
+    let lifecycle = &ctx.state.lifecycle;
     let result = match parse_reference(reference)? {
-        Reference::Digest(d) => meta.delete_manifest(name, &d).await,
-        Reference::Tag(t) => meta.delete_tag(name, &t).await,
+        Reference::Digest(d) => {
+            lifecycle.check_delete(name, None, Some(&d)).await?;
+            meta.delete_manifest(name, &d).await
+        }
+        Reference::Tag(t) => {
+            lifecycle.check_delete(name, Some(&t), None).await?;
+            meta.delete_tag(name, &t).await
+        }
     };
     match result {
         Ok(()) => {

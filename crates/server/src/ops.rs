@@ -3,9 +3,10 @@
 //! `metrics-exporter-prometheus`), and the [`observe`] middleware that counts requests by
 //! route class and status, bytes in and out, and push/pull latency.
 //!
-//! `/healthz` (in [`crate::routes`]) is liveness; `/readyz` is what a load balancer
-//! should route by: it fails (503, naming the dependency) while the metadata database —
-//! or any other dependency registered with [`Ops::add_readiness`] — cannot be reached.
+//! `/healthz` (in [`crate::routes`]) is liveness; `/readyz` ([`crate::routes::readiness`])
+//! is what a load balancer should route by: it fails (503, naming the dependency) while
+//! the metadata database — or any other dependency registered with
+//! [`Ops::add_readiness`], such as the S3 bucket — cannot be reached.
 //!
 //! `/metrics` is served on the main port and, by default, without authentication: it
 //! carries counts and timings by route class only (no repository, user or tag names), it
@@ -32,7 +33,7 @@ use crate::config::MetricsConfig;
 use crate::state::AppState;
 
 /// How long one readiness check may take before it counts as failed.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A readiness check: `Err(reason)` while the dependency cannot be used.
@@ -68,6 +69,27 @@ impl Ops {
     {
         self.checks
             .push((name, Arc::new(move || Box::pin(check()) as BoxFuture<_>)));
+    }
+
+    /// Run every registered readiness check (each bounded by [`CHECK_TIMEOUT`]):
+    /// `(name, ok, what was seen)`.
+    pub async fn run_checks(&self) -> Vec<(&'static str, bool, String)> {
+        let mut out = Vec::new();
+        for (name, check) in &self.checks {
+            out.push(match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(Ok(())) => (*name, true, format!("{name} answers")),
+                Ok(Err(e)) => (*name, false, format!("{name} unreachable: {e}")),
+                Err(_) => (
+                    *name,
+                    false,
+                    format!(
+                        "{name} unreachable: no answer within {}s",
+                        CHECK_TIMEOUT.as_secs()
+                    ),
+                ),
+            });
+        }
+        out
     }
 
     /// Run `update` before every scrape of `/metrics` (to set gauges).
@@ -126,6 +148,12 @@ fn describe() {
     describe_counter!(
         "berth_storage_errors_total",
         "storage failures answered with 5xx, by kind (io, database, unavailable)"
+    );
+    describe_counter!(
+        "berth_refusals_total",
+        "requests or connections refused by a bound (connection limits, timeouts, body \
+         sizes, upload sessions) or because the storage is full (storage_full, HTTP 507), \
+         by kind"
     );
     describe_gauge!(
         "berth_db_pool_connections",
@@ -281,38 +309,6 @@ pub fn storage_error(kind: &'static str) {
     metrics::counter!("berth_storage_errors_total", "kind" => kind).increment(1);
 }
 
-/// `GET /readyz`: 200 when every dependency answers, else 503 naming the ones that do not.
-pub async fn readyz(State(state): State<AppState>) -> Response {
-    let mut failed = Vec::new();
-    let meta = state.meta.clone();
-    let database = tokio::time::timeout(CHECK_TIMEOUT, meta.list_repositories(None, 1)).await;
-    match database {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => failed.push(format!("metadata database: {e}")),
-        Err(_) => failed.push(format!(
-            "metadata database: no answer within {}s",
-            CHECK_TIMEOUT.as_secs()
-        )),
-    }
-    for (name, check) in &state.ops.checks {
-        match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failed.push(format!("{name}: {e}")),
-            Err(_) => failed.push(format!(
-                "{name}: no answer within {}s",
-                CHECK_TIMEOUT.as_secs()
-            )),
-        }
-    }
-    if failed.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        let body = format!("not ready\n{}\n", failed.join("\n"));
-        tracing::warn!(reasons = %failed.join("; "), "not ready");
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
-    }
-}
-
 /// `GET /metrics`: the Prometheus text exposition format.
 pub async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !state.ops.metrics.enabled {
@@ -346,6 +342,11 @@ pub async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> 
         if tokio::time::timeout(CHECK_TIMEOUT, update()).await.is_err() {
             tracing::warn!("a metrics gauge did not update within {CHECK_TIMEOUT:?}");
         }
+    }
+    // The connection layer's refusals (crate::limits) and 507 full-disk refusals, counted
+    // there without the metrics facade on the hot path: exported at scrape time.
+    for (kind, n) in state.refusals.snapshot() {
+        metrics::counter!("berth_refusals_total", "kind" => kind).absolute(n);
     }
     handle.run_upkeep();
     (

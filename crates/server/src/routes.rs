@@ -55,7 +55,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/", any(v2_dispatch))
         .route("/v2/{*rest}", any(v2_dispatch))
         .route("/healthz", get(health))
-        .route("/readyz", get(crate::ops::readyz))
+        .route("/readyz", get(ready))
         .route("/metrics", get(crate::ops::metrics_text))
         .route(
             "/service/token",
@@ -94,6 +94,122 @@ async fn log_and_tag(req: Request, next: Next) -> Response {
 /// `/readyz` ([`crate::ops::readyz`]) is the check that follows the dependencies.
 async fn health() -> Response {
     (StatusCode::OK, "ok\n").into_response()
+}
+
+/// `/readyz`: whether this instance can take pushes and pulls now (`/healthz` only says
+/// the process is alive). Each check is one entry of [`readiness`]; 503 when any fails.
+async fn ready(State(state): State<AppState>) -> Response {
+    let checks = readiness(&state).await;
+    let ok = checks.iter().all(|c| c.ok);
+    let mut by_name = serde_json::Map::new();
+    for c in checks {
+        let mut entry = c.extra;
+        entry.insert("ok".into(), c.ok.into());
+        entry.insert("detail".into(), c.detail.into());
+        by_name.insert(c.name.into(), entry.into());
+    }
+    let refusals: serde_json::Map<String, serde_json::Value> = state
+        .refusals
+        .snapshot()
+        .into_iter()
+        .map(|(kind, n)| (kind.to_string(), n.into()))
+        .collect();
+    let body = serde_json::json!({ "ready": ok, "checks": by_name, "refusals": refusals });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// One readiness check: a name, whether it passed, and what was seen.
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    /// Figures shown with the check (e.g. free bytes).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Every readiness check, in order. A new backend (S3, PostgreSQL) adds its check here.
+pub async fn readiness(state: &AppState) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let timeout = crate::ops::CHECK_TIMEOUT;
+    checks.push(
+        match tokio::time::timeout(timeout, state.meta.upload("readyz-probe")).await {
+            Ok(Ok(_)) => Check {
+                name: "database",
+                ok: true,
+                detail: "metadata database answers".into(),
+                extra: Default::default(),
+            },
+            Ok(Err(e)) => Check {
+                name: "database",
+                ok: false,
+                detail: format!("metadata database unreachable: {e}"),
+                extra: Default::default(),
+            },
+            Err(_) => Check {
+                name: "database",
+                ok: false,
+                detail: format!(
+                    "metadata database unreachable: no answer within {}s",
+                    timeout.as_secs()
+                ),
+                extra: Default::default(),
+            },
+        },
+    );
+    // Dependencies registered by the backends in use (the S3 bucket).
+    for (name, ok, detail) in state.ops.run_checks().await {
+        checks.push(Check {
+            name,
+            ok,
+            detail,
+            extra: Default::default(),
+        });
+    }
+    checks.push(match state.space.report() {
+        Ok(space) => {
+            let mut extra = serde_json::Map::new();
+            extra.insert("free_bytes".into(), space.free.into());
+            extra.insert("reserve_bytes".into(), space.reserve.into());
+            extra.insert("total_bytes".into(), space.total.into());
+            Check {
+                name: "storage",
+                // Below the reserve the registry still serves pulls and deletes, so it
+                // stays ready; the detail says pushes are refused.
+                ok: true,
+                detail: if space.in_reserve() {
+                    format!(
+                        "free space {} is below the reserve of {}: new uploads are refused",
+                        crate::limits::human_bytes(space.free),
+                        crate::limits::human_bytes(space.reserve)
+                    )
+                } else {
+                    format!(
+                        "{} free, {} reserve",
+                        crate::limits::human_bytes(space.free),
+                        crate::limits::human_bytes(space.reserve)
+                    )
+                },
+                extra,
+            }
+        }
+        Err(e) => Check {
+            name: "storage",
+            ok: false,
+            detail: format!("cannot read the data directory's free space: {e}"),
+            extra: Default::default(),
+        },
+    });
+    checks
 }
 
 async fn v2_dispatch(

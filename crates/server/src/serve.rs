@@ -7,17 +7,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
 use berth_storage::fs::FsBlobStore;
 use berth_storage::postgres::PgMetadata;
+use berth_storage::s3::S3BlobStore;
 use berth_storage::sqlite::SqliteMetadata;
-use berth_storage::{AccountStore, MetadataStore};
+use berth_storage::{AccountStore, BlobStore, LifecycleStore, MetadataStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use berth_auth::{SigningKey, TokenConfig, TokenService};
 
 use crate::auth::Auth;
-use crate::config::{DatabaseConfig, ServerConfig};
+use crate::config::{BlobBackend, DatabaseConfig, ServerConfig};
 use crate::state::{AppState, TlsInfo};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -67,18 +68,58 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         path: config.data.display().to_string(),
         source,
     };
-    let blobs = FsBlobStore::open(config.data.clone())
-        .await
-        .map_err(storage_err)?;
+    let mut bucket = None;
+    let (blobs, fs): (Arc<dyn BlobStore>, Option<Arc<FsBlobStore>>) = match config.storage.backend {
+        BlobBackend::Fs => {
+            let fs = Arc::new(
+                FsBlobStore::open(config.data.clone())
+                    .await
+                    .map_err(storage_err)?,
+            );
+            (fs.clone(), Some(fs))
+        }
+        BlobBackend::S3 => {
+            let s3 =
+                S3BlobStore::connect(&config.storage.s3).map_err(|source| ServeError::Storage {
+                    path: format!("bucket {}", config.storage.s3.bucket),
+                    source,
+                })?;
+            // Refuse to start against a bucket that does not answer, with its name.
+            s3.check().await.map_err(|source| ServeError::Storage {
+                path: format!("bucket {}", config.storage.s3.bucket),
+                source,
+            })?;
+            let s3 = Arc::new(s3);
+            bucket = Some(s3.clone());
+            (s3, None)
+        }
+    };
     let stores = open_metadata(&config.data, &config.database).await?;
-    let blobs = Arc::new(blobs);
+    let meta = stores.meta.clone();
+    // The filesystem store's upload files are reconciled with the database's sessions; the
+    // S3 store keeps its sessions in the bucket, where `purge_stale_uploads` reclaims them.
+    if let Some(fs) = &fs {
+        reconcile_uploads(fs, meta.as_ref())
+            .await
+            .map_err(storage_err)?;
+    }
     let ttl = Duration::from_secs(config.limits.upload_ttl_hours * 3600);
-    let purger = blobs.clone();
+    let (purger, purger_meta, purger_fs) = (blobs.clone(), meta.clone(), fs.clone());
     tokio::spawn(async move {
-        match purger.purge_stale_uploads(ttl).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed abandoned uploads"),
-            Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),
+        // Abandoned sessions are reclaimed by the TTL: at start, then every hour.
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match purger.purge_stale_uploads(ttl).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed abandoned uploads"),
+                Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),
+            }
+            if let Some(fs) = &purger_fs
+                && let Err(e) = forget_sessions_without_files(fs, purger_meta.as_ref()).await
+            {
+                tracing::warn!(error = %e, "could not forget purged upload sessions");
+            }
         }
     });
     let mut token_config = TokenConfig::new("berth", config.auth.service.clone());
@@ -114,15 +155,81 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
             ca_crt: config.tls_dir().join("ca.crt"),
         },
     };
+    let lifecycle = Arc::new(crate::gc::Lifecycle::new(
+        stores.lifecycle.clone(),
+        meta.clone(),
+        blobs.clone(),
+        config.lifecycle.clone(),
+        ttl,
+    ));
+    let auth = Arc::new(auth);
+    lifecycle.spawn_schedules(auth.clone());
     Ok(AppState {
         blobs,
-        meta: stores.meta.clone(),
-        auth: Arc::new(auth),
+        meta,
+        auth,
         limits: config.limits.clone(),
         auto_create_projects: config.auth.auto_create_projects,
         tls,
-        ops: ops(config, &stores),
+        ops: ops(config, &stores, bucket),
+        lifecycle,
+        refusals: Default::default(),
+        space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
     })
+}
+
+/// Make `uploads/` and the upload sessions in the metadata agree (at start, before any
+/// request): a file no session owns is removed (an upload whose session was lost, e.g.
+/// by a crash between the two writes), and a session whose file is gone is forgotten.
+pub async fn reconcile_uploads(
+    blobs: &FsBlobStore,
+    meta: &dyn MetadataStore,
+) -> Result<(), berth_storage::StorageError> {
+    let sessions: std::collections::HashSet<String> =
+        meta.upload_ids().await?.into_iter().collect();
+    let files = blobs.upload_file_ids().await?;
+    let mut orphans = 0;
+    for id in &files {
+        if !sessions.contains(id) {
+            match blobs.cancel_upload(id).await {
+                Ok(()) | Err(berth_storage::StorageError::UploadUnknown(_)) => orphans += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let files: std::collections::HashSet<&String> = files.iter().collect();
+    let mut lost = 0;
+    for id in &sessions {
+        if !files.contains(id) {
+            meta.delete_upload(id).await?;
+            lost += 1;
+        }
+    }
+    if orphans + lost > 0 {
+        tracing::info!(
+            removed_files = orphans,
+            forgotten_sessions = lost,
+            "reconciled uploads/ with the upload sessions"
+        );
+    }
+    Ok(())
+}
+
+/// Forget sessions whose file the TTL purge removed (so they stop counting against the
+/// owner's session limit). Safe while serving: a session's file exists from before its
+/// row is written until after the row is deleted.
+async fn forget_sessions_without_files(
+    blobs: &FsBlobStore,
+    meta: &dyn MetadataStore,
+) -> Result<(), berth_storage::StorageError> {
+    let files: std::collections::HashSet<String> =
+        blobs.upload_file_ids().await?.into_iter().collect();
+    for id in meta.upload_ids().await? {
+        if !files.contains(&id) {
+            meta.delete_upload(&id).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The account side of a data directory, for the CLI's management commands (which work
@@ -159,9 +266,20 @@ pub async fn open_accounts_with(
 }
 
 /// Metrics gauges of the metadata database (pool use, uploads in progress).
-fn ops(config: &ServerConfig, stores: &Stores) -> crate::ops::Ops {
+fn ops(
+    config: &ServerConfig,
+    stores: &Stores,
+    bucket: Option<Arc<S3BlobStore>>,
+) -> crate::ops::Ops {
     let mut ops = crate::ops::Ops::default();
     ops.metrics = config.metrics.clone();
+    if let Some(s3) = bucket {
+        let name = format!("bucket {}", config.storage.s3.bucket);
+        ops.add_readiness("bucket", move || {
+            let (s3, name) = (s3.clone(), name.clone());
+            async move { s3.check().await.map_err(|e| format!("{name}: {e}")) }
+        });
+    }
     if let Some(pg) = stores.postgres.clone() {
         ops.add_gauges(move || {
             let pg = pg.clone();
@@ -201,6 +319,8 @@ fn ops(config: &ServerConfig, stores: &Stores) -> crate::ops::Ops {
 pub struct Stores {
     pub meta: Arc<dyn MetadataStore>,
     pub accounts: Arc<dyn AccountStore>,
+    /// Garbage collection, quotas, retention (same database as `meta`).
+    pub lifecycle: Arc<dyn LifecycleStore>,
     pub key: SigningKey,
     /// Set when the stores are in PostgreSQL (shared by replicas).
     pub postgres: Option<PgMetadata>,
@@ -266,6 +386,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
         return Ok(Stores {
             meta: Arc::new(pg.clone()),
             accounts: Arc::new(pg.clone()),
+            lifecycle: Arc::new(pg.clone()),
             key,
             postgres: Some(pg),
             sqlite: None,
@@ -286,6 +407,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
     Ok(Stores {
         meta: Arc::new(meta.clone()),
         accounts: Arc::new(meta.clone()),
+        lifecycle: Arc::new(meta.clone()),
         key,
         postgres: None,
         sqlite: Some(meta),
@@ -293,7 +415,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
 }
 
 /// TLS material to serve with, creating a CA and certificate on first start if needed.
-async fn tls_config(config: &ServerConfig) -> Result<Option<RustlsConfig>, ServeError> {
+fn tls_config(config: &ServerConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ServeError> {
     let tls = &config.tls;
     if tls.insecure_http {
         if tls.cert.is_some() || tls.key.is_some() {
@@ -324,16 +446,23 @@ async fn tls_config(config: &ServerConfig) -> Result<Option<RustlsConfig>, Serve
             ));
         }
     };
-    let rustls = RustlsConfig::from_pem_file(&cert, &key)
-        .await
-        .map_err(|e| {
-            ServeError::Tls(format!(
-                "cannot load certificate {} / key {}: {e}",
-                cert.display(),
-                key.display()
-            ))
-        })?;
-    Ok(Some(rustls))
+    let cannot = |e: &dyn std::fmt::Display| {
+        ServeError::Tls(format!(
+            "cannot load certificate {} / key {}: {e}",
+            cert.display(),
+            key.display()
+        ))
+    };
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| cannot(&e))?;
+    let private = PrivateKeyDer::from_pem_file(&key).map_err(|e| cannot(&e))?;
+    let mut rustls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| cannot(&e))?;
+    rustls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(rustls)))
 }
 
 /// Serve until a shutdown signal. Prints `berth listening on SCHEME://ADDR` on stdout once
@@ -342,22 +471,17 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     // One crypto provider everywhere (aws-lc-rs); ignore "already installed".
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let state = open_state(&config).await?;
-    let tls = tls_config(&config).await?;
+    let tls = tls_config(&config)?;
     release_startup_memory();
     let listener = TcpListener::bind(config.listen).map_err(|source| ServeError::Bind {
         addr: config.listen,
         source,
     })?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    let handle: Handle<SocketAddr> = Handle::new();
-    let app = crate::app(state).into_make_service_with_connect_info::<SocketAddr>();
-
-    let shutdown = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        shutdown.graceful_shutdown(Some(DRAIN));
-    });
+    let refusals = state.refusals.clone();
+    let app = crate::app(state);
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("berth listening on {scheme}://{addr}");
@@ -365,20 +489,33 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, scheme, data = %config.data.display(), "registry ready");
 
-    match tls {
-        Some(tls) => {
-            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
-            tune(server.http_builder());
-            server.serve(app).await?;
-        }
-        None => {
-            let mut server = axum_server::from_tcp(listener)?.handle(handle);
-            tune(server.http_builder());
-            server.serve(app).await?;
-        }
-    }
+    let mut builder = crate::conn::builder(&config.limits);
+    tune(&mut builder);
+    let server = crate::conn::Server {
+        app,
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+        limits: config.limits.clone(),
+        refusals,
+        builder,
+        drain: DRAIN,
+    };
+    server
+        .run(listener, async {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await?;
     Ok(())
 }
+
+/// HTTP/2 receive window of one stream: how much of an upload the client may send ahead of
+/// what the handler has written. With the 64 KiB default (and hyper's adaptive window,
+/// whose estimate stays small on a low-latency link) a push stalled on every window update;
+/// a few MiB lets the client keep sending while the previous buffer is hashed and written.
+const H2_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 receive window of a whole connection: bounds the body bytes one connection can
+/// make the server buffer, whatever its number of streams.
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// HTTP/2 flow-control windows sized for multi-GiB layers; bounded header sizes.
 fn tune(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
@@ -386,7 +523,9 @@ fn tune(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::To
         .http1()
         .max_buf_size(256 * 1024)
         .http2()
-        .adaptive_window(true)
+        .adaptive_window(false)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_frame_size(1 << 20)
         .max_header_list_size(64 * 1024);
 }

@@ -7,6 +7,7 @@ use berth_storage::{BlobStore, MetadataStore};
 
 use crate::auth::Auth;
 use crate::config::Limits;
+use crate::limits::{DiskSpace, Refusals};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -20,6 +21,12 @@ pub struct AppState {
     pub tls: TlsInfo,
     /// Readiness checks and metrics hooks (`/readyz`, `/metrics`).
     pub ops: crate::ops::Ops,
+    /// Garbage collection, quotas, retention, immutable tags, pull times.
+    pub lifecycle: Arc<crate::gc::Lifecycle>,
+    /// Refusals of bounds, counted and logged at most once a minute per client.
+    pub refusals: Arc<Refusals>,
+    /// Free space and reserve of the data directory's filesystem.
+    pub space: DiskSpace,
 }
 
 /// Where the certificate this server presents came from.

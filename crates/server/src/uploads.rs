@@ -17,7 +17,9 @@ use futures_util::TryStreamExt;
 
 use crate::blobs::{digest_header, parse_digest};
 use crate::error::{ApiError, ApiResult};
+use crate::limits::{Refusal, human_bytes};
 use crate::routes::Ctx;
+use berth_storage::FULL_ADVICE;
 
 fn body_stream(body: Body) -> ByteStream {
     Box::pin(body.into_data_stream().map_err(io::Error::other))
@@ -80,22 +82,37 @@ pub(crate) async fn start(ctx: Ctx, body: Body, name: &str) -> ApiResult<Respons
 
     if let Some(mount) = ctx.query("mount") {
         let digest = parse_digest(mount)?;
-        if let Some(size) = mountable_size(&ctx, &digest).await? {
-            state.meta.link_blob(name, &digest, size).await?;
+        if mountable_size(&ctx, &digest).await?.is_some()
+            // Linked in one transaction with the check that the source still links it
+            // (and that the collector is not deleting it).
+            && state
+                .lifecycle
+                .store
+                .mount_blob(ctx.query("from"), name, &digest)
+                .await?
+                .is_some()
+        {
             return Ok(created(name, &digest));
         }
         // Not mountable: fall through to an ordinary upload session, as the spec says.
     }
 
+    let owner = session_owner(&ctx);
+    admit_session(&ctx, &owner).await?;
     let id = state.blobs.start_upload().await?;
-    state
+    if let Err(e) = state
         .meta
         .create_upload(UploadSession {
             id: id.clone(),
             repository: name.to_string(),
             started_at: now(),
+            owner,
         })
-        .await?;
+        .await
+    {
+        let _ = state.blobs.cancel_upload(&id).await;
+        return Err(refused(&ctx, e.into()));
+    }
 
     if let Some(digest) = ctx.query("digest").map(str::to_owned) {
         // Monolithic upload in a single POST.
@@ -103,6 +120,115 @@ pub(crate) async fn start(ctx: Ctx, body: Body, name: &str) -> ApiResult<Respons
         return commit(&ctx, name, &id, Some(body_stream(body)), &digest).await;
     }
     Ok(in_progress(name, &UploadState { id, size: 0 }))
+}
+
+/// Who an upload session counts against: the user or robot, or the client address for
+/// anonymous pushes.
+fn session_owner(ctx: &Ctx) -> String {
+    match &ctx.caller.principal {
+        berth_auth::Principal::Anonymous => format!("addr:{}", ctx.caller.addr),
+        berth_auth::Principal::User { name, .. } => format!("user:{name}"),
+        berth_auth::Principal::Robot(r) => format!("robot:{}", r.name),
+    }
+}
+
+/// Refuse a new upload session up front: over the owner's session limit (429), or while
+/// free space is below the reserve or smaller than the announced size (507).
+async fn admit_session(ctx: &Ctx, owner: &str) -> ApiResult<()> {
+    let state = &ctx.state;
+    let limit = state.limits.max_upload_sessions;
+    let open = state.meta.count_uploads_by_owner(owner).await?;
+    if open >= limit {
+        let detail = format!(
+            "{owner} has {open} upload sessions open; the limit (limits.max_upload_sessions) \
+             is {limit}. Finish or cancel (DELETE) some, or wait for abandoned ones to expire"
+        );
+        state
+            .refusals
+            .note(ctx.caller.addr, Refusal::UploadSessions, &detail);
+        return Err(ApiError::new(ErrorCode::TooManyRequests, detail)
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("60")));
+    }
+    let space = match state.space.report() {
+        Ok(space) => space,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the free space of the data directory");
+            return Ok(());
+        }
+    };
+    let announced = ctx.query("digest").and(content_length(ctx)).unwrap_or(0);
+    if space.in_reserve() || space.free < announced.saturating_add(space.reserve) {
+        let needs = if announced > 0 {
+            format!("the upload needs {}, ", human_bytes(announced))
+        } else {
+            String::new()
+        };
+        let detail = format!(
+            "the registry's storage is full: {needs}{} are free and {} are kept in reserve \
+             (limits.min_free_bytes / min_free_percent); {FULL_ADVICE}",
+            human_bytes(space.free),
+            human_bytes(space.reserve),
+        );
+        return Err(refused(ctx, ApiError::storage_full(detail)));
+    }
+    Ok(())
+}
+
+/// Why a body of the announced `Content-Length` cannot be stored, if the free space
+/// already says so (an upload in progress may use the reserve; it may not overflow).
+fn does_not_fit(ctx: &Ctx) -> Option<String> {
+    let len = content_length(ctx).filter(|n| *n > 0)?;
+    let space = ctx.state.space.report().ok()?;
+    (len > space.free).then(|| {
+        format!(
+            "the registry's storage is full: this request needs {}, {} are free; {FULL_ADVICE}",
+            human_bytes(len),
+            human_bytes(space.free)
+        )
+    })
+}
+
+/// A write of this session ran out of space; the store has already cut the file back to
+/// what earlier requests acknowledged. With nothing acknowledged there is nothing to
+/// resume (a monolithic upload, or skopeo's and docker's single streamed PATCH): the
+/// session and its file are released at once. Otherwise the session stays, holding only
+/// the acknowledged bytes, for the client to resume once space is freed or to cancel.
+async fn out_of_space(ctx: &Ctx, name: &str, id: &str, msg: String) -> ApiError {
+    let state = &ctx.state;
+    let kept = match state.blobs.upload_state(id).await {
+        Ok(st) if st.size > 0 => Some(st.size),
+        _ => None,
+    };
+    let detail = match kept {
+        Some(size) => format!(
+            "{msg}. The upload keeps the {size} bytes acknowledged before this request: \
+             resume it at offset {size} once space is freed (GET /v2/{name}/blobs/uploads/{id} \
+             reports the offset), or cancel it with DELETE"
+        ),
+        None => {
+            let _ = state.blobs.cancel_upload(id).await;
+            if let Err(e) = state.meta.delete_upload(id).await {
+                tracing::warn!(upload = %id, error = %e, "could not forget a released upload");
+            }
+            format!("{msg}. The upload was released; push again once space is freed")
+        }
+    };
+    refused(ctx, ApiError::storage_full(detail))
+}
+
+/// Count (and log, once a minute per client) an out-of-space refusal.
+/// Also counts uploads ended by the body idle timeout.
+fn refused(ctx: &Ctx, e: ApiError) -> ApiError {
+    if e.status == Some(StatusCode::INSUFFICIENT_STORAGE) {
+        ctx.state
+            .refusals
+            .note(ctx.caller.addr, Refusal::StorageFull, &e.detail);
+    } else if e.detail.contains("body_idle_timeout_secs") {
+        ctx.state
+            .refusals
+            .note(ctx.caller.addr, Refusal::BodyIdle, &e.detail);
+    }
+    e
 }
 
 /// The size of a blob that may be mounted into the target repository, if any.
@@ -194,13 +320,22 @@ pub(crate) async fn patch(ctx: Ctx, body: Body, name: &str, id: &str) -> ApiResu
         }
         .into());
     }
+    if let Some(msg) = does_not_fit(&ctx) {
+        return Err(out_of_space(&ctx, name, id, msg).await);
+    }
     let limit = ctx.state.limits.max_blob_bytes;
+    // Out of space, the store keeps only what earlier chunks acknowledged and the session
+    // stays: the client may resume once space is freed, or cancel it.
     let st = ctx
         .state
         .blobs
         .append(id, offset, body_stream(body), limit)
-        .await?;
-    Ok(in_progress(name, &st))
+        .await;
+    match st {
+        Ok(st) => Ok(in_progress(name, &st)),
+        Err(berth_storage::StorageError::Full(msg)) => Err(out_of_space(&ctx, name, id, msg).await),
+        Err(e) => Err(refused(&ctx, e.into())),
+    }
 }
 
 fn content_length(ctx: &Ctx) -> Option<u64> {
@@ -218,6 +353,9 @@ pub(crate) async fn finish(ctx: Ctx, body: Body, name: &str, id: &str) -> ApiRes
         })
         .and_then(parse_digest)?;
     session(&ctx, name, id).await?;
+    if let Some(msg) = does_not_fit(&ctx) {
+        return Err(out_of_space(&ctx, name, id, msg).await);
+    }
     let has_body = content_length(&ctx).is_some_and(|n| n > 0)
         || ctx.headers.contains_key(header::TRANSFER_ENCODING);
     let body = has_body.then(|| body_stream(body));
@@ -235,11 +373,25 @@ async fn commit(
     let state = &ctx.state;
     if let Some(body) = body {
         // A failed body keeps what arrived consistently; the client may retry the rest.
-        state
+        match state
             .blobs
             .append(id, None, body, state.limits.max_blob_bytes)
-            .await?;
+            .await
+        {
+            Ok(_) => {}
+            Err(berth_storage::StorageError::Full(msg)) => {
+                return Err(out_of_space(ctx, name, id, msg).await);
+            }
+            Err(e) => return Err(refused(ctx, e.into())),
+        }
     }
+    // Quota, then pin the digest so the collector cannot take the blob between the
+    // commit (which may find it already stored) and the link.
+    let size = state.blobs.upload_state(id).await?.size;
+    state
+        .lifecycle
+        .before_commit(name, id, digest, size)
+        .await?;
     match state.blobs.finish_upload(id, digest).await {
         Ok(size) => {
             state.meta.link_blob(name, digest, size).await?;
@@ -251,7 +403,7 @@ async fn commit(
             state.meta.delete_upload(id).await?;
             Err(e.into())
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(refused(ctx, e.into())),
     }
 }
 

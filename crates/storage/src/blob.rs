@@ -109,4 +109,20 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Delete a stored blob (garbage collection / content management);
     /// `BlobUnknown` if absent.
     async fn delete(&self, digest: &Digest) -> StorageResult<()>;
+
+    /// A short-lived URL a client may download the blob from directly (a pre-signed
+    /// object-store URL), when the backend is configured to redirect blob GETs; `None` to
+    /// have the server send the bytes itself. `BlobUnknown` if the blob is not stored.
+    async fn redirect_url(&self, digest: &Digest) -> StorageResult<Option<String>> {
+        let _ = digest;
+        Ok(None)
+    }
+
+    /// Delete upload sessions (and everything they stored) untouched for `older_than`;
+    /// sessions busy with a request are skipped. Returns how many were removed. The
+    /// default is for a backend that keeps no upload state of its own.
+    async fn purge_stale_uploads(&self, older_than: std::time::Duration) -> StorageResult<usize> {
+        let _ = older_than;
+        Ok(0)
+    }
 }

@@ -846,6 +846,7 @@ pub async fn metadata_suite(store: &dyn MetadataStore) {
         id: "0b5c2a36-7d4e-4f7a-9c1e-2f1d3a4b5c6d".to_owned(),
         repository: "new/repo".to_owned(),
         started_at: 1_700_000_000,
+        owner: "user:alice".to_owned(),
     };
     assert_eq!(ok(store.upload(&session.id).await, "missing upload"), None);
     ok(store.create_upload(session.clone()).await, "create upload");
@@ -860,8 +861,22 @@ pub async fn metadata_suite(store: &dyn MetadataStore) {
         ),
         "an upload session alone does not create a repository"
     );
+    assert_eq!(
+        ok(store.count_uploads_by_owner("user:alice").await, "count"),
+        1
+    );
+    assert_eq!(
+        ok(store.count_uploads_by_owner("user:bob").await, "count"),
+        0
+    );
+    assert!(ok(store.upload_ids().await, "upload ids").contains(&session.id));
     ok(store.delete_upload(&session.id).await, "delete upload");
     assert_eq!(ok(store.upload(&session.id).await, "deleted upload"), None);
+    assert_eq!(
+        ok(store.count_uploads_by_owner("user:alice").await, "count"),
+        0
+    );
+    assert!(!ok(store.upload_ids().await, "upload ids").contains(&session.id));
     ok(
         store.delete_upload(&session.id).await,
         "delete upload again",
@@ -2090,4 +2105,429 @@ pub async fn console_suite(store: &dyn MetadataStore) {
         .is_empty(),
         "% is not a wildcard"
     );
+}
+
+/// A manifest candidate of `repository` is waiting.
+async fn has_candidate(
+    store: &dyn crate::lifecycle::LifecycleStore,
+    kind: crate::lifecycle::CandidateKind,
+    repository: &str,
+    digest: &Digest,
+) -> bool {
+    let all = ok(store.gc_candidates(kind, None, 10_000).await, "candidates");
+    all.iter()
+        .any(|c| c.repository == repository && &c.digest == digest)
+}
+
+/// The lifecycle primitives (change log, tombstones, pins, quotas, immutable tags,
+/// policies, pull times, runs, audit pruning) on a store implementing all three metadata
+/// traits (which must be empty).
+pub async fn lifecycle_suite(
+    meta: &dyn MetadataStore,
+    life: &dyn crate::lifecycle::LifecycleStore,
+    accounts: &dyn AccountStore,
+) {
+    use crate::lifecycle::{BlobVerdict, CandidateKind, GcRun, ManifestVerdict, PushLimits};
+    const APP: &str = "p1/app";
+    const OTHER: &str = "p1/other";
+    let future = i64::MAX / 2;
+    let past = 0;
+    let a = Digest::sha256(b"lifecycle a");
+    let b = Digest::sha256(b"lifecycle b");
+    let c = Digest::sha256(b"lifecycle c");
+
+    // Quota usage counts each blob once per project, plus manifest bytes.
+    ok(meta.link_blob(APP, &a, 100).await, "link a");
+    ok(meta.link_blob(APP, &b, 200).await, "link b");
+    assert!(
+        has_candidate(life, CandidateKind::Blob, "", &a).await,
+        "a link is a change"
+    );
+    let m1 = manifest(APP, r#"{"m":1}"#, Some("v1"), &[&a, &b], None, None);
+    let limits = PushLimits {
+        project: "p1".into(),
+        quota_bytes: Some(1_000_000),
+        ..PushLimits::default()
+    };
+    ok(
+        life.put_manifest_checked(m1.clone(), &limits).await,
+        "put m1",
+    );
+    let usage = ok(life.quota_usage("p1").await, "usage").bytes;
+    assert_eq!(usage, 300 + m1.content.len() as u64);
+    assert!(ok(life.project_has_blob("p1", &a).await, "has a"));
+    assert!(!ok(life.project_has_blob("p2", &a).await, "other project"));
+    assert_eq!(
+        ok(life.mount_blob(Some(APP), OTHER, &a).await, "mount a"),
+        Some(100)
+    );
+    assert_eq!(
+        ok(life.mount_blob(Some(OTHER), APP, &c).await, "mount unknown"),
+        None
+    );
+    let m2 = manifest(OTHER, r#"{"m":2}"#, Some("v1"), &[&a], None, None);
+    ok(
+        life.put_manifest_checked(m2.clone(), &limits).await,
+        "put m2",
+    );
+    let usage2 = ok(life.quota_usage("p1").await, "usage").bytes;
+    assert_eq!(usage2, usage + m2.content.len() as u64, "a counted once");
+    assert_eq!(ok(life.quota_usage("p1").await, "usage").repositories, 2);
+
+    // A refused push changes nothing.
+    ok(meta.link_blob(APP, &c, 5000).await, "link c");
+    let big = manifest(APP, r#"{"m":"big"}"#, Some("big"), &[&c], None, None);
+    let tight = PushLimits {
+        quota_bytes: Some(usage2 + 10),
+        ..limits.clone()
+    };
+    let e = err(
+        life.put_manifest_checked(big.clone(), &tight).await,
+        "over quota",
+    );
+    match &e {
+        StorageError::Denied(m) => assert!(m.contains("quota"), "{m}"),
+        other => panic!("over quota: {other:?}"),
+    }
+    assert_eq!(ok(life.quota_usage("p1").await, "usage").bytes, usage2);
+    assert_eq!(ok(meta.manifest_by_tag(APP, "big").await, "big tag"), None);
+    let few = PushLimits {
+        max_repositories: Some(2),
+        ..limits.clone()
+    };
+    let newrepo = manifest("p1/third", r#"{"m":3}"#, Some("t"), &[], None, None);
+    let e = err(life.put_manifest_checked(newrepo, &few).await, "repo limit");
+    assert!(matches!(e, StorageError::Denied(_)), "{e:?}");
+    assert!(!ok(meta.repository_exists("p1/third").await, "rolled back"));
+
+    // Immutable tags: created once, never moved; re-put of the same digest is fine.
+    let immutable = PushLimits {
+        immutable_rule: Some("v*".into()),
+        ..limits.clone()
+    };
+    ok(
+        life.put_manifest_checked(m1.clone(), &immutable).await,
+        "same digest",
+    );
+    let moved = manifest(APP, r#"{"m":"moved"}"#, Some("v1"), &[&a], None, None);
+    let e = err(
+        life.put_manifest_checked(moved, &immutable).await,
+        "move immutable",
+    );
+    match &e {
+        StorageError::Denied(m) => assert!(m.contains("v*"), "{m}"),
+        other => panic!("immutable: {other:?}"),
+    }
+
+    // Change log and manifest collection.
+    ok(meta.delete_tag(APP, "v1").await, "untag m1");
+    assert!(has_candidate(life, CandidateKind::Manifest, APP, &m1.digest).await);
+    assert_eq!(
+        ok(
+            life.collect_manifest(APP, &m1.digest, past, false).await,
+            "young"
+        ),
+        ManifestVerdict::TooRecent
+    );
+    assert_eq!(
+        ok(
+            life.collect_manifest(APP, &m1.digest, future, true).await,
+            "dry"
+        ),
+        ManifestVerdict::Removed(m1.content.len() as u64)
+    );
+    assert!(ok(
+        meta.manifest_exists(APP, &m1.digest).await,
+        "dry run kept it"
+    ));
+    assert_eq!(
+        ok(
+            life.collect_manifest(APP, &m1.digest, future, false).await,
+            "collect"
+        ),
+        ManifestVerdict::Removed(m1.content.len() as u64)
+    );
+    assert!(!ok(meta.manifest_exists(APP, &m1.digest).await, "gone"));
+    assert!(!has_candidate(life, CandidateKind::Manifest, APP, &m1.digest).await);
+    assert_eq!(
+        ok(life.quota_usage("p1").await, "usage").bytes,
+        usage2 - 200 - m1.content.len() as u64,
+        "b no longer counted, a still is"
+    );
+    assert!(
+        has_candidate(life, CandidateKind::Blob, "", &b).await,
+        "b lost a reference"
+    );
+    assert_eq!(ok(life.blob_references(&b, 10).await, "refs b"), vec![]);
+    assert_eq!(
+        ok(life.blob_references(&a, 10).await, "refs a"),
+        vec![(OTHER.to_owned(), m2.digest.clone())]
+    );
+    assert_eq!(
+        ok(
+            life.collect_manifest(OTHER, &m2.digest, future, false)
+                .await,
+            "tagged"
+        ),
+        ManifestVerdict::Kept
+    );
+
+    // Blob collection: referenced blobs are kept, others tombstoned and unreachable.
+    assert_eq!(
+        ok(life.tombstone_blob(&a, future, false).await, "a"),
+        BlobVerdict::Kept
+    );
+    assert_eq!(
+        ok(life.tombstone_blob(&b, past, false).await, "b young"),
+        BlobVerdict::TooRecent
+    );
+    assert_eq!(
+        ok(life.tombstone_blob(&b, future, true).await, "b dry"),
+        BlobVerdict::Tombstoned
+    );
+    assert_eq!(
+        ok(meta.blob_link(APP, &b).await, "dry kept link"),
+        Some(200)
+    );
+    assert_eq!(
+        ok(life.tombstone_blob(&b, future, false).await, "b"),
+        BlobVerdict::Tombstoned
+    );
+    assert_eq!(ok(life.tombstones().await, "tombstones"), vec![b.clone()]);
+    assert_eq!(ok(meta.blob_link(APP, &b).await, "link removed"), None);
+    let e = err(meta.link_blob(APP, &b, 200).await, "link tombstoned");
+    assert!(matches!(e, StorageError::BlobUnknown(_)), "{e:?}");
+    assert_eq!(
+        ok(life.mount_blob(None, APP, &b).await, "mount tombstoned"),
+        None
+    );
+    let e = err(life.pin_upload("u-b", &b).await, "pin tombstoned");
+    assert!(matches!(e, StorageError::Conflict(_)), "{e:?}");
+    let uses_b = manifest(APP, r#"{"m":"b"}"#, Some("b"), &[&b], None, None);
+    let e = err(
+        meta.put_manifest(uses_b.clone()).await,
+        "reference tombstoned",
+    );
+    assert!(matches!(e, StorageError::BlobUnknown(_)), "{e:?}");
+    ok(life.clear_tombstone(&b).await, "clear");
+    assert!(ok(life.tombstones().await, "tombstones").is_empty());
+    ok(meta.link_blob(APP, &b, 200).await, "re-upload b");
+    ok(meta.put_manifest(uses_b.clone()).await, "reference b again");
+
+    // An upload pin protects a blob until the session is gone.
+    let d = Digest::sha256(b"lifecycle d");
+    ok(
+        meta.create_upload(UploadSession {
+            id: "u-d".into(),
+            repository: APP.into(),
+            started_at: 10,
+            owner: "user:alice".into(),
+        })
+        .await,
+        "upload",
+    );
+    ok(life.pin_upload("u-d", &d).await, "pin d");
+    ok(meta.link_blob(APP, &d, 7).await, "link d");
+    assert_eq!(
+        ok(life.tombstone_blob(&d, future, false).await, "pinned"),
+        BlobVerdict::Kept
+    );
+    assert_eq!(
+        ok(life.stale_uploads(11, 10).await, "stale"),
+        vec![UploadSession {
+            id: "u-d".into(),
+            repository: APP.into(),
+            started_at: 10,
+            owner: "user:alice".into()
+        }]
+    );
+    assert!(ok(life.stale_uploads(10, 10).await, "not stale").is_empty());
+    ok(meta.delete_upload("u-d").await, "finish upload");
+    assert!(
+        has_candidate(life, CandidateKind::Blob, "", &d).await,
+        "unpinned"
+    );
+    assert_eq!(
+        ok(life.tombstone_blob(&d, future, false).await, "unpinned"),
+        BlobVerdict::Tombstoned
+    );
+    ok(life.clear_tombstone(&d).await, "clear d");
+
+    // Index children and referrers' subjects are kept; attached referrers too.
+    let child = manifest(APP, r#"{"child":1}"#, None, &[&a], None, None);
+    ok(meta.put_manifest(child.clone()).await, "child");
+    let mut index = manifest(APP, r#"{"index":1}"#, Some("idx"), &[], None, None);
+    index.children = vec![child.digest.clone()];
+    ok(meta.put_manifest(index.clone()).await, "index");
+    assert_eq!(
+        ok(
+            life.collect_manifest(APP, &child.digest, future, false)
+                .await,
+            "child"
+        ),
+        ManifestVerdict::Kept
+    );
+    let mut orphan_index = index.clone();
+    orphan_index.children = vec![Digest::sha256(b"missing child")];
+    orphan_index.content = br#"{"index":2}"#.to_vec();
+    orphan_index.digest = Digest::sha256(&orphan_index.content);
+    let e = err(meta.put_manifest(orphan_index).await, "missing child");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    let subject = manifest(APP, r#"{"subject":1}"#, None, &[&a], None, None);
+    ok(meta.put_manifest(subject.clone()).await, "subject");
+    let sig = manifest(APP, r#"{"sig":1}"#, None, &[], Some(&subject.digest), None);
+    ok(meta.put_manifest(sig.clone()).await, "referrer");
+    assert_eq!(
+        ok(
+            life.collect_manifest(APP, &subject.digest, future, false)
+                .await,
+            "subject"
+        ),
+        ManifestVerdict::Kept
+    );
+    assert_eq!(
+        ok(
+            life.collect_manifest(APP, &sig.digest, future, false).await,
+            "attached"
+        ),
+        ManifestVerdict::Kept
+    );
+    ok(
+        meta.delete_manifest(APP, &subject.digest).await,
+        "delete subject",
+    );
+    assert!(has_candidate(life, CandidateKind::Manifest, APP, &sig.digest).await);
+    assert_eq!(
+        ok(
+            life.collect_manifest(APP, &sig.digest, future, false).await,
+            "dangling"
+        ),
+        ManifestVerdict::Removed(sig.content.len() as u64)
+    );
+    let (blobs, children) = ok(
+        life.manifest_references(APP, &index.digest).await,
+        "index refs",
+    );
+    assert!(blobs.is_empty());
+    assert_eq!(children, vec![child.digest.clone()]);
+
+    // Policies.
+    let default = ok(life.project_policy("p1").await, "default policy");
+    assert_eq!(default.quota_bytes, None);
+    assert!(default.immutable_tags.is_empty());
+    let policy = crate::lifecycle::ProjectPolicy {
+        project: "p1".into(),
+        quota_bytes: Some(1 << 30),
+        max_repositories: Some(5),
+        immutable_tags: vec!["v*".into(), "release-*".into()],
+        retention_json: Some(r#"{"keep_last":3}"#.into()),
+    };
+    ok(life.set_project_policy(&policy).await, "set policy");
+    assert_eq!(ok(life.project_policy("p1").await, "policy"), policy);
+    assert_eq!(ok(life.project_policies().await, "policies"), vec![policy]);
+
+    // Pull times, recorded in batches.
+    ok(
+        life.record_pulls(&[
+            (OTHER.into(), m2.digest.clone(), 50),
+            (OTHER.into(), m2.digest.clone(), 40),
+            (OTHER.into(), Digest::sha256(b"not a manifest"), 60),
+        ])
+        .await,
+        "pulls",
+    );
+    let times = ok(life.tag_times(OTHER).await, "tag times");
+    assert_eq!(times.len(), 1);
+    assert_eq!(times[0].tag, "v1");
+    assert_eq!(times[0].digest, m2.digest);
+    assert_eq!(times[0].pulled_at, Some(50), "newest pull wins");
+
+    // Runs.
+    let run = GcRun {
+        kind: "gc".into(),
+        started_by: "cli".into(),
+        dry_run: false,
+        started_at: 5,
+        finished_at: 6,
+        manifests_removed: 1,
+        blobs_removed: 2,
+        bytes_freed: 300,
+        detail: "x".into(),
+        ..GcRun::default()
+    };
+    let id1 = ok(life.record_gc_run(&run).await, "run 1");
+    let id2 = ok(life.record_gc_run(&run).await, "run 2");
+    assert!(id2 > id1);
+    let runs = ok(life.gc_runs(10).await, "runs");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].id, id2, "newest first");
+    assert_eq!(
+        GcRun {
+            id: 0,
+            ..runs[1].clone()
+        },
+        run
+    );
+
+    // Audit pruning by age and by count.
+    for at in 1..=10 {
+        ok(
+            accounts.audit(&event(at, "alice", "push", "r")).await,
+            "audit",
+        );
+    }
+    assert_eq!(ok(life.prune_audit(Some(4), None).await, "by age"), 3);
+    assert_eq!(ok(life.prune_audit(None, Some(5)).await, "by count"), 2);
+    let left = ok(accounts.audit_events(&AuditFilter::default()).await, "left");
+    assert_eq!(
+        left.iter().map(|e| e.at).collect::<Vec<_>>(),
+        vec![10, 9, 8, 7, 6]
+    );
+    assert_eq!(ok(life.prune_audit(None, Some(100)).await, "nothing"), 0);
+
+    // Deleting a repository releases what it referenced.
+    ok(life.delete_repository(OTHER).await, "delete repo");
+    assert!(!ok(meta.repository_exists(OTHER).await, "gone"));
+    let e = err(life.delete_repository(OTHER).await, "twice");
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    ok(life.delete_repository(APP).await, "delete app");
+    assert_eq!(ok(life.quota_usage("p1").await, "usage").bytes, 0);
+    assert_eq!(ok(life.quota_usage("p1").await, "usage").repositories, 0);
+    assert!(has_candidate(life, CandidateKind::Blob, "", &a).await);
+    for blob in [&a, &b, &c] {
+        assert_eq!(
+            ok(
+                life.tombstone_blob(blob, future, false).await,
+                "after delete"
+            ),
+            BlobVerdict::Tombstoned,
+            "{blob}"
+        );
+        ok(life.clear_tombstone(blob).await, "clear");
+    }
+    // Everything processed: the backlog only holds what is still undecided.
+    let mut after = None;
+    loop {
+        let page = ok(
+            life.gc_candidates(CandidateKind::Manifest, after.as_ref(), 2)
+                .await,
+            "page",
+        );
+        if page.is_empty() {
+            break;
+        }
+        for c in &page {
+            ok(
+                life.collect_manifest(&c.repository, &c.digest, future, false)
+                    .await,
+                "drain",
+            );
+        }
+        after = page.last().cloned();
+    }
+    let left = ok(
+        life.gc_candidates(CandidateKind::Manifest, None, 100).await,
+        "left",
+    );
+    assert!(left.is_empty(), "{left:?}");
 }

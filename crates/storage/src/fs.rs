@@ -214,6 +214,24 @@ impl FsBlobStore {
         Ok(removed)
     }
 
+    /// The ids of the upload files in `uploads/` (start-up reconciliation with the
+    /// metadata: a file no session owns is removed with [`BlobStore::cancel_upload`]).
+    pub async fn upload_file_ids(&self) -> StorageResult<Vec<String>> {
+        let dir = self.uploads.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                if let Ok(name) = entry?.file_name().into_string()
+                    && valid_id(&name)
+                {
+                    out.push(name);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     fn upload_path(&self, id: &str) -> PathBuf {
         self.uploads.join(id)
     }
@@ -390,6 +408,7 @@ impl BlobStore for FsBlobStore {
 
         let start = progress.size;
         let Progress { size, hasher } = progress;
+        let start_hasher = hasher.clone();
         let mut pipeline = Pipeline::new(
             SessionWriter {
                 file,
@@ -453,8 +472,27 @@ impl BlobStore for FsBlobStore {
             }));
         };
         let SessionWriter {
-            size, mut guard, ..
+            file,
+            size,
+            mut guard,
+            ..
         } = *writer;
+        let outcome = match outcome {
+            Err(StorageError::Full(msg)) => {
+                // Out of space: keep only what earlier requests acknowledged, so the bytes
+                // of this request stop holding space and the client can resume (or cancel)
+                // from the offset it was last told. (`ftruncate` to a smaller size does
+                // not wait for the device.)
+                if file.file.set_len(start).is_ok() {
+                    *guard = Some(Progress {
+                        size: start,
+                        hasher: start_hasher,
+                    });
+                }
+                return Err(StorageError::Full(msg));
+            }
+            other => other,
+        };
         // The hasher runs ahead of the file by up to one buffer, so it describes the file
         // only if every write succeeded; otherwise the next request re-derives the state.
         if pipeline.all_written {
@@ -522,6 +560,10 @@ impl BlobStore for FsBlobStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    async fn purge_stale_uploads(&self, older_than: Duration) -> StorageResult<usize> {
+        FsBlobStore::purge_stale_uploads(self, older_than).await
+    }
 }
 
 /// The descriptors of an upload file being appended to.
@@ -574,7 +616,10 @@ impl SessionWriter {
             && is_aligned(offset, data)
         {
             match direct.write_all_at(data, offset) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    read_back_soon(direct, offset, data.len());
+                    return Ok(());
+                }
                 // The filesystem refused direct I/O after all (or a short write left the
                 // rest unaligned): rewrite the whole range through the page cache.
                 Err(e) if e.raw_os_error() == Some(EINVAL) => self.file.direct = None,
@@ -583,6 +628,30 @@ impl SessionWriter {
         }
         self.file.file.write_all_at(data, offset)
     }
+}
+
+/// Ask the kernel to read a range just written with direct I/O back into the page cache,
+/// asynchronously. Direct writes skip the page cache (its copy was half the push CPU), so
+/// the first pull of a fresh push — the seed's "push, then the cluster pulls" — would
+/// otherwise fault every page in from the device through the memory maps, at a third of
+/// the speed of a warm pull. The read-back runs in the background while the client is
+/// still sending, and costs the device bandwidth a buffered write would have cost.
+fn read_back_soon(file: &std::fs::File, offset: u64, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+        else {
+            return;
+        };
+        // SAFETY: posix_fadvise only reads its integer arguments; a failure is harmless
+        // (the pages are then read on first use, as before).
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 /// Body bytes for one write, as received (no copy yet).

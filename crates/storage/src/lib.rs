@@ -1,8 +1,8 @@
 //! Storage behind three narrow async traits:
 //!
 //! - [`BlobStore`]: content-addressed bytes (layers, configs) and resumable upload sessions.
-//!   [`fs::FsBlobStore`] keeps them on the local filesystem; an S3 backend can implement
-//!   the same trait later.
+//!   [`fs::FsBlobStore`] keeps them on the local filesystem, [`s3::S3BlobStore`] in an
+//!   S3-compatible bucket.
 //! - [`MetadataStore`]: repositories, manifests, tags, referrers and which blobs each
 //!   repository may serve. [`sqlite::SqliteMetadata`] keeps them in an embedded SQLite
 //!   database (WAL); [`postgres::PgMetadata`] in PostgreSQL, shared by several replicas.
@@ -12,6 +12,11 @@
 //!   ([`sqlite_accounts`]), and so does [`postgres::PgMetadata`] ([`postgres_accounts`]).
 //!   It stores password and secret hashes made by the auth crate
 //!   and never hashes or checks anything itself.
+//!
+//! - [`LifecycleStore`]: the primitives of garbage collection, quotas, retention and
+//!   immutable tags — a change log, tombstones, upload pins, quota usage kept in the same
+//!   transactions as pushes ([`lifecycle`], for SQLite in [`sqlite_lifecycle`], for
+//!   PostgreSQL in [`postgres_lifecycle`]).
 //!
 //! Each trait comes with one conformance suite ([`conformance`]) that every backend runs.
 //!
@@ -29,20 +34,28 @@ pub mod blob;
 pub mod conformance;
 pub mod error;
 pub mod fs;
+pub mod lifecycle;
 pub mod metadata;
 pub mod migrate;
 pub mod pg_fixture;
 pub mod postgres;
 pub mod postgres_accounts;
+pub mod postgres_lifecycle;
+pub mod s3;
 pub mod sqlite;
 pub mod sqlite_accounts;
+pub mod sqlite_lifecycle;
 
 pub use accounts::{
     AccountStore, AuditEvent, AuditFilter, ConsoleSession, Member, Project, ProjectRole,
     RefreshToken, Robot, UnknownName, User, Visibility,
 };
 pub use blob::{BlobChunks, BlobReader, BlobStore, ByteStream, UploadId, UploadState};
-pub use error::{StorageError, StorageResult};
+pub use error::{FULL_ADVICE, StorageError, StorageResult, is_out_of_space};
+pub use lifecycle::{
+    BlobVerdict, Candidate, CandidateKind, GcRun, LifecycleStore, ManifestVerdict, ProjectPolicy,
+    PushLimits, QuotaUsage, TagTimes,
+};
 pub use metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
     UntaggedManifest, UploadSession, Usage,

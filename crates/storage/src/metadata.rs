@@ -52,6 +52,9 @@ pub struct UploadSession {
     pub repository: String,
     /// Seconds since the Unix epoch.
     pub started_at: i64,
+    /// Who opened it (`user:NAME`, `robot:NAME`, or `addr:IP` for anonymous callers), for
+    /// the per-principal limit on open sessions; empty for sessions from before the column.
+    pub owner: String,
 }
 
 /// How much a set of repositories holds (for the web console).
@@ -171,6 +174,12 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Forget an upload session (after finish or cancel). Idempotent.
     async fn delete_upload(&self, id: &str) -> StorageResult<()>;
+
+    /// How many upload sessions `owner` has open (indexed; for the session limit).
+    async fn count_uploads_by_owner(&self, owner: &str) -> StorageResult<u64>;
+
+    /// The ids of every upload session (start-up reconciliation with the blob store).
+    async fn upload_ids(&self) -> StorageResult<Vec<String>>;
 
     // --- Queries of the web console: bounded, counted in the database. ---
 

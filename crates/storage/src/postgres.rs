@@ -28,6 +28,7 @@ use sha2::Digest as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Transaction};
 
+use crate::lifecycle::PushLimits;
 use crate::metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
     UntaggedManifest, UploadSession, Usage,
@@ -179,7 +180,7 @@ impl PgMetadata {
 
 /// The advisory-lock key of `kind:name` (the first 8 bytes of its SHA-256): the same on
 /// every replica.
-fn lock_key(kind: &str, name: &str) -> i64 {
+pub(crate) fn lock_key(kind: &str, name: &str) -> i64 {
     let mut h = sha2::Sha256::new();
     h.update(kind.as_bytes());
     h.update(b":");
@@ -189,7 +190,10 @@ fn lock_key(kind: &str, name: &str) -> i64 {
 }
 
 /// Serialize with every other writer of `repository` until the transaction ends.
-async fn lock_repository(conn: &mut PgConnection, repository: &str) -> StorageResult<()> {
+pub(crate) async fn lock_repository(
+    conn: &mut PgConnection,
+    repository: &str,
+) -> StorageResult<()> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(lock_key("repository", repository))
         .execute(conn)
@@ -199,7 +203,7 @@ async fn lock_repository(conn: &mut PgConnection, repository: &str) -> StorageRe
 
 /// Lock blob digests (sorted, so two transactions never wait on each other in a cycle):
 /// shared by writers that add a reference, exclusive by [`MetadataStore::unlink_blob`].
-async fn lock_blobs(
+pub(crate) async fn lock_blobs(
     conn: &mut PgConnection,
     digests: &[String],
     shared: bool,
@@ -227,7 +231,7 @@ pub(crate) fn project_lock_key(name: &str) -> i64 {
 
 /// Create `repository` if missing, holding its project's lock (shared) until commit so
 /// that a concurrent `delete_project` on another replica cannot miss it.
-async fn ensure_repository(
+pub(crate) async fn ensure_repository(
     tx: &mut Transaction<'_, Postgres>,
     repository: &str,
 ) -> StorageResult<()> {
@@ -246,7 +250,7 @@ async fn ensure_repository(
     Ok(())
 }
 
-fn to_i64(v: u64) -> StorageResult<i64> {
+pub(crate) fn to_i64(v: u64) -> StorageResult<i64> {
     i64::try_from(v).map_err(|_| StorageError::SizeInvalid(format!("size {v} is too large")))
 }
 
@@ -255,11 +259,11 @@ pub(crate) fn to_u64(v: i64) -> StorageResult<u64> {
 }
 
 /// `[lo, hi)` bounds of the names `project/…` (`0` is the byte after `/`).
-fn project_range(project: &str) -> (String, String) {
+pub(crate) fn project_range(project: &str) -> (String, String) {
     (format!("{project}/"), format!("{project}0"))
 }
 
-fn parse_digest(s: &str) -> StorageResult<Digest> {
+pub(crate) fn parse_digest(s: &str) -> StorageResult<Digest> {
     s.parse()
         .map_err(|e| StorageError::Database(format!("invalid digest in database: {e}")))
 }
@@ -302,103 +306,42 @@ macro_rules! manifest_bytes {
     };
 }
 
-#[async_trait]
-impl MetadataStore for PgMetadata {
-    async fn list_repositories(
+impl PgMetadata {
+    /// `put_manifest`, optionally checked against quota and immutable-tag limits inside
+    /// the same transaction; run again when it lost a race (deadlock) with another writer.
+    pub(crate) async fn put_manifest_in(
         &self,
-        last: Option<&str>,
-        limit: u32,
-    ) -> StorageResult<Vec<String>> {
-        let rows = sqlx::query_scalar::<_, String>(
-            "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
-        )
-        .bind(last.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows)
+        manifest: NewManifest,
+        limits: Option<&PushLimits>,
+    ) -> StorageResult<()> {
+        retrying(|| self.put_manifest_once(&manifest, limits)).await
     }
 
-    async fn repository_exists(&self, repository: &str) -> StorageResult<bool> {
-        let exists = sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS(SELECT 1 FROM repositories WHERE name = $1)",
-        )
-        .bind(repository)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(exists)
-    }
-
-    async fn link_blob(&self, repository: &str, digest: &Digest, size: u64) -> StorageResult<()> {
-        let size = to_i64(size)?;
-        let digest = digest.to_string();
-        let mut tx = self.pool.begin().await?;
-        lock_blobs(&mut tx, std::slice::from_ref(&digest), true).await?;
-        ensure_repository(&mut tx, repository).await?;
-        sqlx::query(
-            "INSERT INTO blob_links (repository, digest, size) VALUES ($1, $2, $3)
-             ON CONFLICT (repository, digest) DO NOTHING",
-        )
-        .bind(repository)
-        .bind(&digest)
-        .bind(size)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn blob_link(&self, repository: &str, digest: &Digest) -> StorageResult<Option<u64>> {
-        let size = sqlx::query_scalar::<_, i64>(
-            "SELECT size FROM blob_links WHERE repository = $1 AND digest = $2",
-        )
-        .bind(repository)
-        .bind(digest.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        size.map(to_u64).transpose()
-    }
-
-    async fn unlink_blob(&self, repository: &str, digest: &Digest) -> StorageResult<bool> {
-        let digest = digest.to_string();
-        let mut tx = self.pool.begin().await?;
-        lock_repository(&mut tx, repository).await?;
-        lock_blobs(&mut tx, std::slice::from_ref(&digest), false).await?;
-        let deleted = sqlx::query("DELETE FROM blob_links WHERE repository = $1 AND digest = $2")
-            .bind(repository)
-            .bind(&digest)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StorageError::NotFound(format!(
-                "blob {digest} in repository {repository}"
-            )));
-        }
-        // Under the exclusive digest lock: every transaction adding a reference to this
-        // digest has committed (and is visible to this statement) or has not started.
-        let still = sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS(SELECT 1 FROM blob_links WHERE digest = $1)
-                 OR EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = $1)",
-        )
-        .bind(&digest)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(still)
-    }
-
-    async fn put_manifest(&self, manifest: NewManifest) -> StorageResult<()> {
+    /// One attempt of [`Self::put_manifest_in`].
+    async fn put_manifest_once(
+        &self,
+        manifest: &NewManifest,
+        limits: Option<&PushLimits>,
+    ) -> StorageResult<()> {
         let now = now();
         let digest = manifest.digest.to_string();
         let size = to_i64(manifest.content.len() as u64)?;
         let repository = manifest.repository.as_str();
-        let blobs: Vec<String> = manifest.blobs.iter().map(Digest::to_string).collect();
+        // Sorted: every transaction touches the blobs' rows in one order (no deadlock).
+        let mut blobs: Vec<String> = manifest.blobs.iter().map(Digest::to_string).collect();
+        blobs.sort_unstable();
+        blobs.dedup();
         let children: Vec<String> = manifest.children.iter().map(Digest::to_string).collect();
         let mut tx = self.pool.begin().await?;
         lock_repository(&mut tx, repository).await?;
         lock_blobs(&mut tx, &blobs, true).await?;
         ensure_repository(&mut tx, repository).await?;
+        // Under the locks (serialized with the collector's decisions on these blobs and
+        // this repository): everything referenced must still be there, and the limits hold.
+        crate::postgres_lifecycle::check_references(&mut tx, manifest).await?;
+        if let Some(limits) = limits {
+            crate::postgres_lifecycle::check_limits(&mut tx, manifest, limits).await?;
+        }
         // Same digest = same bytes: re-putting changes nothing.
         sqlx::query(
             "INSERT INTO manifests
@@ -482,6 +425,117 @@ impl MetadataStore for PgMetadata {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Run `op` again (a few times, briefly backing off) while it fails only because its
+/// transaction lost a race with another one (a deadlock or serialization failure).
+pub(crate) async fn retrying<T, F, Fut>(mut op: F) -> StorageResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StorageResult<T>>,
+{
+    let mut attempt = 0u64;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable_race() && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[async_trait]
+impl MetadataStore for PgMetadata {
+    async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<String>> {
+        let rows = sqlx::query_scalar::<_, String>(
+            "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
+        )
+        .bind(last.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn repository_exists(&self, repository: &str) -> StorageResult<bool> {
+        let exists = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS(SELECT 1 FROM repositories WHERE name = $1)",
+        )
+        .bind(repository)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(exists)
+    }
+
+    async fn link_blob(&self, repository: &str, digest: &Digest, size: u64) -> StorageResult<()> {
+        let size = to_i64(size)?;
+        let digest = digest.to_string();
+        let mut tx = self.pool.begin().await?;
+        lock_blobs(&mut tx, std::slice::from_ref(&digest), true).await?;
+        crate::postgres_lifecycle::refuse_tombstoned(&mut tx, &digest).await?;
+        ensure_repository(&mut tx, repository).await?;
+        sqlx::query(
+            "INSERT INTO blob_links (repository, digest, size) VALUES ($1, $2, $3)
+             ON CONFLICT (repository, digest) DO NOTHING",
+        )
+        .bind(repository)
+        .bind(&digest)
+        .bind(size)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn blob_link(&self, repository: &str, digest: &Digest) -> StorageResult<Option<u64>> {
+        let size = sqlx::query_scalar::<_, i64>(
+            "SELECT size FROM blob_links WHERE repository = $1 AND digest = $2",
+        )
+        .bind(repository)
+        .bind(digest.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        size.map(to_u64).transpose()
+    }
+
+    async fn unlink_blob(&self, repository: &str, digest: &Digest) -> StorageResult<bool> {
+        let digest = digest.to_string();
+        let mut tx = self.pool.begin().await?;
+        lock_repository(&mut tx, repository).await?;
+        lock_blobs(&mut tx, std::slice::from_ref(&digest), false).await?;
+        let deleted = sqlx::query("DELETE FROM blob_links WHERE repository = $1 AND digest = $2")
+            .bind(repository)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StorageError::NotFound(format!(
+                "blob {digest} in repository {repository}"
+            )));
+        }
+        // Under the exclusive digest lock: every transaction adding a reference to this
+        // digest has committed (and is visible to this statement) or has not started.
+        let still = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS(SELECT 1 FROM blob_links WHERE digest = $1)
+                 OR EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = $1)",
+        )
+        .bind(&digest)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(still)
+    }
+
+    async fn put_manifest(&self, manifest: NewManifest) -> StorageResult<()> {
+        self.put_manifest_in(manifest, None).await
     }
 
     async fn manifest_by_digest(
@@ -636,27 +690,45 @@ impl MetadataStore for PgMetadata {
     }
 
     async fn create_upload(&self, session: UploadSession) -> StorageResult<()> {
-        sqlx::query("INSERT INTO uploads (id, repository, started_at) VALUES ($1, $2, $3)")
-            .bind(&session.id)
-            .bind(&session.repository)
-            .bind(session.started_at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO uploads (id, repository, started_at, owner) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&session.id)
+        .bind(&session.repository)
+        .bind(session.started_at)
+        .bind(&session.owner)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn upload(&self, id: &str) -> StorageResult<Option<UploadSession>> {
-        let row = sqlx::query_as::<_, (String, i64)>(
-            "SELECT repository, started_at FROM uploads WHERE id = $1",
+        let row = sqlx::query_as::<_, (String, i64, String)>(
+            "SELECT repository, started_at, owner FROM uploads WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(repository, started_at)| UploadSession {
+        Ok(row.map(|(repository, started_at, owner)| UploadSession {
             id: id.to_owned(),
             repository,
             started_at,
+            owner,
         }))
+    }
+
+    async fn count_uploads_by_owner(&self, owner: &str) -> StorageResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE owner = $1")
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await?;
+        to_u64(n)
+    }
+
+    async fn upload_ids(&self) -> StorageResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM uploads")
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn delete_upload(&self, id: &str) -> StorageResult<()> {
@@ -922,6 +994,12 @@ mod tests {
         conformance::account_store_suite(&store).await;
         let store = fresh().await;
         conformance::account_repository_suite(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_lifecycle_suite() {
+        let store = fresh().await;
+        conformance::lifecycle_suite(&store, &store, &store).await;
     }
 
     #[tokio::test]

@@ -91,7 +91,8 @@ CREATE INDEX IF NOT EXISTS tags_by_digest ON tags(repository, digest);
 CREATE TABLE IF NOT EXISTS uploads (
     id          TEXT    NOT NULL PRIMARY KEY,
     repository  TEXT    NOT NULL,
-    started_at  INTEGER NOT NULL
+    started_at  INTEGER NOT NULL,
+    owner       TEXT    NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 "#;
 
@@ -153,6 +154,34 @@ impl SqliteMetadata {
         Ok(SqliteMetadata { reader, writer })
     }
 
+    /// Open for a bulk load (benchmarks, imports): `synchronous=OFF`, so a power loss may
+    /// lose the last transactions. Everything else (schema, triggers) is as [`Self::open`];
+    /// reopen with `open` to serve.
+    pub async fn open_for_bulk_load(path: &Path) -> StorageResult<SqliteMetadata> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .synchronous(SqliteSynchronous::Off)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .journal_mode(SqliteJournalMode::Wal);
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        create_schema(&pool).await?;
+        Ok(SqliteMetadata {
+            reader: pool.clone(),
+            writer: pool,
+        })
+    }
+
     /// A fresh private in-memory database (tests). One connection, kept open forever,
     /// because every `:memory:` connection is a database of its own.
     pub async fn in_memory() -> StorageResult<SqliteMetadata> {
@@ -200,9 +229,24 @@ impl SqliteMetadata {
 /// Create every table and index that is missing (idempotent).
 async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
     sqlx::raw_sql(SCHEMA).execute(pool).await?;
+    // Migration: `uploads.owner` (per-principal session limit) came after the first schema.
+    let has_owner: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pragma_table_info('uploads') WHERE name = 'owner'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if has_owner == 0 {
+        sqlx::raw_sql("ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            .execute(pool)
+            .await?;
+    }
+    sqlx::raw_sql("CREATE INDEX IF NOT EXISTS uploads_by_owner ON uploads(owner)")
+        .execute(pool)
+        .await?;
     sqlx::raw_sql(crate::sqlite_accounts::SCHEMA)
         .execute(pool)
         .await?;
+    crate::sqlite_lifecycle::migrate(pool).await?;
     Ok(())
 }
 
@@ -212,16 +256,16 @@ pub(crate) fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn to_i64(v: u64) -> StorageResult<i64> {
+pub(crate) fn to_i64(v: u64) -> StorageResult<i64> {
     i64::try_from(v).map_err(|_| StorageError::SizeInvalid(format!("size {v} is too large")))
 }
 
-fn to_u64(v: i64) -> StorageResult<u64> {
+pub(crate) fn to_u64(v: i64) -> StorageResult<u64> {
     u64::try_from(v).map_err(|_| StorageError::Database(format!("negative size {v} in database")))
 }
 
 /// `[lo, hi)` bounds of the names `project/…` (`0` is the byte after `/`).
-fn project_range(project: &str) -> (String, String) {
+pub(crate) fn project_range(project: &str) -> (String, String) {
     (format!("{project}/"), format!("{project}0"))
 }
 
@@ -244,108 +288,19 @@ fn summary((name, tags, tagged, pushed, bytes): SummaryRow) -> StorageResult<Rep
     })
 }
 
-fn parse_digest(s: &str) -> StorageResult<Digest> {
+pub(crate) fn parse_digest(s: &str) -> StorageResult<Digest> {
     s.parse()
         .map_err(|e| StorageError::Database(format!("invalid digest in database: {e}")))
 }
 
-#[async_trait]
-impl MetadataStore for SqliteMetadata {
-    async fn list_repositories(
+impl SqliteMetadata {
+    /// `put_manifest`, optionally checked against quota and immutable-tag limits inside
+    /// the same transaction.
+    pub(crate) async fn put_manifest_in(
         &self,
-        last: Option<&str>,
-        limit: u32,
-    ) -> StorageResult<Vec<String>> {
-        let rows = match last {
-            Some(last) => {
-                sqlx::query_scalar::<_, String>(
-                    "SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2",
-                )
-                .bind(last)
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await?
-            }
-            None => {
-                sqlx::query_scalar::<_, String>(
-                    "SELECT name FROM repositories ORDER BY name LIMIT ?1",
-                )
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await?
-            }
-        };
-        Ok(rows)
-    }
-
-    async fn repository_exists(&self, repository: &str) -> StorageResult<bool> {
-        let exists = sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS(SELECT 1 FROM repositories WHERE name = ?1)",
-        )
-        .bind(repository)
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(exists)
-    }
-
-    async fn link_blob(&self, repository: &str, digest: &Digest, size: u64) -> StorageResult<()> {
-        let size = to_i64(size)?;
-        let mut tx = self.writer.begin().await?;
-        sqlx::query("INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?1, ?2)")
-            .bind(repository)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO blob_links (repository, digest, size) VALUES (?1, ?2, ?3)",
-        )
-        .bind(repository)
-        .bind(digest.to_string())
-        .bind(size)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn blob_link(&self, repository: &str, digest: &Digest) -> StorageResult<Option<u64>> {
-        let size = sqlx::query_scalar::<_, i64>(
-            "SELECT size FROM blob_links WHERE repository = ?1 AND digest = ?2",
-        )
-        .bind(repository)
-        .bind(digest.to_string())
-        .fetch_optional(&self.reader)
-        .await?;
-        size.map(to_u64).transpose()
-    }
-
-    async fn unlink_blob(&self, repository: &str, digest: &Digest) -> StorageResult<bool> {
-        let digest = digest.to_string();
-        let mut tx = self.writer.begin().await?;
-        let deleted = sqlx::query("DELETE FROM blob_links WHERE repository = ?1 AND digest = ?2")
-            .bind(repository)
-            .bind(&digest)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StorageError::NotFound(format!(
-                "blob {digest} in repository {repository}"
-            )));
-        }
-        // Still needed if another repository links it or any manifest references it.
-        let still = sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS(SELECT 1 FROM blob_links WHERE digest = ?1)
-                 OR EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = ?1)",
-        )
-        .bind(&digest)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(still)
-    }
-
-    async fn put_manifest(&self, manifest: NewManifest) -> StorageResult<()> {
+        manifest: NewManifest,
+        limits: Option<&crate::lifecycle::PushLimits>,
+    ) -> StorageResult<()> {
         let now = now();
         let digest = manifest.digest.to_string();
         let size = to_i64(manifest.content.len() as u64)?;
@@ -356,6 +311,12 @@ impl MetadataStore for SqliteMetadata {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        // Inside the transaction (serialized with the collector's decisions): everything
+        // referenced must still be there, and the limits hold.
+        crate::sqlite_lifecycle::check_references(&mut tx, &manifest).await?;
+        if let Some(limits) = limits {
+            crate::sqlite_lifecycle::check_limits(&mut tx, &manifest, limits).await?;
+        }
         // Same digest = same bytes: re-putting changes nothing.
         sqlx::query(
             "INSERT INTO manifests
@@ -421,6 +382,108 @@ impl MetadataStore for SqliteMetadata {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadata {
+    async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<String>> {
+        let rows = match last {
+            Some(last) => {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2",
+                )
+                .bind(last)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+            None => {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT name FROM repositories ORDER BY name LIMIT ?1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    async fn repository_exists(&self, repository: &str) -> StorageResult<bool> {
+        let exists = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS(SELECT 1 FROM repositories WHERE name = ?1)",
+        )
+        .bind(repository)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(exists)
+    }
+
+    async fn link_blob(&self, repository: &str, digest: &Digest, size: u64) -> StorageResult<()> {
+        let size = to_i64(size)?;
+        let mut tx = self.writer.begin().await?;
+        crate::sqlite_lifecycle::refuse_tombstoned(&mut tx, digest).await?;
+        sqlx::query("INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?1, ?2)")
+            .bind(repository)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO blob_links (repository, digest, size) VALUES (?1, ?2, ?3)",
+        )
+        .bind(repository)
+        .bind(digest.to_string())
+        .bind(size)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn blob_link(&self, repository: &str, digest: &Digest) -> StorageResult<Option<u64>> {
+        let size = sqlx::query_scalar::<_, i64>(
+            "SELECT size FROM blob_links WHERE repository = ?1 AND digest = ?2",
+        )
+        .bind(repository)
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        size.map(to_u64).transpose()
+    }
+
+    async fn unlink_blob(&self, repository: &str, digest: &Digest) -> StorageResult<bool> {
+        let digest = digest.to_string();
+        let mut tx = self.writer.begin().await?;
+        let deleted = sqlx::query("DELETE FROM blob_links WHERE repository = ?1 AND digest = ?2")
+            .bind(repository)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StorageError::NotFound(format!(
+                "blob {digest} in repository {repository}"
+            )));
+        }
+        // Still needed if another repository links it or any manifest references it.
+        let still = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS(SELECT 1 FROM blob_links WHERE digest = ?1)
+                 OR EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = ?1)",
+        )
+        .bind(&digest)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(still)
+    }
+
+    async fn put_manifest(&self, manifest: NewManifest) -> StorageResult<()> {
+        self.put_manifest_in(manifest, None).await
     }
 
     async fn manifest_by_digest(
@@ -612,27 +675,45 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn create_upload(&self, session: UploadSession) -> StorageResult<()> {
-        sqlx::query("INSERT INTO uploads (id, repository, started_at) VALUES (?1, ?2, ?3)")
-            .bind(&session.id)
-            .bind(&session.repository)
-            .bind(session.started_at)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "INSERT INTO uploads (id, repository, started_at, owner) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&session.id)
+        .bind(&session.repository)
+        .bind(session.started_at)
+        .bind(&session.owner)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
     async fn upload(&self, id: &str) -> StorageResult<Option<UploadSession>> {
-        let row = sqlx::query_as::<_, (String, i64)>(
-            "SELECT repository, started_at FROM uploads WHERE id = ?1",
+        let row = sqlx::query_as::<_, (String, i64, String)>(
+            "SELECT repository, started_at, owner FROM uploads WHERE id = ?1",
         )
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|(repository, started_at)| UploadSession {
+        Ok(row.map(|(repository, started_at, owner)| UploadSession {
             id: id.to_owned(),
             repository,
             started_at,
+            owner,
         }))
+    }
+
+    async fn count_uploads_by_owner(&self, owner: &str) -> StorageResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE owner = ?1")
+            .bind(owner)
+            .fetch_one(&self.reader)
+            .await?;
+        to_u64(n)
+    }
+
+    async fn upload_ids(&self) -> StorageResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM uploads")
+            .fetch_all(&self.reader)
+            .await?)
     }
 
     async fn delete_upload(&self, id: &str) -> StorageResult<()> {
@@ -828,6 +909,18 @@ mod tests {
             .await
             .expect("foreign_keys");
         assert_eq!(fk, 1);
+    }
+
+    #[tokio::test]
+    async fn lifecycle_suite_in_memory_and_on_disk() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        conformance::lifecycle_suite(&store, &store, &store).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteMetadata::open(&dir.path().join("berth.db"))
+            .await
+            .expect("open");
+        conformance::lifecycle_suite(&store, &store, &store).await;
+        store.close().await;
     }
 
     #[tokio::test]

@@ -276,6 +276,28 @@ struct UsersPage {
     l: Layout,
     users: Vec<UserRow>,
     pager: Pager,
+    /// Free space and reserve of the data directory (one line above the users).
+    storage: String,
+}
+
+/// "12.3 GiB free of 100.0 GiB, 1.0 GiB reserve", or why it is not known.
+fn storage_line(state: &AppState) -> String {
+    use crate::limits::human_bytes;
+    match state.space.report() {
+        Ok(s) => {
+            let mut line = format!(
+                "{} free of {}; reserve {}",
+                human_bytes(s.free),
+                human_bytes(s.total),
+                human_bytes(s.reserve)
+            );
+            if s.in_reserve() {
+                line.push_str(" — below the reserve: new uploads are refused until space is freed");
+            }
+            line
+        }
+        Err(e) => format!("free space unknown: {e}"),
+    }
 }
 
 /// `GET /admin/users[?page=N]` (system administrators), a page at a time from the
@@ -315,6 +337,7 @@ pub(crate) async fn users(
             l: viewer.layout("Users"),
             users,
             pager,
+            storage: storage_line(&state),
         };
         Ok(render(StatusCode::OK, &page))
     }

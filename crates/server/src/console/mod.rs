@@ -15,6 +15,7 @@
 //!   CSS and the one small script are embedded; pages carry a Content-Security-Policy
 //!   that allows no inline script.
 
+mod lifecycle;
 mod manage;
 mod pages;
 mod repository;
@@ -78,6 +79,12 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users/delete", post(manage::delete_user))
         .route("/admin/audit", get(manage::audit))
         .route("/admin/certificate", get(manage::certificate))
+        .route("/admin/gc", get(lifecycle::gc_page).post(lifecycle::gc_run))
+        .route(
+            "/projects/{name}/policy",
+            get(lifecycle::policy_page).post(lifecycle::save_policy),
+        )
+        .route("/projects/{name}/retention", post(lifecycle::run_retention))
         .route("/ca.crt", get(ca_crt))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
