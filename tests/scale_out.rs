@@ -1,16 +1,15 @@
-//! Scale-out on PostgreSQL (issue 9, items 2–5): several `berth serve` replicas sharing one
-//! PostgreSQL database, and what happens when the database goes away.
+//! Scale-out on PostgreSQL and S3 (issue 9, items 2–5): several `berth serve` replicas
+//! sharing one PostgreSQL database and one bucket, and what happens when the database goes
+//! away.
 //!
 //! PostgreSQL is a private cluster made by `initdb` in a temporary directory, on an
 //! ephemeral loopback port (`berth_storage::pg_fixture`), started once per test binary;
-//! each test gets a fresh database. The fault test owns a cluster of its own, because it
-//! stops and restarts it.
+//! each test gets a fresh database. The S3 server is Garage (`common::garage`), one per
+//! test binary; each test uses its own key prefix in the bucket. The fault test owns a
+//! cluster of its own, because it stops and restarts it.
 //!
-//! Blob bytes: until the S3 backend lands, the two replicas share one data directory
-//! (filesystem blob store). That store keeps each upload's running hash in the memory of
-//! the process that received the last chunk, so the chunked upload here switches replica
-//! once (POST+PATCH on A, PATCH+PUT on B); alternating every PATCH needs the S3 store,
-//! whose hasher state travels with the session.
+//! The replicas have data directories of their own (only their TLS material is there):
+//! everything they share is in PostgreSQL and the bucket.
 
 mod common;
 mod fixtures;
@@ -23,6 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use berth_storage::pg_fixture::PgCluster;
+use common::garage::{self, Garage};
 use common::{ADMIN_PASSWORD, ADMIN_USER, ChildGuard, basic_auth, need, run_cmd};
 use sha2::Digest as _;
 
@@ -36,7 +36,12 @@ struct Replica {
 
 impl Replica {
     fn start(data: &Path, extra: &[&str]) -> Replica {
+        Replica::start_env(data, extra, &[])
+    }
+
+    fn start_env(data: &Path, extra: &[&str], env: &[(String, String)]) -> Replica {
         let mut cmd = Command::new(common::berth_bin());
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -99,6 +104,83 @@ impl Replica {
     }
 }
 
+/// The environment that points a replica at this binary's Garage bucket, under `prefix`.
+async fn s3_env(prefix: &str) -> Vec<(String, String)> {
+    let garage = Garage::shared();
+    // Garage creates its default key and bucket just after it listens.
+    let config = berth_storage::s3::S3Config {
+        endpoint: Some(garage.endpoint()),
+        region: garage::REGION.to_owned(),
+        bucket: garage::BUCKET.to_owned(),
+        access_key_id: Some(garage::ACCESS_KEY.to_owned()),
+        secret_access_key: Some(garage::SECRET_KEY.to_owned()),
+        ..Default::default()
+    };
+    let store = berth_storage::s3::S3BlobStore::connect(&config).expect("s3 config");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.check().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "Garage's bucket did not answer:\n{}",
+            garage.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    [
+        ("BERTH_STORAGE_BACKEND", "s3".to_owned()),
+        ("BERTH_S3_ENDPOINT", garage.endpoint()),
+        ("BERTH_S3_REGION", garage::REGION.to_owned()),
+        ("BERTH_S3_BUCKET", garage::BUCKET.to_owned()),
+        ("BERTH_S3_PREFIX", format!("{prefix}/")),
+        ("BERTH_S3_ACCESS_KEY_ID", garage::ACCESS_KEY.to_owned()),
+        ("BERTH_S3_SECRET_ACCESS_KEY", garage::SECRET_KEY.to_owned()),
+        ("BERTH_S3_ALLOW_HTTP", "true".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A chunk PATCH through replica `r`; returns the next `Location`.
+async fn patch_chunk(r: &Replica, location: &str, offset: usize, chunk: &[u8]) -> String {
+    let resp = r
+        .client()
+        .patch(absolute(r, location))
+        .header("Authorization", admin())
+        .header("Content-Type", "application/octet-stream")
+        .header(
+            "Content-Range",
+            format!("{offset}-{}", offset + chunk.len() - 1),
+        )
+        .body(chunk.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned());
+    assert_eq!(
+        status,
+        202,
+        "PATCH at {offset} through {}: {}",
+        r.url(),
+        resp.text().await.unwrap()
+    );
+    location.expect("location")
+}
+
+/// An upload `Location` (absolute or a path) made absolute on replica `r`.
+fn absolute(r: &Replica, loc: &str) -> String {
+    if loc.starts_with("http") {
+        let path = loc.splitn(4, '/').nth(3).unwrap_or("");
+        format!("{}/{path}", r.url())
+    } else {
+        format!("{}{loc}", r.url())
+    }
+}
+
 fn admin() -> String {
     basic_auth(ADMIN_USER, ADMIN_PASSWORD)
 }
@@ -118,15 +200,20 @@ fn skopeo(args: &[&str]) -> common::CmdOutput {
     run_cmd(&mut cmd, Duration::from_secs(180))
 }
 
-/// Two replicas on one database (and, for now, one blob directory): an image pushed
-/// through one is pulled through the other; a token, a revocation, failed-login counts and
-/// a chunked upload all cross between them.
+/// Two replicas on one database and one bucket: skopeo pushes through one and containerd
+/// pulls through the other; a token, a revocation, failed-login counts and a chunked upload
+/// (alternating PATCHes) all cross between them; one replica is SIGKILLed mid-upload and
+/// the push completes through the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_share_one_postgres() {
+async fn two_replicas_share_one_postgres_and_one_bucket() {
     let url = PgCluster::shared().database().await;
-    let data = tempfile::tempdir().expect("data");
-    let a = Replica::start(data.path(), &["--database-url", &url]);
-    let b = Replica::start(data.path(), &["--database-url", &url]);
+    let env = s3_env("two-replicas").await;
+    let (data_a, data_b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let a = Replica::start_env(data_a.path(), &["--database-url", &url], &env);
+    let b = Replica::start_env(data_b.path(), &["--database-url", &url], &env);
     let (ca, cb) = (a.client(), b.client());
 
     // Both ready; metrics served.
@@ -175,6 +262,48 @@ async fn two_replicas_share_one_postgres() {
         let bytes = std::fs::read(out.join("blobs/sha256").join(hex)).expect("layer pulled");
         assert_eq!(sha256(&bytes), d);
     }
+
+    // containerd (`ctr … --hosts-dir`, B's CA in hosts.toml) pulls and unpacks through B
+    // what skopeo pushed through A (public project: anonymous pull).
+    let ctd = common::containerd::Containerd::start();
+    let hosts = tmp.path().join("hosts.d");
+    std::fs::create_dir_all(hosts.join(b.host())).unwrap();
+    std::fs::write(
+        hosts.join(b.host()).join("hosts.toml"),
+        format!(
+            "server = \"https://{h}\"\n\n[host.\"https://{h}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{ca}\"\n",
+            h = b.host(),
+            ca = data_b.path().join("tls").join("ca.crt").display()
+        ),
+    )
+    .unwrap();
+    let image_ref = format!("{}/library/scale:v1", b.host());
+    let pull = ctd
+        .ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts.to_str().unwrap(),
+            "--snapshotter",
+            "native",
+            "--print-chainid",
+            &image_ref,
+        ])
+        .ok();
+    let chain_id = layout.images[0].chain_id();
+    assert!(
+        pull.stdout.contains(&chain_id),
+        "ctr should report chain ID {chain_id}:\n{}",
+        pull.stdout
+    );
+    let content = ctd.ctr(&["content", "ls", "--quiet"]).ok();
+    for digest in layout.all_blob_digests() {
+        assert!(
+            content.stdout.contains(&digest),
+            "{digest} not in containerd's content store after the pull through B"
+        );
+    }
+    drop(ctd);
 
     // A tag moved through B is served by A at once (no cache in front of manifests).
     let moved = cb
@@ -289,10 +418,12 @@ async fn two_replicas_share_one_postgres() {
     // The block (1 s after the sixth failure) ends; the administrator works again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // A chunked upload started on A finishes on B.
-    let chunk1 = vec![7u8; 300_000];
-    let chunk2 = vec![9u8; 200_000];
-    let whole = [chunk1.clone(), chunk2.clone()].concat();
+    // A chunked upload whose PATCHes alternate A, B, A, B (the hasher state travels with
+    // the session in the bucket), finished on A.
+    let chunks: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| vec![i + 1; 150_000 + usize::from(i)])
+        .collect();
+    let whole = chunks.concat();
     let digest = sha256(&whole);
     let start = ca
         .post(format!("{}/v2/library/chunked/blobs/uploads/", a.url()))
@@ -301,50 +432,23 @@ async fn two_replicas_share_one_postgres() {
         .await
         .unwrap();
     assert_eq!(start.status(), 202);
-    let location = start.headers()["location"].to_str().unwrap().to_owned();
-    let abs = |r: &Replica, loc: &str| {
-        if loc.starts_with("http") {
-            let path = loc.splitn(4, '/').nth(3).unwrap_or("");
-            format!("{}/{path}", r.url())
-        } else {
-            format!("{}{loc}", r.url())
-        }
-    };
-    let p1 = ca
-        .patch(abs(&a, &location))
-        .header("Authorization", admin())
-        .header("Content-Type", "application/octet-stream")
-        .header("Content-Range", format!("0-{}", chunk1.len() - 1))
-        .body(chunk1.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(p1.status(), 202);
-    let location = p1.headers()["location"].to_str().unwrap().to_owned();
-    let p2 = cb
-        .patch(abs(&b, &location))
-        .header("Authorization", admin())
-        .header("Content-Type", "application/octet-stream")
-        .header(
-            "Content-Range",
-            format!("{}-{}", chunk1.len(), whole.len() - 1),
-        )
-        .body(chunk2.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(p2.status(), 202, "{}", p2.text().await.unwrap());
-    let location = p2.headers()["location"].to_str().unwrap().to_owned();
+    let mut location = start.headers()["location"].to_str().unwrap().to_owned();
+    let mut offset = 0;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let r = if i % 2 == 0 { &a } else { &b };
+        location = patch_chunk(r, &location, offset, chunk).await;
+        offset += chunk.len();
+    }
     let sep = if location.contains('?') { '&' } else { '?' };
-    let done = cb
-        .put(format!("{}{sep}digest={digest}", abs(&b, &location)))
+    let done = ca
+        .put(format!("{}{sep}digest={digest}", absolute(&a, &location)))
         .header("Authorization", admin())
         .send()
         .await
         .unwrap();
     assert_eq!(done.status(), 201, "{}", done.text().await.unwrap());
-    let blob = ca
-        .get(format!("{}/v2/library/chunked/blobs/{digest}", a.url()))
+    let blob = cb
+        .get(format!("{}/v2/library/chunked/blobs/{digest}", b.url()))
         .header("Authorization", admin())
         .send()
         .await
@@ -374,7 +478,60 @@ async fn two_replicas_share_one_postgres() {
             "{needle} missing from /metrics:\n{text}"
         );
     }
-    drop((a, b));
+
+    // A is SIGKILLed in the middle of an upload (after its first PATCH); the client
+    // carries on through B, which finishes the push.
+    let first = vec![0x5au8; 400_000];
+    let second = vec![0xa5u8; 123_457];
+    let whole = [first.clone(), second.clone()].concat();
+    let digest = sha256(&whole);
+    let start = ca
+        .post(format!("{}/v2/library/killed/blobs/uploads/", a.url()))
+        .header("Authorization", admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 202);
+    let location = start.headers()["location"].to_str().unwrap().to_owned();
+    let location = patch_chunk(&a, &location, 0, &first).await;
+    let a_pid = a._guard.child.id();
+    drop(a); // ChildGuard: SIGKILL by PID, then wait.
+    assert!(
+        !Path::new(&format!("/proc/{a_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{a_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
+        "replica A still runs"
+    );
+    let status = cb
+        .get(absolute(&b, &location))
+        .header("Authorization", admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 204, "B knows the upload A started");
+    assert_eq!(
+        status.headers()["range"].to_str().unwrap(),
+        format!("0-{}", first.len() - 1),
+        "B reports the bytes A received"
+    );
+    let location = patch_chunk(&b, &location, first.len(), &second).await;
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let done = cb
+        .put(format!("{}{sep}digest={digest}", absolute(&b, &location)))
+        .header("Authorization", admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 201, "{}", done.text().await.unwrap());
+    let manifest_layer = cb
+        .get(format!("{}/v2/library/killed/blobs/{digest}", b.url()))
+        .header("Authorization", admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest_layer.status(), 200);
+    assert_eq!(sha256(&manifest_layer.bytes().await.unwrap()), digest);
+    drop(b);
 }
 
 /// PostgreSQL stops in the middle of a chunked push: requests fail fast with 503 naming
