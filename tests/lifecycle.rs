@@ -375,10 +375,107 @@ struct Counts {
 /// unreferenced was left).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_pushes_deletes_mounts_with_continuous_gc() {
+    let srv = Berth::start_with(FAST_GC);
+    soak(
+        "filesystem + SQLite",
+        &[Reg::new(&srv)],
+        &Stored::Fs(srv.data.path()),
+    )
+    .await;
+}
+
+/// The same soak on S3 (Garage) + PostgreSQL, with two replicas sharing the database and
+/// the bucket: each operation goes to either replica, and both run GC cycles back to back
+/// (the PostgreSQL store lets one cycle run at a time across replicas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_on_s3_and_postgres_with_two_replicas() {
+    let url = berth_storage::pg_fixture::PgCluster::shared()
+        .database()
+        .await;
+    let (config, store) = s3_config("soak").await;
+    let start = || {
+        let data = tempfile::tempdir().expect("data");
+        let file = data.path().join("berth.toml");
+        std::fs::write(&file, &config).unwrap();
+        let mut args = FAST_GC.to_vec();
+        args.extend(["--config", file.to_str().unwrap(), "--database-url", &url]);
+        Berth::start_in(data, &args)
+    };
+    let (a, b) = (start(), start());
+    soak(
+        "S3 (Garage) + PostgreSQL, two replicas",
+        &[Reg::new(&a), Reg::new(&b)],
+        &Stored::S3(store),
+    )
+    .await;
+}
+
+/// Where the soak looks for the blobs that are really stored.
+enum Stored<'a> {
+    Fs(&'a Path),
+    S3(berth_storage::s3::S3BlobStore),
+}
+
+impl Stored<'_> {
+    async fn digests(&self) -> BTreeSet<String> {
+        match self {
+            Stored::Fs(data) => blobs_on_disk(data).0,
+            Stored::S3(store) => store
+                .blob_digests()
+                .await
+                .expect("list the bucket")
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+/// A `[storage]` section for this binary's Garage under key prefix `prefix`, and a store
+/// to look into the bucket with (once the bucket answers).
+async fn s3_config(prefix: &str) -> (String, berth_storage::s3::S3BlobStore) {
+    use common::garage::{self, Garage};
+    let garage = Garage::shared();
+    let config = berth_storage::s3::S3Config {
+        endpoint: Some(garage.endpoint()),
+        region: garage::REGION.to_owned(),
+        bucket: garage::BUCKET.to_owned(),
+        prefix: format!("{prefix}/"),
+        access_key_id: Some(garage::ACCESS_KEY.to_owned()),
+        secret_access_key: Some(garage::SECRET_KEY.to_owned()),
+        allow_http: true,
+        ..Default::default()
+    };
+    let store = berth_storage::s3::S3BlobStore::connect(&config).expect("s3 config");
+    // Garage creates its default key and bucket just after it listens.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.check().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "Garage's bucket did not answer:\n{}",
+            garage.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = format!(
+        "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\n\
+         bucket = \"{}\"\nprefix = \"{prefix}/\"\naccess_key_id = \"{}\"\n\
+         secret_access_key = \"{}\"\nallow_http = true\n",
+        garage.endpoint(),
+        garage::REGION,
+        garage::BUCKET,
+        garage::ACCESS_KEY,
+        garage::SECRET_KEY,
+    );
+    (text, store)
+}
+
+/// Run the soak against `regs` (replicas of one registry), then check that the blobs
+/// `stored` holds are exactly those the remaining tags reference.
+async fn soak(name: &str, regs: &[Reg], stored: &Stored<'_>) {
     const WORKERS: u64 = 6;
     const OPS: u64 = 90;
-    let srv = Berth::start_with(FAST_GC);
-    let reg = Reg::new(&srv);
+    let reg = regs[0].clone();
+    let regs: Arc<Vec<Reg>> = Arc::new(regs.to_vec());
     let repos: Vec<String> = (0..4).map(|i| format!("soak/r{i}")).collect();
     let pool: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..12)
@@ -389,26 +486,29 @@ async fn soak_pushes_deletes_mounts_with_continuous_gc() {
     let done = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
 
-    let gc = {
-        let (reg, done) = (reg.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut cycles = 0u64;
-            let mut removed = 0u64;
-            while !done.load(Ordering::Relaxed) {
-                let run = reg.gc(false).await;
-                removed += run["blobs_removed"].as_u64().unwrap();
-                cycles += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (cycles, removed)
+    let gcs: Vec<_> = regs
+        .iter()
+        .map(|reg| {
+            let (reg, done) = (reg.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut cycles = 0u64;
+                let mut removed = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    let run = reg.gc(false).await;
+                    removed += run["blobs_removed"].as_u64().unwrap();
+                    cycles += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (cycles, removed)
+            })
         })
-    };
+        .collect();
 
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..WORKERS {
-        let (reg, repos, pool, counts, errors) = (
-            reg.clone(),
+        let (regs, repos, pool, counts, errors) = (
+            regs.clone(),
             repos.clone(),
             pool.clone(),
             counts.clone(),
@@ -417,6 +517,7 @@ async fn soak_pushes_deletes_mounts_with_continuous_gc() {
         workers.push(tokio::spawn(async move {
             let mut rng = Rng(0x5EED + w * 7919);
             for op in 0..OPS {
+                let reg = &regs[rng.below(regs.len() as u64) as usize];
                 let repo = &repos[rng.below(repos.len() as u64) as usize];
                 let tag = format!("t{}", rng.below(6));
                 let fail = |what: String| {
@@ -434,7 +535,7 @@ async fn soak_pushes_deletes_mounts_with_continuous_gc() {
                             layers,
                         );
                         counts.pushes.fetch_add(1, Ordering::Relaxed);
-                        let mut result = push(&reg, repo, &tag, &image).await;
+                        let mut result = push(reg, repo, &tag, &image).await;
                         if result.0 == 400 && result.1.contains("MANIFEST_BLOB_UNKNOWN") {
                             // A layer the HEAD saw was collected before the manifest
                             // arrived: the registry refused the manifest (nothing broken);
@@ -465,7 +566,7 @@ async fn soak_pushes_deletes_mounts_with_continuous_gc() {
                             format!("{{\"mount\":{w},\"op\":{op}}}").into_bytes(),
                             vec![layer],
                         );
-                        let mut result = push(&reg, repo, &tag, &image).await;
+                        let mut result = push(reg, repo, &tag, &image).await;
                         if result.0 == 400 && result.1.contains("MANIFEST_BLOB_UNKNOWN") {
                             counts.retries.fetch_add(1, Ordering::Relaxed);
                             for blob in image.blobs() {
@@ -499,7 +600,7 @@ async fn soak_pushes_deletes_mounts_with_continuous_gc() {
                     _ => {
                         counts.pulls.fetch_add(1, Ordering::Relaxed);
                         if let Some((digest, _)) = reg.get_manifest(repo, &tag).await
-                            && let Err(e) = pull_all(&reg, repo, &digest).await
+                            && let Err(e) = pull_all(reg, repo, &digest).await
                         {
                             // Only a failure if the manifest is still there: a blob may
                             // legitimately go with a manifest deleted meanwhile.
@@ -516,7 +617,12 @@ async fn soak_pushes_deletes_mounts_with_continuous_gc() {
         w.await.expect("worker");
     }
     done.store(true, Ordering::Relaxed);
-    let (cycles, removed_during) = gc.await.expect("gc task");
+    let (mut cycles, mut removed_during) = (0, 0);
+    for gc in gcs {
+        let (c, r) = gc.await.expect("gc task");
+        cycles += c;
+        removed_during += r;
+    }
     let took = started.elapsed();
 
     // Let the grace period pass, then collect everything left over.
@@ -536,7 +642,7 @@ async fn soak_pushes_deletes_mounts_with_continuous_gc() {
         }
     }
     let referenced = referenced_blobs(&reg, &repos).await;
-    let (on_disk, _) = blobs_on_disk(srv.data.path());
+    let on_disk = stored.digests().await;
 
     let c = &counts;
     let ops = c.pushes.load(Ordering::Relaxed)
@@ -545,7 +651,7 @@ async fn soak_pushes_deletes_mounts_with_continuous_gc() {
         + c.manifest_deletes.load(Ordering::Relaxed)
         + c.pulls.load(Ordering::Relaxed);
     println!(
-        "soak: {ops} operations in {:.1} s ({} pushes, {} mounts, {} tag deletes, {} manifest \
+        "soak on {name}: {ops} operations in {:.1} s ({} pushes, {} mounts, {} tag deletes, {} manifest \
          deletes, {} pulls), {cycles} GC cycles removing {removed_during} blobs meanwhile; \
          {remaining} tags remain; {} manifest PUTs retried after MANIFEST_BLOB_UNKNOWN; {} failures",
         took.as_secs_f64(),

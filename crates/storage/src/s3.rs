@@ -681,6 +681,28 @@ impl S3BlobStore {
         Ok(out)
     }
 
+    /// Digests of every committed blob in the bucket (under this store's prefix), sorted:
+    /// what tests compare with what the metadata still references.
+    pub async fn blob_digests(&self) -> StorageResult<Vec<String>> {
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&self.path("blobs")))
+            .try_collect()
+            .await
+            .map_err(|e| self.unavailable("listing blobs", e))?;
+        let mut out: Vec<String> = metas
+            .iter()
+            .filter_map(|m| {
+                let mut parts = m.location.parts().collect::<Vec<_>>().into_iter().rev();
+                let hex = parts.next()?;
+                let algorithm = parts.next()?;
+                Some(format!("{}:{}", algorithm.as_ref(), hex.as_ref()))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Keys of upload artifacts (sessions and uncommitted data objects) in the bucket:
     /// what the conformance suite's "left nothing behind" check looks at.
     pub async fn upload_artifacts(&self) -> StorageResult<Vec<String>> {
