@@ -1182,6 +1182,81 @@ mod tests {
         assert_eq!(dangling, 0);
     }
 
+    /// Two replicas race the collector against pushes, many times over: replica A
+    /// tombstones a blob (its grace period long over) while replica B commits a manifest
+    /// referencing it, pins it for an upload, or mounts it. Whatever the interleaving,
+    /// either the push's reference/pin/link wins and the blob is kept, or the tombstone
+    /// wins and the push is refused: never both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn gc_never_tombstones_a_blob_a_concurrent_push_references() {
+        use crate::lifecycle::{BlobVerdict, LifecycleStore};
+        let url = PgCluster::shared().database().await;
+        let mut options = PgOptions::new(url);
+        options.max_connections = 4;
+        let a = PgMetadata::open(&options).await.expect("a");
+        let b = PgMetadata::open(&options).await.expect("b");
+        let future = i64::MAX / 2;
+        let (mut kept, mut tombstoned) = (0, 0);
+        for i in 0..60usize {
+            let blob = Digest::sha256(format!("race blob {i}").as_bytes());
+            b.link_blob("gc/scratch", &blob, 10).await.expect("link");
+            let content = format!("{{\"race\":{i}}}");
+            let m = NewManifest {
+                repository: "gc/app".to_owned(),
+                digest: Digest::sha256(content.as_bytes()),
+                media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+                content: content.into_bytes(),
+                tag: Some(format!("t{i}")),
+                blobs: vec![blob.clone()],
+                children: Vec::new(),
+                subject: None,
+                artifact_type: None,
+                annotations_json: None,
+            };
+            let upload = format!("u{i}");
+            let (verdict, pushed) = tokio::join!(a.tombstone_blob(&blob, future, false), async {
+                match i % 3 {
+                    0 => b.put_manifest(m.clone()).await.map(|()| true),
+                    1 => match b.pin_upload(&upload, &blob).await {
+                        Ok(()) => Ok(true),
+                        Err(StorageError::Conflict(_)) => Ok(false),
+                        Err(e) => Err(e),
+                    },
+                    _ => b
+                        .mount_blob(Some("gc/scratch"), "gc/app", &blob)
+                        .await
+                        .map(|size| size.is_some()),
+                }
+            });
+            let verdict = verdict.expect("tombstone");
+            let pushed = match pushed {
+                Ok(p) => p,
+                Err(StorageError::BlobUnknown(d)) if d == blob => false,
+                Err(e) => panic!("push {i}: {e}"),
+            };
+            match verdict {
+                BlobVerdict::Tombstoned => {
+                    tombstoned += 1;
+                    // A mount may link the blob before the collector's decision (nothing
+                    // references it then: the link goes with the tombstone).
+                    assert!(
+                        !pushed || i % 3 == 2,
+                        "round {i}: the blob was tombstoned while a push committed on it"
+                    );
+                    assert_eq!(a.blob_link("gc/app", &blob).await.expect("link"), None);
+                    assert!(!b.manifest_exists("gc/app", &m.digest).await.expect("m"));
+                    a.clear_tombstone(&blob).await.expect("clear");
+                }
+                BlobVerdict::Kept => {
+                    kept += 1;
+                    assert!(pushed, "round {i}: kept although the push was refused");
+                }
+                BlobVerdict::TooRecent => panic!("round {i}: too recent with a past cutoff"),
+            }
+        }
+        assert_eq!(kept + tombstoned, 60);
+    }
+
     fn pushed_manifest(i: usize) -> NewManifest {
         let content = format!("{{\"move\":{i}}}");
         NewManifest {
