@@ -216,6 +216,21 @@ async fn bucket_outage_during_push_is_503_then_resumes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 503);
+    // Readiness follows the bucket (liveness does not).
+    let ready = client
+        .get(format!("{}/readyz", reg.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let text = ready.text().await.unwrap();
+    assert!(text.contains("bucket"), "{text}");
+    let live = client
+        .get(format!("{}/healthz", reg.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
 
     // It comes back: the upload resumes where the last acknowledged PATCH ended.
     garage.restart();
@@ -232,6 +247,12 @@ async fn bucket_outage_during_push_is_503_then_resumes() {
         status.headers()["range"].to_str().unwrap(),
         format!("0-{}", cut - 1)
     );
+    let ready = client
+        .get(format!("{}/readyz", reg.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
     // Nothing of the failed pushes is visible.
     let head = client
         .head(format!("{base}/blobs/{digest}"))
