@@ -89,6 +89,10 @@ struct ServeArgs {
     /// default: SQLite in the data directory. Required to run several replicas.
     #[arg(long, env = "BERTH_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Metadata store: `sqlite` or `postgres` (default: PostgreSQL when a database URL is
+    /// given). `postgres` without a URL refuses to start.
+    #[arg(long, env = "BERTH_DATABASE_KIND", value_parser = ["sqlite", "postgres"])]
+    database_kind: Option<String>,
     /// File holding the password of the `admin` account created on first start
     /// (or set BERTH_ADMIN_PASSWORD); generated and printed once otherwise.
     #[arg(long)]
@@ -218,6 +222,13 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading --admin-password-file {}", path.display()))?;
         config.auth.admin_password = Some(text.trim_end_matches(['\r', '\n']).to_string());
+    }
+    match args.database_kind.as_deref() {
+        Some("sqlite") => config.database.kind = Some(berth_server::config::DatabaseKind::Sqlite),
+        Some("postgres") => {
+            config.database.kind = Some(berth_server::config::DatabaseKind::Postgres)
+        }
+        _ => {}
     }
     if args.database_url.is_some() {
         config.database.url = args.database_url;

@@ -35,6 +35,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
+    /// `sqlite` or `postgres`; when absent, PostgreSQL exactly when `url` is set. Saying
+    /// `postgres` makes a missing `url` an error at start instead of a silent SQLite.
+    pub kind: Option<DatabaseKind>,
     /// `postgres://USER:PASSWORD@HOST:PORT/DB` to keep metadata, accounts, the token
     /// signing key and login limits in PostgreSQL (required for several replicas); absent:
     /// SQLite at `DATA/metadata.db`. Also `BERTH_DATABASE_URL`.
@@ -47,9 +50,18 @@ pub struct DatabaseConfig {
     pub statement_timeout_secs: u64,
 }
 
+/// Which metadata store `[database] kind` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
+            kind: None,
             url: None,
             max_connections: 16,
             acquire_timeout_secs: 5,
@@ -99,6 +111,9 @@ impl Default for LifecycleConfig {
 impl DatabaseConfig {
     /// The PostgreSQL options, when a URL is configured.
     pub fn postgres(&self) -> Option<berth_storage::postgres::PgOptions> {
+        if self.kind == Some(DatabaseKind::Sqlite) {
+            return None;
+        }
         let url = self.url.as_ref().filter(|u| !u.is_empty())?;
         let mut options = berth_storage::postgres::PgOptions::new(url.clone());
         options.max_connections = self.max_connections.max(1);
@@ -396,6 +411,18 @@ mod tests {
         assert_eq!(pg.max_connections, 4);
         assert_eq!(pg.acquire_timeout, std::time::Duration::from_secs(2));
         assert!(ServerConfig::default().database.postgres().is_none());
+        let c = ServerConfig::from_toml(
+            "[database]\nkind = \"postgres\"\nurl = \"postgres://berth@db/berth\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.database.kind, Some(DatabaseKind::Postgres));
+        assert!(c.database.postgres().is_some());
+        let c = ServerConfig::from_toml(
+            "[database]\nkind = \"sqlite\"\nurl = \"postgres://berth@db/berth\"\n",
+        )
+        .unwrap();
+        assert!(c.database.postgres().is_none(), "kind wins over url");
+        assert!(ServerConfig::from_toml("[database]\nkind = \"mysql\"\n").is_err());
         assert!(ServerConfig::default().metrics.enabled);
     }
 

@@ -359,6 +359,17 @@ const SIGNING_KEY_SETTING: &str = "token_signing_key";
 /// schema; the token signing key stored in it, created by the first replica) or SQLite at
 /// `DATA/metadata.db` (the key in `DATA/token-signing-key.pem`).
 pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Stores, ServeError> {
+    if database.kind == Some(crate::config::DatabaseKind::Postgres) && database.postgres().is_none()
+    {
+        return Err(ServeError::Database {
+            url: "(none)".into(),
+            source: berth_storage::StorageError::Database(
+                "[database] kind = \"postgres\" needs [database] url = \"postgres://USER:PASSWORD@HOST:PORT/DB\" \
+                 (or --database-url / BERTH_DATABASE_URL)"
+                    .into(),
+            ),
+        });
+    }
     if let Some(options) = database.postgres() {
         let url = berth_storage::postgres::redact_url(&options.url);
         let pg = PgMetadata::open(&options)
