@@ -472,6 +472,8 @@ async fn two_replicas_share_one_postgres_and_one_bucket() {
         "berth_push_duration_seconds_bucket",
         "berth_db_pool_connections{state=\"idle\"}",
         "berth_uploads_in_progress",
+        "berth_refusals_total{kind=\"storage_full\"}",
+        "berth_refusals_total{kind=\"connections\"}",
     ] {
         assert!(
             text.contains(needle),

@@ -11,6 +11,10 @@
 //!    roles are updated, audit events keep their ids. Deletions made in the source between
 //!    two runs are not replayed: run it one last time with the source server stopped.
 //!
+//! Storage-lifecycle state moves too: project policies (quotas, immutable tags, retention),
+//! pull times and the GC run records; quota usage and the GC change log are recomputed by
+//! the target's triggers as the rows arrive.
+//!
 //! Upload sessions in progress are not moved (their bytes are in the source's upload
 //! area); clients restart them.
 
@@ -403,6 +407,110 @@ async fn copy_rows(
         .bind(r.5)
         .bind(r.6)
     );
+    // Storage lifecycle: per-project policies (quotas, immutable tags, retention), pull
+    // times, and the record of GC runs. Quota usage and the GC change log are not copied:
+    // the target's triggers computed them while the rows above were inserted.
+    type PolicyRow = (
+        String,
+        Option<i64>,
+        Option<i64>,
+        String,
+        Option<String>,
+        i64,
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "project_policies",
+        PolicyRow,
+        "SELECT project, quota_bytes, max_repositories, immutable_tags, retention, updated_at
+         FROM project_policies",
+        |tx, r| sqlx::query(
+            "INSERT INTO project_policies
+                 (project, quota_bytes, max_repositories, immutable_tags, retention, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (project) DO UPDATE SET quota_bytes = excluded.quota_bytes,
+                 max_repositories = excluded.max_repositories,
+                 immutable_tags = excluded.immutable_tags, retention = excluded.retention,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+        .bind(r.4)
+        .bind(r.5)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "manifest_pulls",
+        (String, String, i64),
+        "SELECT repository, digest, pulled_at FROM manifest_pulls",
+        |tx, r| sqlx::query(
+            "INSERT INTO manifest_pulls AS p (repository, digest, pulled_at)
+             SELECT $1, $2, $3
+             WHERE EXISTS (SELECT 1 FROM manifests WHERE repository = $1 AND digest = $2)
+             ON CONFLICT (repository, digest)
+             DO UPDATE SET pulled_at = GREATEST(p.pulled_at, excluded.pulled_at)",
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+    );
+    type RunRow = (
+        i64,
+        String,
+        String,
+        bool,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        String,
+        String,
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "gc_runs",
+        RunRow,
+        "SELECT id, kind, started_by, dry_run, started_at, finished_at, manifests_removed,
+                tags_removed, blobs_removed, bytes_freed, errors, detail FROM gc_runs",
+        |tx, r| sqlx::query(
+            "INSERT INTO gc_runs (id, kind, started_by, dry_run, started_at, finished_at,
+                 manifests_removed, tags_removed, blobs_removed, bytes_freed, errors, detail)
+             OVERRIDING SYSTEM VALUE
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+        .bind(r.4)
+        .bind(r.5)
+        .bind(r.6)
+        .bind(r.7)
+        .bind(r.8)
+        .bind(r.9)
+        .bind(r.10)
+        .bind(r.11)
+    );
+    sqlx::query(
+        "SELECT setval(pg_get_serial_sequence('gc_runs', 'id'),
+                       GREATEST((SELECT COALESCE(MAX(id), 0) FROM gc_runs), 1))",
+    )
+    .execute(&dst.pool)
+    .await?;
     // New events continue after the highest migrated id.
     sqlx::query(
         "SELECT setval(pg_get_serial_sequence('audit_events', 'id'),
@@ -538,11 +646,50 @@ mod tests {
             .unwrap();
         }
 
+        use crate::lifecycle::{GcRun, LifecycleStore, ProjectPolicy};
+        let policy = ProjectPolicy {
+            project: "team".into(),
+            quota_bytes: Some(1 << 20),
+            max_repositories: Some(3),
+            immutable_tags: vec!["v*".into()],
+            retention_json: Some(r#"{"keep_last":2}"#.into()),
+        };
+        src.set_project_policy(&policy).await.unwrap();
+        let run = GcRun {
+            kind: "gc".into(),
+            started_by: "cli".into(),
+            started_at: 8,
+            finished_at: 9,
+            blobs_removed: 1,
+            ..GcRun::default()
+        };
+        let run_id = src.record_gc_run(&run).await.unwrap();
+
         let quiet = |_: &str| {};
         let report = migrate(&src, &src_blobs, &dst, &dst_blobs, &quiet)
             .await
             .unwrap();
         assert_eq!((report.blobs_copied, report.blobs_present), (3, 0));
+        // Lifecycle: the policy and the run record move; the quota usage the target's
+        // triggers counted equals the source's.
+        assert_eq!(dst.project_policy("team").await.unwrap(), policy);
+        let runs = dst.gc_runs(10).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(
+            GcRun {
+                id: run_id,
+                ..run.clone()
+            },
+            runs[0]
+        );
+        assert!(dst.record_gc_run(&run).await.unwrap() > run_id);
+        for project in ["library", "team"] {
+            assert_eq!(
+                dst.quota_usage(project).await.unwrap(),
+                src.quota_usage(project).await.unwrap(),
+                "usage of {project}"
+            );
+        }
 
         // Everything is there, bit for bit.
         for m in [&a, &b] {
