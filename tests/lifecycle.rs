@@ -541,10 +541,14 @@ async fn soak(name: &str, regs: &[Reg], stored: &Stored<'_>) {
                             // arrived: the registry refused the manifest (nothing broken);
                             // a client re-uploads and retries.
                             counts.retries.fetch_add(1, Ordering::Relaxed);
+                            let mut uploads = Vec::new();
                             for blob in image.blobs() {
-                                reg.upload(repo, blob).await;
+                                uploads.push(reg.upload(repo, blob).await);
                             }
                             result = reg.put_manifest(repo, &tag, &image.manifest).await;
+                            if result.0 != 201 {
+                                result.1 += &format!(" (after re-uploads {uploads:?})");
+                            }
                         }
                         if result.0 != 201 {
                             fail(format!("push {repo}:{tag}: {} {}", result.0, result.1));
@@ -625,10 +629,11 @@ async fn soak(name: &str, regs: &[Reg], stored: &Stored<'_>) {
     }
     let took = started.elapsed();
 
-    // Let the grace period pass, then collect everything left over.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Let the grace period pass (1 s, counted in whole seconds: up to 2 s), then collect
+    // everything left over.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     reg.gc(false).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let last = reg.gc(false).await;
 
     let mut remaining = 0;
@@ -843,7 +848,7 @@ async fn retention_dry_run_then_enforcement() {
     let gone = digest_of(&images["a1"].layers[0]);
     assert!(blobs_on_disk(srv.data.path()).0.contains(&gone));
     reg.gc(false).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let gc = reg.gc(false).await;
     assert!(!blobs_on_disk(srv.data.path()).0.contains(&gone), "{gc}");
     for tag in ["a3", "b1", "v1"] {
@@ -883,7 +888,7 @@ async fn gc_after_project_deletion_returns_disk_space() {
         .api(reqwest::Method::GET, "/api/v1/projects/gone", None)
         .await;
     assert_eq!(s, 404, "the project is gone");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     // The CLI on the data directory, while the server runs.
     let out = run_cmd(
         Command::new(common::berth_bin())

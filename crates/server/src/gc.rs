@@ -391,7 +391,11 @@ impl Lifecycle {
         // 4. Blobs (in `since` order: stop at the first one inside the grace period).
         // Measured from now: blobs the manifest phase just released wait a grace period
         // like any other.
-        let unreferenced_before = now() - secs(self.config.blob_grace_secs);
+        // Change-log times are whole seconds (a change at 10.99 s is logged as 10), so a
+        // grace of G seconds compared as `since <= now - G` could end after a mere instant;
+        // one more second makes every blob wait at least G seconds (G = 0: no grace).
+        let grace = secs(self.config.blob_grace_secs);
+        let unreferenced_before = now() - grace - i64::from(grace > 0);
         let mut after = None;
         'blobs: loop {
             let page = self
