@@ -402,12 +402,52 @@ async fn soak_on_s3_and_postgres_with_two_replicas() {
         Berth::start_in(data, &args)
     };
     let (a, b) = (start(), start());
+    let regs = [Reg::new(&a), Reg::new(&b)];
     soak(
         "S3 (Garage) + PostgreSQL, two replicas",
-        &[Reg::new(&a), Reg::new(&b)],
+        &regs,
         &Stored::S3(store),
     )
     .await;
+
+    // The CLI on the scaled-out deployment (its database and bucket, not a data
+    // directory), while both replicas run: it sees the GC runs the replicas recorded.
+    let cli = tempfile::tempdir().unwrap();
+    let garage = common::garage::Garage::shared();
+    let out = run_cmd(
+        Command::new(common::berth_bin())
+            .args(["gc", "--history", "--output", "json", "--data"])
+            .arg(cli.path())
+            .args(["--database-url", &url])
+            .env("BERTH_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
+            .env("BERTH_STORAGE_BACKEND", "s3")
+            .env("BERTH_S3_ENDPOINT", garage.endpoint())
+            .env("BERTH_S3_REGION", common::garage::REGION)
+            .env("BERTH_S3_BUCKET", common::garage::BUCKET)
+            .env("BERTH_S3_PREFIX", "soak/")
+            .env("BERTH_S3_ACCESS_KEY_ID", common::garage::ACCESS_KEY)
+            .env("BERTH_S3_SECRET_ACCESS_KEY", common::garage::SECRET_KEY)
+            .env("BERTH_S3_ALLOW_HTTP", "true"),
+        Duration::from_secs(60),
+    )
+    .ok();
+    let runs: Value = serde_json::from_str(&out.stdout).expect("json");
+    let runs = runs.as_array().expect("a list of runs");
+    assert!(runs.len() >= 3, "{} runs recorded: {out:?}", runs.len());
+    let via_api = regs[1].api(reqwest::Method::GET, "/api/v1/gc", None).await;
+    assert_eq!(via_api.0, 200, "{:?}", via_api.1);
+    let api_ids: BTreeSet<i64> = via_api.1["runs"]
+        .as_array()
+        .or(via_api.1.as_array())
+        .expect("runs")
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    let cli_newest = runs[0]["id"].as_i64().expect("id");
+    assert!(
+        api_ids.contains(&cli_newest),
+        "replica B and the CLI read the same run records"
+    );
 }
 
 /// Where the soak looks for the blobs that are really stored.

@@ -681,6 +681,13 @@ async fn open_registry(
         lifecycle,
         ..berth_server::ServerConfig::default()
     };
+    // A scaled-out deployment: its PostgreSQL database, and its bucket from the same
+    // BERTH_STORAGE_BACKEND / BERTH_S3_* variables `berth serve` reads.
+    config.database.url = common.database_url.clone();
+    config
+        .storage
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(anyhow::Error::msg)?;
     // No schedules in a one-shot command.
     config.lifecycle.gc_interval_secs = 0;
     config.lifecycle.retention_interval_secs = 0;
