@@ -461,10 +461,26 @@ async fn slow_steady_upload_is_never_cut() {
 async fn upload_session_limit_refuses_then_accepts_after_finish_or_cancel() {
     let reg = start();
     let client = reg.client();
-    let mut sessions = Vec::new();
-    for _ in 0..3 {
-        sessions.push(new_session(&reg, &client, "library/many").await);
-    }
+    // Twelve at once from one account: the count and the insert are one step, so exactly
+    // three (the limit) are admitted.
+    let racing = futures_util::future::join_all(
+        (0..12).map(|_| start_upload(&reg, &client, "library/many")),
+    )
+    .await;
+    let statuses: Vec<u16> = racing.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        (
+            statuses.iter().filter(|s| **s == 202).count(),
+            statuses.iter().filter(|s| **s == 429).count()
+        ),
+        (3, 9),
+        "{statuses:?}"
+    );
+    let mut sessions: Vec<String> = racing
+        .iter()
+        .filter(|r| r.status() == 202)
+        .map(|r| r.headers()["location"].to_str().unwrap().to_string())
+        .collect();
     let refused = start_upload(&reg, &client, "library/many").await;
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "60");
