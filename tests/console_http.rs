@@ -1054,6 +1054,11 @@ async fn administrator_pages_robots_users_audit_certificate_and_pagination() {
     let (_, html) = text(&c, &url("/admin/users")).await;
     assert!(!html.contains("data-user=\"newbie\""), "{html}");
     assert!(html.contains("User newbie deleted."), "{html}");
+    // Issue 13: the administration page shows the data directory's free space and reserve.
+    assert!(
+        html.contains(" free of ") && html.contains("; reserve "),
+        "{html}"
+    );
     // The last administrator cannot be removed.
     let html = post_csrf(
         &c,

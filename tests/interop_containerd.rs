@@ -444,3 +444,70 @@ fn ctr_pulls_what_berth_pushed() {
     );
     assert_rootfs(&ctd.snapshot_dir(&chain_id), &image.architecture);
 }
+
+/// Issue 13: a containerd user pushing to a registry whose storage is full is told so.
+/// The registry runs with a reserve as large as its filesystem (so every new upload is
+/// refused up front with 507 Insufficient Storage, as below a real disk's reserve).
+#[test]
+fn ctr_push_to_a_full_registry_names_the_cause() {
+    let source = start_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = fixtures::image_layout(&tmp.path().join("src"), "v1");
+    push(&source, &layout, "library/demo:v1", false);
+    let config = tmp.path().join("full.toml");
+    fs::write(
+        &config,
+        "[limits]\nmin_free_percent = 100.0\nmin_free_bytes = 18446744073709551615\n",
+    )
+    .unwrap();
+    let full = Berth::start_bin_in(
+        &common::server_bin(),
+        tempfile::tempdir().unwrap(),
+        &["--config", config.to_str().unwrap()],
+    );
+
+    let ctd = Containerd::start();
+    let hosts = hosts_dir(&source, tmp.path(), true);
+    let local = format!("{}/library/demo:v1", source.host());
+    ctd.ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        hosts.to_str().unwrap(),
+        "--snapshotter",
+        "native",
+        &local,
+    ])
+    .ok();
+    let host_dir = hosts.join(full.host());
+    fs::create_dir_all(&host_dir).unwrap();
+    fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"https://{h}\"\n\n[host.\"https://{h}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  ca = \"{ca}\"\n",
+            h = full.host(),
+            ca = full.ca_path().display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = ctd.ctr(&[
+        "images",
+        "push",
+        "--hosts-dir",
+        hosts.to_str().unwrap(),
+        "--user",
+        &common::admin_creds(),
+        &format!("{}/library/demo:v1", full.host()),
+        &local,
+    ]);
+    let took = started.elapsed();
+    eprintln!("ctr push to a full registry ({took:?}): {out:?}");
+    assert!(!out.success(), "{out:?}");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    // containerd 1.6 prints the status line only (`ctr: unexpected status: 507
+    // Insufficient Storage`), not the error body: the status must say it by itself, which
+    // 507 does and 503 ("Service Unavailable") would not. It does not retry.
+    assert!(said.contains("507 Insufficient Storage"), "{said}");
+    assert!(took < Duration::from_secs(60), "ctr gave up after {took:?}");
+}

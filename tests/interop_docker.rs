@@ -346,8 +346,27 @@ impl Registry {
         if use_distribution {
             Self::start_distribution(ns, dir, certs, data, host)
         } else {
-            Self::start_berth(ns, dir, certs, data, host)
+            Self::start_berth(ns, dir, certs, data, host, &[])
         }
+    }
+
+    /// A second Berth on the next port whose storage counts as full: its free-space
+    /// reserve is the whole filesystem, so every new upload is refused up front with 507,
+    /// as on a disk below its reserve.
+    fn start_full(ns: &NetNs) -> Registry {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        let data = dir.path().join("data");
+        fs::create_dir_all(&data).unwrap();
+        let config = dir.path().join("full.toml");
+        fs::write(
+            &config,
+            "[limits]\nmin_free_percent = 100.0\nmin_free_bytes = 18446744073709551615\n",
+        )
+        .unwrap();
+        let host = format!("{}:{}", ns.ns_ip, PORT + 1);
+        let config = config.to_str().unwrap().to_string();
+        Self::start_berth(ns, dir, certs, data, host, &["--config", &config])
     }
 
     fn start_berth(
@@ -356,6 +375,7 @@ impl Registry {
         certs: PathBuf,
         data: PathBuf,
         host: String,
+        extra: &[&str],
     ) -> Registry {
         let bin = common::berth_bin();
         must(
@@ -382,6 +402,7 @@ impl Registry {
             .arg(certs.join("server.crt"))
             .arg("--tls-key")
             .arg(certs.join("server.key"))
+            .args(extra)
             .env("RUST_LOG", "berth=info,warn")
             .env("BERTH_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
             .env("BERTH_AUTO_CREATE_PROJECTS", "true")
@@ -1151,6 +1172,36 @@ fn docker_engine_push_pull_with_ca_trust() {
                 .is_none_or(|c| c["auths"].get(&host).is_none()),
             "docker logout did not remove the login berth stored"
         );
+
+        // 9. Issue 13: a push to a registry whose storage is full. Docker 20.10 shows the
+        //    body of 4xx errors only: for any 5xx it retries each layer five times (5, 10,
+        //    15 and 20 s apart) and then prints the status line, here `received unexpected
+        //    HTTP status: 507 Insufficient Storage`, which names the cause (a 503 would say
+        //    "Service Unavailable"). The retries give an administrator a minute to free space.
+        let full = Registry::start_full(&ns);
+        dockerd.trust(&full.host, &full.ca_path());
+        let o = dockerd.login(&full.host, common::ADMIN_USER, common::ADMIN_PASSWORD);
+        assert!(o.status.success(), "docker login:\n{}", text(&o));
+        let target = format!("{}/library/nginx:latest", full.host);
+        dockerd.must(&["tag", &private, &target]);
+        let started = Instant::now();
+        let o = dockerd.run(&["push", &target]);
+        let took = started.elapsed();
+        let msg = text(&o);
+        eprintln!("interop_docker: push to a full registry ({took:?}):\n{msg}");
+        assert!(
+            !o.status.success(),
+            "push to a full registry succeeded:\n{msg}"
+        );
+        assert!(
+            msg.contains("507 Insufficient Storage"),
+            "docker should name the cause:\n{msg}"
+        );
+        assert!(
+            took < Duration::from_secs(120),
+            "docker gave up after {took:?}"
+        );
+        drop(full);
     }
 
     drop(work);

@@ -206,6 +206,151 @@ async fn slow_header_client_is_closed_after_the_header_timeout() {
     assert_eq!(resp.status(), 200);
 }
 
+/// One HTTP/2 frame: (type, flags, stream id, payload).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// What a raw HTTP/2 client saw of the server.
+#[derive(Debug, PartialEq)]
+enum H2Event {
+    /// A HEADERS frame on this stream.
+    Headers(u32),
+    /// A GOAWAY frame with this error code.
+    GoAway(u32),
+    Closed,
+}
+
+/// Read frames until a HEADERS frame, a GOAWAY or the end of the connection, answering
+/// SETTINGS and PING as a client must; `None` when nothing arrived before the read timeout.
+fn h2_next_event(tls: &mut Tls, buf: &mut Vec<u8>) -> Option<H2Event> {
+    loop {
+        while buf.len() >= 9 {
+            let len =
+                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            match kind {
+                1 => return Some(H2Event::Headers(stream)),
+                4 if flags & 1 == 0 => {
+                    let _ = tls.write_all(&h2_frame(4, 1, 0, &[]));
+                }
+                6 if flags & 1 == 0 => {
+                    let _ = tls.write_all(&h2_frame(6, 1, 0, &payload));
+                }
+                7 if payload.len() >= 8 => {
+                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    return Some(H2Event::GoAway(code));
+                }
+                _ => {}
+            }
+        }
+        let mut chunk = [0u8; 16384];
+        match tls.read(&mut chunk) {
+            Ok(0) => return Some(H2Event::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return None;
+            }
+            Err(_) => return Some(H2Event::Closed),
+        }
+    }
+}
+
+#[tokio::test]
+async fn http2_header_block_trickled_after_a_request_is_closed_after_the_header_timeout() {
+    let reg = start();
+    let config = tls_config(&reg, &[b"h2"]);
+    let name = rustls::pki_types::ServerName::IpAddress(reg.addr.ip().into());
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = TcpStream::connect(reg.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+
+    // A complete request first (GET /v2/, HPACK literals without indexing), so the
+    // connection is past its first-request deadline.
+    let authority = reg.addr.to_string();
+    let mut head = vec![0x82, 0x87, 0x04, 4];
+    head.extend_from_slice(b"/v2/");
+    head.extend_from_slice(&[0x01, authority.len() as u8]);
+    head.extend_from_slice(authority.as_bytes());
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    tls.write_all(&h2_frame(4, 0, 0, &[])).unwrap();
+    tls.write_all(&h2_frame(1, 0x5, 1, &head)).unwrap();
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no response to the first request"
+        );
+        match h2_next_event(&mut tls, &mut buf) {
+            Some(H2Event::Headers(1)) => break,
+            Some(H2Event::Headers(_)) | None => {}
+            Some(other) => panic!("the connection ended before the first response: {other:?}"),
+        }
+    }
+
+    // Then a request head that never ends: a HEADERS frame announcing 4,000 bytes, sent
+    // one byte every 300 ms (each is progress, none completes the frame). A head split
+    // into many CONTINUATION frames is already cut by h2's CONTINUATION-flood bound.
+    let mut announced = h2_frame(1, 0x5, 3, &[]);
+    announced[..3].copy_from_slice(&[0, 0x0f, 0xa0]);
+    tls.write_all(&announced).unwrap();
+    let started = Instant::now();
+    let ended = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a trickled HTTP/2 header block kept the connection open for 15 s"
+        );
+        if tls.write_all(&[0x84]).and_then(|()| tls.flush()).is_err() {
+            break H2Event::Closed;
+        }
+        match h2_next_event(&mut tls, &mut buf) {
+            Some(H2Event::Headers(_)) => panic!("the never-ending header block got a response"),
+            Some(event) => break event,
+            None => {}
+        }
+    };
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(1500) && closed_after < Duration::from_secs(8),
+        "{ended:?} after {closed_after:?}; the header timeout is 2 s"
+    );
+
+    // The server still serves HTTP/2 clients.
+    let certs = reqwest::Certificate::from_pem_bundle(&reg.ca_pem()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("{}/v2/", reg.url()))
+        .header("authorization", auth())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+}
+
 #[tokio::test]
 async fn stalled_upload_is_closed_then_resumed_from_the_reported_offset() {
     let reg = start();
@@ -316,10 +461,26 @@ async fn slow_steady_upload_is_never_cut() {
 async fn upload_session_limit_refuses_then_accepts_after_finish_or_cancel() {
     let reg = start();
     let client = reg.client();
-    let mut sessions = Vec::new();
-    for _ in 0..3 {
-        sessions.push(new_session(&reg, &client, "library/many").await);
-    }
+    // Twelve at once from one account: the count and the insert are one step, so exactly
+    // three (the limit) are admitted.
+    let racing = futures_util::future::join_all(
+        (0..12).map(|_| start_upload(&reg, &client, "library/many")),
+    )
+    .await;
+    let statuses: Vec<u16> = racing.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        (
+            statuses.iter().filter(|s| **s == 202).count(),
+            statuses.iter().filter(|s| **s == 429).count()
+        ),
+        (3, 9),
+        "{statuses:?}"
+    );
+    let mut sessions: Vec<String> = racing
+        .iter()
+        .filter(|r| r.status() == 202)
+        .map(|r| r.headers()["location"].to_str().unwrap().to_string())
+        .collect();
     let refused = start_upload(&reg, &client, "library/many").await;
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "60");

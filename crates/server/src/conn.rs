@@ -8,7 +8,9 @@
 //!   `EMFILE` at accept pauses the loop instead of spinning.
 //! - Time: the TLS handshake (`tls_handshake_timeout_secs`); the request head
 //!   (`header_timeout_secs`: hyper's HTTP/1.1 header timeout, which also bounds an idle
-//!   keep-alive connection; on HTTP/2 the first request must arrive in that time);
+//!   keep-alive connection; an HTTP/2 connection with no request in flight must complete
+//!   a request head within that time of its last request, so a header block trickled in
+//!   `CONTINUATION` frames, or pings alone, cannot hold it open);
 //!   request bodies (`body_idle_timeout_secs`, see [`crate::body`]); a connection without
 //!   any byte read or written (`idle_timeout_secs`).
 //! - Plain HTTP sent to the HTTPS port (the first byte is an ASCII letter, not a TLS
@@ -26,12 +28,13 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::Request;
 use hyper::body::Incoming;
@@ -51,6 +54,8 @@ use crate::limits::{Refusal, Refusals};
 /// and in total.
 const LINGER_IDLE: Duration = Duration::from_secs(2);
 const LINGER_MAX: Duration = Duration::from_secs(30);
+/// How long an HTTP/2 connection told to go away (`GOAWAY`) may take to close.
+const GOAWAY_GRACE: Duration = Duration::from_secs(2);
 /// File descriptors kept for everything that is not a connection (database, blobs, logs).
 const FD_RESERVE: u64 = 512;
 
@@ -283,6 +288,13 @@ impl Shared {
         };
 
         let activity = Arc::new(Activity::new());
+        // HTTP/1.1 heads are timed by hyper; HTTP/2 streams by `Requests` below.
+        let requests = match &stream {
+            Stream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                Some(Arc::new(Requests::new()))
+            }
+            _ => None,
+        };
         let io = ConnIo {
             stream: Some(stream),
             activity: activity.clone(),
@@ -293,15 +305,26 @@ impl Shared {
             let seen = seen.clone();
             let app = self.app.clone();
             let idle = limits.body_idle_timeout();
+            let requests = requests.clone();
             hyper::service::service_fn(move |req: Request<Incoming>| {
                 seen.store(true, Ordering::Relaxed);
                 let mut app = app.clone();
+                let in_flight = requests.as_ref().map(Requests::start);
                 async move {
                     let (mut parts, body) = req.into_parts();
                     parts.extensions.insert(ConnectInfo(peer));
                     let (body, rest) = crate::body::guard(body, idle);
                     let resp = app.call(Request::from_parts(parts, body)).await?;
-                    Ok::<_, Infallible>(crate::body::attach(resp, rest, idle))
+                    let resp = crate::body::attach(resp, rest, idle);
+                    Ok::<_, Infallible>(match in_flight {
+                        Some(guard) => resp.map(|body| {
+                            Body::new(InFlightBody {
+                                body,
+                                _guard: guard,
+                            })
+                        }),
+                        None => resp,
+                    })
                 }
             })
         };
@@ -314,6 +337,8 @@ impl Shared {
         let check = tokio::time::sleep(header_timeout.min(idle_timeout));
         tokio::pin!(check);
         let mut stopping = false;
+        // Set once the connection was told to go away for want of a request (HTTP/2).
+        let mut closing: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 result = conn.as_mut() => {
@@ -337,6 +362,28 @@ impl Shared {
                 }
                 () = &mut check => {
                     let now = tokio::time::Instant::now();
+                    if closing.is_some_and(|deadline| now >= deadline) {
+                        break;
+                    }
+                    if let (Some(requests), None) = (&requests, closing) {
+                        let quiet = requests.quiet();
+                        if requests.in_flight() == 0 && quiet >= header_timeout {
+                            // Bytes arrived lately but no request head completed: a trickled
+                            // header block or pings only. Otherwise an idle pooled connection.
+                            if activity.idle() < header_timeout {
+                                self.refusals.note(
+                                    peer.ip(),
+                                    Refusal::HeaderTimeout,
+                                    "no complete HTTP/2 request head in time (limits.header_timeout_secs); connection closed",
+                                );
+                            }
+                            conn.as_mut().graceful_shutdown();
+                            let deadline = now + GOAWAY_GRACE;
+                            closing = Some(deadline);
+                            check.as_mut().reset(deadline);
+                            continue;
+                        }
+                    }
                     let first_due = started + header_timeout;
                     if !seen.load(Ordering::Relaxed) && now >= first_due {
                         self.refusals.note(
@@ -359,6 +406,18 @@ impl Shared {
                     if !seen.load(Ordering::Relaxed) {
                         next = next.min(first_due);
                     }
+                    if let Some(deadline) = closing {
+                        next = next.min(deadline);
+                    } else if let Some(requests) = &requests {
+                        // In flight: look again a header timeout from now (the request may
+                        // end at any moment); quiet: when the timeout is due.
+                        let wait = if requests.in_flight() > 0 {
+                            header_timeout
+                        } else {
+                            header_timeout.saturating_sub(requests.quiet())
+                        };
+                        next = next.min(now + wait.max(Duration::from_millis(50)));
+                    }
                     check.as_mut().reset(next);
                 }
                 _ = stop.changed(), if !stopping => {
@@ -367,6 +426,73 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// The requests of one HTTP/2 connection: how many are in flight (handler running or
+/// response body still being sent) and when one last started or ended.
+struct Requests {
+    in_flight: AtomicUsize,
+    changed: Activity,
+}
+
+impl Requests {
+    fn new() -> Requests {
+        Requests {
+            in_flight: AtomicUsize::new(0),
+            changed: Activity::new(),
+        }
+    }
+
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.changed.touch();
+        InFlight(self.clone())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How long since a request last started or ended.
+    fn quiet(&self) -> Duration {
+        self.changed.idle()
+    }
+}
+
+/// One request in flight; ends when its response body has been sent or dropped.
+struct InFlight(Arc<Requests>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.changed.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct InFlightBody {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -98,6 +98,8 @@ pub(crate) async fn start(ctx: Ctx, body: Body, name: &str) -> ApiResult<Respons
     }
 
     let owner = session_owner(&ctx);
+    // Count and insert under one lock, so concurrent POSTs cannot all pass the count.
+    let admission = admission_lock(&owner).lock().await;
     admit_session(&ctx, &owner).await?;
     let id = state.blobs.start_upload().await?;
     if let Err(e) = state
@@ -113,6 +115,7 @@ pub(crate) async fn start(ctx: Ctx, body: Body, name: &str) -> ApiResult<Respons
         let _ = state.blobs.cancel_upload(&id).await;
         return Err(refused(&ctx, e.into()));
     }
+    drop(admission);
 
     if let Some(digest) = ctx.query("digest").map(str::to_owned) {
         // Monolithic upload in a single POST.
@@ -120,6 +123,19 @@ pub(crate) async fn start(ctx: Ctx, body: Body, name: &str) -> ApiResult<Respons
         return commit(&ctx, name, &id, Some(body_stream(body)), &digest).await;
     }
     Ok(in_progress(name, &UploadState { id, size: 0 }))
+}
+
+/// The lock that makes "count the owner's sessions, then add one" atomic in this process:
+/// one of a few stripes, chosen by the owner. (Replicas sharing one database may each
+/// admit one session past the limit at the same instant; the bound still holds per replica.)
+fn admission_lock(owner: &str) -> &'static tokio::sync::Mutex<()> {
+    use std::hash::{Hash, Hasher};
+    const STRIPES: usize = 16;
+    static LOCKS: [tokio::sync::Mutex<()>; STRIPES] =
+        [const { tokio::sync::Mutex::const_new(()) }; STRIPES];
+    let mut hasher = std::hash::DefaultHasher::new();
+    owner.hash(&mut hasher);
+    &LOCKS[(hasher.finish() % STRIPES as u64) as usize]
 }
 
 /// Who an upload session counts against: the user or robot, or the client address for

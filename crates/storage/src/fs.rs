@@ -891,6 +891,14 @@ fn open_direct(path: &Path) -> Option<std::fs::File> {
 fn commit(upload: &Path, blob: &Path, progress: Progress, expected: &Digest) -> StorageResult<u64> {
     let file = std::fs::File::open(upload)?;
     file.sync_all()?;
+    // The read-back asked for after each direct write is best effort (the kernel drops
+    // readahead when the device is busy); ask once more for whatever is not yet resident,
+    // so that the pull that follows this push finds it in memory.
+    read_back_soon(
+        &file,
+        0,
+        usize::try_from(progress.size).unwrap_or(usize::MAX),
+    );
     let actual = match expected.algorithm() {
         Algorithm::Sha256 => progress.hasher.finish(),
         alg => hash_reader(file, alg)?.1.finish(),
