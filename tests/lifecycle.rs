@@ -724,7 +724,30 @@ async fn soak(name: &str, regs: &[Reg], stored: &Stored<'_>) {
 #[tokio::test]
 async fn quota_refusal_mid_push_leaves_usage_unchanged() {
     let srv = Berth::start_with(FAST_GC);
+    quota_scenario(&Reg::new(&srv)).await;
+}
+
+/// The same quota and immutable-tag checks on S3 (Garage) + PostgreSQL, where they run
+/// inside PostgreSQL transactions (quota lock per project, usage kept by triggers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_immutable_tags_on_s3_and_postgres() {
+    let url = berth_storage::pg_fixture::PgCluster::shared()
+        .database()
+        .await;
+    let (config, _) = s3_config("quota").await;
+    let data = tempfile::tempdir().expect("data");
+    let file = data.path().join("berth.toml");
+    std::fs::write(&file, &config).unwrap();
+    let mut args = FAST_GC.to_vec();
+    args.extend(["--config", file.to_str().unwrap(), "--database-url", &url]);
+    let srv = Berth::start_in(data, &args);
     let reg = Reg::new(&srv);
+    quota_scenario(&reg).await;
+    immutable_scenario(&reg).await;
+}
+
+async fn quota_scenario(reg: &Reg) {
+    let reg = reg.clone();
     let first = Image::new(b"{\"q\":1}".to_vec(), vec![noise(1, 10_000)]);
     let (s, b) = push(&reg, "quota/app", "one", &first).await;
     assert_eq!(s, 201, "{b}");
@@ -791,7 +814,11 @@ async fn quota_refusal_mid_push_leaves_usage_unchanged() {
 #[tokio::test]
 async fn immutable_tags_are_refused_with_the_rule() {
     let srv = Berth::start_with(FAST_GC);
-    let reg = Reg::new(&srv);
+    immutable_scenario(&Reg::new(&srv)).await;
+}
+
+async fn immutable_scenario(reg: &Reg) {
+    let reg = reg.clone();
     let (s, v) = reg
         .api(
             reqwest::Method::POST,
