@@ -550,7 +550,10 @@ async fn postgres_outage_mid_push_fails_fast_and_recovers() {
         format!("[database]\nurl = \"{url}\"\nacquire_timeout_secs = 2\nmax_connections = 4\n"),
     )
     .unwrap();
-    let r = Replica::start(data.path(), &["--config", config.to_str().unwrap()]);
+    // Blobs in the shared Garage bucket: the outage of the database alone, on the
+    // scaled-out stack.
+    let env = s3_env("pg-outage").await;
+    let r = Replica::start_env(data.path(), &["--config", config.to_str().unwrap()], &env);
     let c = r.client();
     let chunk1 = vec![1u8; 100_000];
     let chunk2 = vec![2u8; 100_000];
@@ -682,11 +685,11 @@ async fn postgres_outage_mid_push_fails_fast_and_recovers() {
 }
 
 /// `berth migrate`: an embedded deployment (pushed to with skopeo, with a robot and audit
-/// entries) moves onto PostgreSQL and another data directory; the image pulled from the
+/// entries) moves onto PostgreSQL and an S3 bucket (Garage); the image pulled from the
 /// migrated deployment is bit for bit the one pushed, the robot and the audit log came
 /// along, and a second run is a no-op catch-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_moves_an_embedded_deployment_onto_postgres() {
+async fn migrate_moves_an_embedded_deployment_onto_postgres_and_s3() {
     let old_data = tempfile::tempdir().expect("old data");
     let old = Replica::start(old_data.path(), &[]);
     let tmp = tempfile::tempdir().unwrap();
@@ -716,7 +719,9 @@ async fn migrate_moves_an_embedded_deployment_onto_postgres() {
     let secret = robot["secret"].as_str().expect("secret").to_owned();
     drop(old);
 
+    // The target: PostgreSQL and a Garage bucket (its keys in the environment).
     let url = PgCluster::shared().database().await;
+    let env = s3_env("migrated").await;
     let new_data = tempfile::tempdir().expect("new data");
     let config = new_data.path().join("berth.toml");
     std::fs::write(
@@ -734,7 +739,8 @@ async fn migrate_moves_an_embedded_deployment_onto_postgres() {
                 .arg("--from")
                 .arg(old_data.path())
                 .arg("--to")
-                .arg(&config),
+                .arg(&config)
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
             Duration::from_secs(120),
         )
         .ok();
@@ -743,7 +749,15 @@ async fn migrate_moves_an_embedded_deployment_onto_postgres() {
         assert_eq!(nothing, run == 1, "run {run}: {}", out.stdout);
     }
 
-    let new = Replica::start(new_data.path(), &["--config", config.to_str().unwrap()]);
+    assert!(
+        !new_data.path().join("blobs").exists(),
+        "the blobs went to the bucket, not the data directory"
+    );
+    let new = Replica::start_env(
+        new_data.path(),
+        &["--config", config.to_str().unwrap()],
+        &env,
+    );
     let out = tmp.path().join("out");
     let robot_creds = format!("robot$library+puller:{secret}");
     skopeo(&[

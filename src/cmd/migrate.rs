@@ -1,6 +1,6 @@
 //! `berth migrate --from DATA_DIR --to CONFIG`: move an embedded deployment (SQLite and
 //! blobs in a data directory) onto the deployment CONFIG describes (its `[database]` must
-//! be PostgreSQL). Re-runnable: a second run copies only what is new or changed; every
+//! be PostgreSQL; its blobs go to its `[storage]`: a data directory or an S3 bucket). Re-runnable: a second run copies only what is new or changed; every
 //! blob's digest is verified as it is copied. See `berth_storage::migrate`.
 
 use std::path::PathBuf;
@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use berth_server::ServerConfig;
+use berth_server::config::BlobBackend;
 use berth_storage::BlobStore;
 use berth_storage::fs::FsBlobStore;
 use berth_storage::postgres::{PgMetadata, redact_url};
+use berth_storage::s3::S3BlobStore;
 use berth_storage::sqlite::SqliteMetadata;
 use clap::Args;
 
@@ -35,6 +37,10 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
     if args.database_url.is_some() {
         target.database.url = args.database_url;
     }
+    target
+        .storage
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(anyhow::Error::msg)?;
     let Some(options) = target.database.postgres() else {
         bail!(
             "the target configuration {} names no PostgreSQL database: set [database] url = \
@@ -63,11 +69,22 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
         let dst = PgMetadata::open(&options)
             .await
             .with_context(|| format!("opening {}", redact_url(&options.url)))?;
-        let dst_blobs: Arc<dyn BlobStore> = Arc::new(
-            FsBlobStore::open(target.data.clone())
-                .await
-                .with_context(|| format!("opening the blobs of {}", target.data.display()))?,
-        );
+        let dst_blobs: Arc<dyn BlobStore> = match target.storage.backend {
+            BlobBackend::Fs => Arc::new(
+                FsBlobStore::open(target.data.clone())
+                    .await
+                    .with_context(|| format!("opening the blobs of {}", target.data.display()))?,
+            ),
+            BlobBackend::S3 => {
+                let bucket = &target.storage.s3.bucket;
+                let s3 = S3BlobStore::connect(&target.storage.s3)
+                    .with_context(|| format!("configuring the bucket {bucket}"))?;
+                s3.check()
+                    .await
+                    .with_context(|| format!("reaching the bucket {bucket}"))?;
+                Arc::new(s3)
+            }
+        };
         // Tokens issued by the embedded server stay valid: its signing key becomes the
         // cluster's, unless the target already has one.
         let key = args.from.join("token-signing-key.pem");
