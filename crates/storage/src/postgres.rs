@@ -317,6 +317,96 @@ impl PgMetadata {
         retrying(|| self.put_manifest_once(&manifest, limits)).await
     }
 
+    async fn link_blob_once(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> StorageResult<()> {
+        let size = to_i64(size)?;
+        let digest = digest.to_string();
+        let mut tx = self.pool.begin().await?;
+        lock_blobs(&mut tx, std::slice::from_ref(&digest), true).await?;
+        crate::postgres_lifecycle::refuse_tombstoned(&mut tx, &digest).await?;
+        ensure_repository(&mut tx, repository).await?;
+        sqlx::query(
+            "INSERT INTO blob_links (repository, digest, size) VALUES ($1, $2, $3)
+             ON CONFLICT (repository, digest) DO NOTHING",
+        )
+        .bind(repository)
+        .bind(&digest)
+        .bind(size)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unlink_blob_once(&self, repository: &str, digest: &Digest) -> StorageResult<bool> {
+        let digest = digest.to_string();
+        let mut tx = self.pool.begin().await?;
+        lock_repository(&mut tx, repository).await?;
+        lock_blobs(&mut tx, std::slice::from_ref(&digest), false).await?;
+        let deleted = sqlx::query("DELETE FROM blob_links WHERE repository = $1 AND digest = $2")
+            .bind(repository)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StorageError::NotFound(format!(
+                "blob {digest} in repository {repository}"
+            )));
+        }
+        // Under the exclusive digest lock: every transaction adding a reference to this
+        // digest has committed (and is visible to this statement) or has not started.
+        let still = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS(SELECT 1 FROM blob_links WHERE digest = $1)
+                 OR EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = $1)",
+        )
+        .bind(&digest)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(still)
+    }
+
+    async fn delete_manifest_once(&self, repository: &str, digest: &Digest) -> StorageResult<()> {
+        let digest = digest.to_string();
+        let mut tx = self.pool.begin().await?;
+        lock_repository(&mut tx, repository).await?;
+        // Tags, blob references and children go by cascade.
+        let deleted = sqlx::query("DELETE FROM manifests WHERE repository = $1 AND digest = $2")
+            .bind(repository)
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            // Dropping `tx` rolls back.
+            return Err(StorageError::NotFound(format!(
+                "manifest {digest} in repository {repository}"
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_tag_once(&self, repository: &str, tag: &str) -> StorageResult<()> {
+        let deleted = sqlx::query("DELETE FROM tags WHERE repository = $1 AND tag = $2")
+            .bind(repository)
+            .bind(tag)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StorageError::NotFound(format!(
+                "tag {tag} in repository {repository}"
+            )));
+        }
+        Ok(())
+    }
+
     /// One attempt of [`Self::put_manifest_in`].
     async fn put_manifest_once(
         &self,
@@ -475,23 +565,7 @@ impl MetadataStore for PgMetadata {
     }
 
     async fn link_blob(&self, repository: &str, digest: &Digest, size: u64) -> StorageResult<()> {
-        let size = to_i64(size)?;
-        let digest = digest.to_string();
-        let mut tx = self.pool.begin().await?;
-        lock_blobs(&mut tx, std::slice::from_ref(&digest), true).await?;
-        crate::postgres_lifecycle::refuse_tombstoned(&mut tx, &digest).await?;
-        ensure_repository(&mut tx, repository).await?;
-        sqlx::query(
-            "INSERT INTO blob_links (repository, digest, size) VALUES ($1, $2, $3)
-             ON CONFLICT (repository, digest) DO NOTHING",
-        )
-        .bind(repository)
-        .bind(&digest)
-        .bind(size)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        retrying(|| self.link_blob_once(repository, digest, size)).await
     }
 
     async fn blob_link(&self, repository: &str, digest: &Digest) -> StorageResult<Option<u64>> {
@@ -506,32 +580,7 @@ impl MetadataStore for PgMetadata {
     }
 
     async fn unlink_blob(&self, repository: &str, digest: &Digest) -> StorageResult<bool> {
-        let digest = digest.to_string();
-        let mut tx = self.pool.begin().await?;
-        lock_repository(&mut tx, repository).await?;
-        lock_blobs(&mut tx, std::slice::from_ref(&digest), false).await?;
-        let deleted = sqlx::query("DELETE FROM blob_links WHERE repository = $1 AND digest = $2")
-            .bind(repository)
-            .bind(&digest)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StorageError::NotFound(format!(
-                "blob {digest} in repository {repository}"
-            )));
-        }
-        // Under the exclusive digest lock: every transaction adding a reference to this
-        // digest has committed (and is visible to this statement) or has not started.
-        let still = sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS(SELECT 1 FROM blob_links WHERE digest = $1)
-                 OR EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = $1)",
-        )
-        .bind(&digest)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(still)
+        retrying(|| self.unlink_blob_once(repository, digest)).await
     }
 
     async fn put_manifest(&self, manifest: NewManifest) -> StorageResult<()> {
@@ -594,39 +643,11 @@ impl MetadataStore for PgMetadata {
     }
 
     async fn delete_manifest(&self, repository: &str, digest: &Digest) -> StorageResult<()> {
-        let digest = digest.to_string();
-        let mut tx = self.pool.begin().await?;
-        lock_repository(&mut tx, repository).await?;
-        // Tags, blob references and children go by cascade.
-        let deleted = sqlx::query("DELETE FROM manifests WHERE repository = $1 AND digest = $2")
-            .bind(repository)
-            .bind(&digest)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            // Dropping `tx` rolls back.
-            return Err(StorageError::NotFound(format!(
-                "manifest {digest} in repository {repository}"
-            )));
-        }
-        tx.commit().await?;
-        Ok(())
+        retrying(|| self.delete_manifest_once(repository, digest)).await
     }
 
     async fn delete_tag(&self, repository: &str, tag: &str) -> StorageResult<()> {
-        let deleted = sqlx::query("DELETE FROM tags WHERE repository = $1 AND tag = $2")
-            .bind(repository)
-            .bind(tag)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(StorageError::NotFound(format!(
-                "tag {tag} in repository {repository}"
-            )));
-        }
-        Ok(())
+        retrying(|| self.delete_tag_once(repository, tag)).await
     }
 
     async fn list_tags(
