@@ -216,10 +216,15 @@ async fn two_replicas_share_one_postgres_and_one_bucket() {
     let b = Replica::start_env(data_b.path(), &["--database-url", &url], &env);
     let (ca, cb) = (a.client(), b.client());
 
-    // Both ready; metrics served.
+    // Both ready: the database, the bucket and the data directory's free space checked.
     for (r, c) in [(&a, &ca), (&b, &cb)] {
         let resp = c.get(format!("{}/readyz", r.url())).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        assert_eq!(resp.status(), 200);
+        let ready: serde_json::Value = resp.json().await.unwrap();
+        for check in ["database", "bucket", "storage"] {
+            assert_eq!(ready["checks"][check]["ok"], true, "{check}: {ready}");
+        }
+        assert!(ready["checks"]["storage"]["free_bytes"].is_u64(), "{ready}");
     }
 
     // skopeo pushes a multi-layer image through A and copies it back out through B.
