@@ -1278,6 +1278,30 @@ mod tests {
         assert_eq!(kept + tombstoned, 60);
     }
 
+    /// One GC cycle at a time across replicas: a second lease waits for the first.
+    #[tokio::test]
+    async fn gc_leases_exclude_each_other_across_pools() {
+        use crate::lifecycle::LifecycleStore;
+        let url = PgCluster::shared().database().await;
+        let a = PgMetadata::open(&PgOptions::new(url.clone()))
+            .await
+            .expect("a");
+        let b = PgMetadata::open(&PgOptions::new(url)).await.expect("b");
+        let lease = a.exclusive_gc().await.expect("first lease");
+        let waiting = tokio::spawn(async move { b.exclusive_gc().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a second cycle started during the first"
+        );
+        drop(lease);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the second lease follows the first")
+            .expect("task")
+            .expect("second lease");
+    }
+
     fn pushed_manifest(i: usize) -> NewManifest {
         let content = format!("{{\"move\":{i}}}");
         NewManifest {

@@ -899,6 +899,11 @@ impl LifecycleStore for PgMetadata {
         // A connection of its own (detached from the pool), so the session lock lives
         // exactly as long as the lease.
         let mut conn = self.pool.acquire().await?.detach();
+        // Wait as long as another replica's cycle runs (like the in-process mutex), not
+        // just the pool's statement timeout.
+        sqlx::query("SET statement_timeout = 0")
+            .execute(&mut conn)
+            .await?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(gc_lock_key())
             .execute(&mut conn)
