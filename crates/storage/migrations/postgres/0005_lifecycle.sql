@@ -74,11 +74,12 @@ CREATE TABLE gc_runs (
     detail             TEXT NOT NULL
 );
 
--- Record (or refresh) a candidate.
+-- Record (or refresh) a candidate. clock_timestamp(), not now(): a transaction that
+-- waited for a lock logs the time of its change, so the grace period is not shortened.
 CREATE FUNCTION berth_gc_touch(k TEXT, repo TEXT, d TEXT) RETURNS VOID
 LANGUAGE sql AS $$
     INSERT INTO gc_candidates (kind, repository, digest, since)
-    VALUES (k, repo, d, floor(extract(epoch FROM now()))::BIGINT)
+    VALUES (k, repo, d, floor(extract(epoch FROM clock_timestamp()))::BIGINT)
     ON CONFLICT (kind, repository, digest) DO UPDATE SET since = excluded.since;
 $$;
 
@@ -211,10 +212,10 @@ INSERT INTO project_usage (project, bytes)
         SELECT split_part(repository, '/', 1) AS project, size AS bytes FROM manifests) AS u
     GROUP BY project;
 INSERT INTO gc_candidates (kind, repository, digest, since)
-    SELECT 'm', m.repository, m.digest, floor(extract(epoch FROM now()))::BIGINT
+    SELECT 'm', m.repository, m.digest, floor(extract(epoch FROM clock_timestamp()))::BIGINT
     FROM manifests m
     WHERE NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository AND t.digest = m.digest);
 INSERT INTO gc_candidates (kind, repository, digest, since)
-    SELECT 'b', '', b.digest, floor(extract(epoch FROM now()))::BIGINT FROM blob_links b
+    SELECT 'b', '', b.digest, floor(extract(epoch FROM clock_timestamp()))::BIGINT FROM blob_links b
     WHERE NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest)
     GROUP BY b.digest;
