@@ -18,6 +18,9 @@
 //!   A manifest whose blob is linked nowhere once those locks are held (it was unlinked
 //!   after the server checked it) is refused with [`StorageError::BlobUnknown`].
 //! - Reads are single statements at READ COMMITTED (a manifest GET is one round trip).
+//! - The storage lifecycle (GC change log, tombstones, pins, quotas) is in
+//!   [`crate::postgres_lifecycle`], on the same locks; a write that loses a deadlock
+//!   against another is run again ([`retrying`]).
 
 use std::str::FromStr;
 use std::time::Duration;
