@@ -327,38 +327,36 @@ async fn push(url: &str, creds: &str, n: usize, prefix: &str) -> Result<(), Stri
         .unwrap();
         let started = Instant::now();
         for b in [&config, &layer] {
-            let r = auth(http.post(format!(
-                "{url}/v2/{repo}/blobs/uploads/?digest={}",
-                Digest::sha256(b)
-            )))
-            .header("content-type", "application/octet-stream")
-            .body(b.clone())
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            // POST, then PUT with the bytes, as docker and skopeo do, for both servers
+            // (Distribution 2.8 ignores a monolithic POST's body and then closes the
+            // connection it left unread).
+            let r = auth(http.post(format!("{url}/v2/{repo}/blobs/uploads/")))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status().as_u16() != 202 {
+                return Err(format!("blob POST: {}", r.status()));
+            }
+            let location = r
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .ok_or("upload refused: no Location")?
+                .to_owned();
+            let location = if location.starts_with("http") {
+                location
+            } else {
+                format!("{url}{location}")
+            };
+            let sep = if location.contains('?') { '&' } else { '?' };
+            let r = auth(http.put(format!("{location}{sep}digest={}", Digest::sha256(b))))
+                .header("content-type", "application/octet-stream")
+                .body(b.clone())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             if r.status().as_u16() != 201 {
-                // Distribution 2.8 does not take a monolithic POST: POST, then PUT.
-                let location = r
-                    .headers()
-                    .get("location")
-                    .and_then(|l| l.to_str().ok())
-                    .ok_or("upload refused")?
-                    .to_owned();
-                let location = if location.starts_with("http") {
-                    location
-                } else {
-                    format!("{url}{location}")
-                };
-                let sep = if location.contains('?') { '&' } else { '?' };
-                let r = auth(http.put(format!("{location}{sep}digest={}", Digest::sha256(b))))
-                    .header("content-type", "application/octet-stream")
-                    .body(b.clone())
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if r.status().as_u16() != 201 {
-                    return Err(format!("blob PUT: {}", r.status()));
-                }
+                return Err(format!("blob PUT: {}", r.status()));
             }
         }
         let r = auth(http.put(format!("{url}/v2/{repo}/manifests/{prefix}{i}")))
