@@ -28,6 +28,8 @@ use crate::error::{ApiError, ApiResult};
 /// request pay for Argon2 at most once a second. Changes made through this server clear it
 /// at once; changes by the CLI on the data directory apply within this time.
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Password verifications that may run at once for different credentials.
+const LOGIN_FLIGHT_STRIPES: usize = 16;
 /// How long a project's visibility is remembered. Changes made through this server apply
 /// at once (its caches are cleared); changes by `berth project` on the data directory
 /// apply within this time.
@@ -78,6 +80,11 @@ pub struct Auth {
     roles: TtlCache<(String, String), Option<Role>>,
     subjects: TtlCache<String, Principal>,
     verified: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
+    /// One password verification at a time per credentials (by stripe): when a remembered
+    /// login expires under load, the other requests with the same credentials wait for the
+    /// one Argon2 run and then find it remembered, instead of all hashing at once (which on
+    /// a busy machine took longer than the 1 s the login is remembered, so none ever hit).
+    login_flights: [tokio::sync::Mutex<()>; LOGIN_FLIGHT_STRIPES],
     /// Failed-login counters shared with the other replicas (PostgreSQL); when set, they
     /// replace `limiter`'s in-memory ones (same limits).
     shared_limits: Option<berth_storage::postgres::PgMetadata>,
@@ -143,6 +150,7 @@ impl Auth {
             roles: TtlCache::new(VISIBILITY_TTL),
             subjects: TtlCache::new(VISIBILITY_TTL),
             verified: Mutex::new(HashMap::new()),
+            login_flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             shared_limits: None,
         }
     }
@@ -369,6 +377,11 @@ impl Auth {
                     HeaderValue::from_str(&t.retry_after_secs().to_string()).unwrap(),
                 ),
             );
+        }
+        let stripe = usize::from(cache_key[0]) % LOGIN_FLIGHT_STRIPES;
+        let _flight = self.login_flights[stripe].lock().await;
+        if let Some(p) = self.logins.get(&cache_key) {
+            return Ok(p);
         }
         let principal = self.check_password(username, password).await?;
         let Some(principal) = principal else {
