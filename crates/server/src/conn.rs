@@ -9,8 +9,9 @@
 //! - Time: the TLS handshake (`tls_handshake_timeout_secs`); the request head
 //!   (`header_timeout_secs`: hyper's HTTP/1.1 header timeout, which also bounds an idle
 //!   keep-alive connection; an HTTP/2 connection with no request in flight must complete
-//!   a request head within that time of its last request, so a header block trickled in
-//!   `CONTINUATION` frames, or pings alone, cannot hold it open);
+//!   a request head within that time of its last request, so a HEADERS frame trickled byte
+//!   by byte, or pings alone, cannot hold it open — h2 itself cuts a head split into too
+//!   many `CONTINUATION` frames);
 //!   request bodies (`body_idle_timeout_secs`, see [`crate::body`]); a connection without
 //!   any byte read or written (`idle_timeout_secs`).
 //! - Plain HTTP sent to the HTTPS port (the first byte is an ASCII letter, not a TLS
