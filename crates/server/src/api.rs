@@ -676,6 +676,7 @@ mod tests {
             refusals: Default::default(),
             space: crate::limits::DiskSpace::new(dir.path().to_owned(), Default::default()),
             ops: Default::default(),
+            proxy: Arc::new(crate::proxy::Proxy::new(dir.path().join("proxy"))),
         };
         (state, dir)
     }

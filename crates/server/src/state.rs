@@ -27,6 +27,8 @@ pub struct AppState {
     pub refusals: Arc<Refusals>,
     /// Free space and reserve of the data directory's filesystem.
     pub space: DiskSpace,
+    /// Proxy-cache projects: upstream lookups, pending manifests, blob fetches in flight.
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 /// Where the certificate this server presents came from.
