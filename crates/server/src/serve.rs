@@ -176,6 +176,11 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         refusals: Default::default(),
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
         proxy: Arc::new(crate::proxy::Proxy::new(config.data.join("proxy"))),
+        remotes: Arc::new(crate::remotes::Remotes::new(
+            stores.remotes.clone(),
+            crate::remotes::Sealer::load_or_create(&config.secret_key_file())
+                .map_err(ServeError::Auth)?,
+        )),
     })
 }
 
@@ -322,6 +327,8 @@ pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     /// Garbage collection, quotas, retention (same database as `meta`).
     pub lifecycle: Arc<dyn LifecycleStore>,
+    /// Remote registries and proxy projects (same database as `meta`).
+    pub remotes: Arc<dyn berth_storage::RemoteStore>,
     pub key: SigningKey,
     /// Set when the stores are in PostgreSQL (shared by replicas).
     pub postgres: Option<PgMetadata>,
@@ -399,6 +406,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
             meta: Arc::new(pg.clone()),
             accounts: Arc::new(pg.clone()),
             lifecycle: Arc::new(pg.clone()),
+            remotes: Arc::new(pg.clone()),
             key,
             postgres: Some(pg),
             sqlite: None,
@@ -420,6 +428,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
         meta: Arc::new(meta.clone()),
         accounts: Arc::new(meta.clone()),
         lifecycle: Arc::new(meta.clone()),
+        remotes: Arc::new(meta.clone()),
         key,
         postgres: None,
         sqlite: Some(meta),

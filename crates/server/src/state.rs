@@ -29,6 +29,8 @@ pub struct AppState {
     pub space: DiskSpace,
     /// Proxy-cache projects: upstream lookups, pending manifests, blob fetches in flight.
     pub proxy: Arc<crate::proxy::Proxy>,
+    /// Remote registries (proxy-cache upstreams, replication peers) and their clients.
+    pub remotes: Arc<crate::remotes::Remotes>,
 }
 
 /// Where the certificate this server presents came from.

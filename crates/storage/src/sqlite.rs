@@ -247,6 +247,9 @@ async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
         .execute(pool)
         .await?;
     crate::sqlite_lifecycle::migrate(pool).await?;
+    sqlx::raw_sql(crate::sqlite_remotes::SCHEMA)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -933,6 +936,12 @@ mod tests {
             .await
             .expect("in-memory database");
         conformance::account_repository_suite(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn remote_store_suite_in_memory() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        crate::conformance_remotes::remote_store_suite(&store).await;
     }
 
     #[tokio::test]
