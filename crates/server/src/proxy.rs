@@ -33,14 +33,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use berth_client::{ClientError, Descriptor, DownloadObserver, ImageRef};
 use berth_proto::error::ErrorCode;
 use berth_proto::manifest::parse_manifest;
 use berth_proto::name::Reference;
 use berth_proto::range::parse_range;
-use berth_proto::{Algorithm, Digest};
+use berth_proto::Digest;
 use berth_storage::{NewManifest, StorageError, UploadSession};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -193,10 +193,24 @@ async fn bounded<T>(
 }
 
 impl Proxy {
-    /// An engine staging downloads in `staging` (emptied: a previous run's partial
-    /// downloads are useless).
+    /// An engine staging downloads in `staging`. Files a previous run left there more than
+    /// a day ago are removed (a running server's own are younger: a CLI command opening
+    /// the same data directory must not remove them).
     pub fn new(staging: PathBuf) -> Proxy {
-        let _ = std::fs::remove_dir_all(&staging);
+        if let Ok(entries) = std::fs::read_dir(&staging) {
+            let day = Duration::from_secs(24 * 3600);
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > day);
+                if old {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Proxy {
             staging,
             projects: Mutex::default(),
@@ -671,6 +685,10 @@ pub(crate) async fn blob(ctx: &Ctx, name: &str, digest: &str) -> ApiResult<Optio
             if ctx.is_head() {
                 return Ok(Some(blob_head(&digest, size)));
             }
+            // A fetch may have finished while the upstream answered.
+            if state.meta.blob_link(name, &digest).await?.is_some() {
+                return Ok(None);
+            }
             start_fetch(state, &up, name, &digest, size)?
         }
     };
@@ -983,6 +1001,41 @@ pub(crate) async fn refuse_writes(state: &AppState, repository: &str) -> ApiResu
             ),
         ));
     }
+    Ok(())
+}
+
+/// Create project `name` as a proxy cache of the registered registry `registry` (system
+/// administrators only; the registry must exist). The project is removed again if it
+/// cannot be tied to the registry.
+pub async fn create_proxy_project(
+    auth: &crate::auth::Auth,
+    remotes: &crate::remotes::Remotes,
+    caller: &crate::auth::Caller,
+    name: &str,
+    public: bool,
+    description: &str,
+    registry: &str,
+) -> ApiResult<()> {
+    if !caller.principal.is_system_admin() {
+        return Err(ApiError::new(
+            ErrorCode::Denied,
+            "only system administrators may create proxy-cache projects",
+        ));
+    }
+    remotes.get(registry).await?;
+    crate::admin::create_project(auth, caller, name, public, description).await?;
+    if let Err(e) = remotes.store.set_project_proxy(name, Some(registry)).await {
+        let _ = auth.accounts.delete_project(name).await;
+        return Err(e.into());
+    }
+    auth.audit(
+        &caller.actor(),
+        "project.proxy",
+        &format!("project:{name}"),
+        caller.addr,
+        &format!("proxy cache of registry {registry}"),
+    )
+    .await;
     Ok(())
 }
 
