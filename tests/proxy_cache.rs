@@ -209,7 +209,12 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The digest Berth serves for `repo:reference` (anonymous `GET`).
-fn served_digest(rt: &tokio::runtime::Runtime, berth: &Berth, repo: &str, reference: &str) -> String {
+fn served_digest(
+    rt: &tokio::runtime::Runtime,
+    berth: &Berth,
+    repo: &str,
+    reference: &str,
+) -> String {
     rt.block_on(async {
         let resp = berth
             .anon_client()
@@ -269,7 +274,12 @@ fn mirror_hosts_dir(berth: &Berth, dist: &Distribution, under: &Path) -> PathBuf
             .arg(under.join("docker.d"))
             .arg("--containerd-dir")
             .arg(&dir)
-            .args(["--mirror-of", &format!("https://{}", dist.host), "--project", "hub"]),
+            .args([
+                "--mirror-of",
+                &format!("https://{}", dist.host),
+                "--project",
+                "hub",
+            ]),
         Duration::from_secs(30),
     )
     .ok();
@@ -328,7 +338,11 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "add registry: {}", r.text().await.unwrap());
+        assert!(
+            r.status().is_success(),
+            "add registry: {}",
+            r.text().await.unwrap()
+        );
         let r = admin
             .post(format!("{}/api/v1/projects", berth.url()))
             .json(&serde_json::json!({"name": "hub", "public": true, "proxy": "up"}))
@@ -364,14 +378,22 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
         Duration::from_secs(60),
     )
     .ok();
-    assert!(out.stdout.contains("proxy cache of registry up"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("proxy cache of registry up"),
+        "{}",
+        out.stdout
+    );
     let out = run_cmd(
         Command::new(berth_bin())
             .args(["project", "create", "hub3", "--proxy", "nowhere", "--data"])
             .arg(berth.data.path()),
         Duration::from_secs(60),
     );
-    assert!(!out.success() && out.stderr.contains("nowhere"), "{}", out.stderr);
+    assert!(
+        !out.success() && out.stderr.contains("nowhere"),
+        "{}",
+        out.stderr
+    );
 
     // Two concurrent cold pulls of one image: one upstream GET per blob.
     let twin_dirs = [tmp.path().join("twin-a"), tmp.path().join("twin-b")];
@@ -384,12 +406,25 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
             h.join().unwrap().ok();
         }
     });
-    for d in &twin_dirs {
-        let got = std::fs::read(d.join(&sha256_digest(&twin_layer)[7..])).unwrap();
-        assert!(got == twin_layer, "the layer skopeo got through the proxy differs");
-    }
+    // The layer as the upstream stores it (skopeo compresses it on the way): the largest
+    // file of skopeo's dir: copy, named by its digest.
+    let largest = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max_by_key(|f| std::fs::metadata(f).unwrap().len())
+            .unwrap()
+    };
+    let twin_file = largest(&twin_dirs[0]);
+    let twin_bytes = std::fs::read(&twin_file).unwrap();
+    let twin_digest = sha256_digest(&twin_bytes);
     assert_eq!(
-        dist.blob_gets("library/twin", &sha256_digest(&twin_layer)),
+        &twin_digest[7..],
+        twin_file.file_name().unwrap().to_str().unwrap()
+    );
+    assert!(std::fs::read(largest(&twin_dirs[1])).unwrap() == twin_bytes);
+    assert_eq!(
+        dist.blob_gets("library/twin", &twin_digest),
         1,
         "upstream access log:\n{}",
         dist.access_log()
@@ -414,11 +449,18 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
     let upstream_ref = format!("{}/library/img:v1", dist.host);
     ctr_pull(&ctd, &hosts, &upstream_ref).ok();
     for l in img.layer_digests() {
-        assert_eq!(dist.blob_gets("library/img", &l), 1, "layer {l} fetched more than once");
+        assert_eq!(
+            dist.blob_gets("library/img", &l),
+            1,
+            "layer {l} fetched more than once"
+        );
     }
 
     // A tag moved upstream is seen once the revalidation window has passed.
-    assert_eq!(served_digest(&rt, &berth, "hub/library/img", "latest"), img.manifest_digest());
+    assert_eq!(
+        served_digest(&rt, &berth, "hub/library/img", "latest"),
+        img.manifest_digest()
+    );
     let multi = fixtures::multi_arch_layout(&tmp.path().join("multi"), "latest");
     skopeo(&[
         "copy",
@@ -432,11 +474,25 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
     ])
     .ok();
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(served_digest(&rt, &berth, "hub/library/img", "latest"), multi.manifest_digest());
+    assert_eq!(
+        served_digest(&rt, &berth, "hub/library/img", "latest"),
+        multi.manifest_digest()
+    );
 
     // Corrupt bytes upstream: the client never gets the whole blob, and nothing is kept.
-    let bad_digest = sha256_digest(&bad_layer);
-    let mut wrong = bad_layer.clone();
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        &p(&dist.cert_dir()),
+        "--creds",
+        &format!("{USER}:{PASSWORD}"),
+        &format!("docker://{}/library/bad:v1", dist.host),
+    ])
+    .ok();
+    let manifest: serde_json::Value = serde_json::from_str(&raw.stdout).unwrap();
+    let bad_digest = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let mut wrong = std::fs::read(dist.blob_file(&bad_digest)).unwrap();
     wrong[1000] ^= 0xff;
     std::fs::write(dist.blob_file(&bad_digest), &wrong).unwrap();
     rt.block_on(async {
@@ -444,7 +500,10 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
             let got = async {
                 let r = berth
                     .anon_client()
-                    .get(format!("{}/v2/hub/library/bad/blobs/{bad_digest}", berth.url()))
+                    .get(format!(
+                        "{}/v2/hub/library/bad/blobs/{bad_digest}",
+                        berth.url()
+                    ))
                     .send()
                     .await?;
                 r.error_for_status()?.bytes().await
@@ -459,7 +518,11 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
         .join("blobs/sha256")
         .join(&bad_digest[7..9])
         .join(&bad_digest[7..]);
-    assert!(!kept.exists(), "a corrupt blob was stored at {}", kept.display());
+    assert!(
+        !kept.exists(),
+        "a corrupt blob was stored at {}",
+        kept.display()
+    );
 
     // The upstream goes away: the same pulls are served from the cache (after the tag's
     // revalidation window, so the proxy does try the upstream first).
@@ -471,5 +534,8 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
     podman_pull();
     ctd.ctr(&["images", "rm", &upstream_ref]).ok();
     ctr_pull(&ctd, &hosts, &upstream_ref).ok();
-    assert_eq!(served_digest(&rt, &berth, "hub/library/img", "latest"), multi.manifest_digest());
+    assert_eq!(
+        served_digest(&rt, &berth, "hub/library/img", "latest"),
+        multi.manifest_digest()
+    );
 }

@@ -36,11 +36,11 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use berth_client::{ClientError, Descriptor, DownloadObserver, ImageRef};
+use berth_proto::Digest;
 use berth_proto::error::ErrorCode;
 use berth_proto::manifest::parse_manifest;
 use berth_proto::name::Reference;
 use berth_proto::range::parse_range;
-use berth_proto::Digest;
 use berth_storage::{NewManifest, StorageError, UploadSession};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -258,10 +258,11 @@ impl Proxy {
                 Some(Upstream { registry, remote })
             }
         };
-        self.projects
-            .lock()
-            .unwrap()
-            .insert(project.to_owned(), (Instant::now(), up.clone()));
+        let mut projects = self.projects.lock().unwrap();
+        if projects.len() > 10_000 {
+            projects.retain(|_, (at, _)| at.elapsed() < PROJECT_TTL);
+        }
+        projects.insert(project.to_owned(), (Instant::now(), up.clone()));
         Ok(up)
     }
 
@@ -319,7 +320,8 @@ impl Proxy {
             if let Some(m) = p.manifests.remove(&oldest) {
                 p.bytes -= m.content.len();
             }
-            p.tags.retain(|(r, _), d| !(r == &oldest.0 && d == &oldest.1));
+            p.tags
+                .retain(|(r, _), d| !(r == &oldest.0 && d == &oldest.1));
         }
     }
 
@@ -338,6 +340,11 @@ impl Proxy {
             .filter(|((r, _), _)| r == name)
             .map(|((_, d), m)| (d.clone(), m.clone()))
             .collect()
+    }
+
+    fn pending_tag(&self, name: &str, tag: &str) -> Option<Digest> {
+        let p = self.pending.lock().unwrap();
+        p.tags.get(&(name.to_owned(), tag.to_owned())).cloned()
     }
 
     fn forget_tag(&self, name: &str, tag: &str) {
@@ -380,7 +387,11 @@ async fn local_by_tag(state: &AppState, name: &str, tag: &str) -> ApiResult<Opti
         }))
 }
 
-async fn local_by_digest(state: &AppState, name: &str, digest: &Digest) -> ApiResult<Option<Served>> {
+async fn local_by_digest(
+    state: &AppState,
+    name: &str,
+    digest: &Digest,
+) -> ApiResult<Option<Served>> {
     if let Some(r) = state.meta.manifest_by_digest(name, digest).await? {
         return Ok(Some(Served {
             digest: r.digest,
@@ -394,7 +405,11 @@ async fn local_by_digest(state: &AppState, name: &str, digest: &Digest) -> ApiRe
 
 /// `GET`/`HEAD` of a manifest in a proxy project; `None` when `name` is not in one (the
 /// ordinary handler answers).
-pub(crate) async fn manifest(ctx: &Ctx, name: &str, reference: &str) -> ApiResult<Option<Response>> {
+pub(crate) async fn manifest(
+    ctx: &Ctx,
+    name: &str,
+    reference: &str,
+) -> ApiResult<Option<Response>> {
     let state = &ctx.state;
     let project = berth_auth::project_of(name);
     let Some(up) = state.proxy.upstream(state, project).await? else {
@@ -430,7 +445,11 @@ async fn revalidate(state: &AppState, up: &Upstream, name: &str, tag: &str) -> A
     }
     let image = state.proxy.image(up, name, tag)?;
     let reference = image.reference();
-    let head = bounded(&format!("HEAD {image}"), up.remote.client.head_manifest(&image, &reference)).await;
+    let head = bounded(
+        &format!("HEAD {image}"),
+        up.remote.client.head_manifest(&image, &reference),
+    )
+    .await;
     match head {
         Ok(Some(desc)) => {
             state.proxy.mark_fresh(name, tag);
@@ -441,7 +460,16 @@ async fn revalidate(state: &AppState, up: &Upstream, name: &str, tag: &str) -> A
             }
             // The tag moved (or was never cached): the new digest may be here already.
             if let Some(s) = local_by_digest(state, name, &desc.digest).await? {
-                store_manifest(state, up, name, &s.digest, &s.media_type, s.content.clone(), Some(tag)).await?;
+                store_manifest(
+                    state,
+                    up,
+                    name,
+                    &s.digest,
+                    &s.media_type,
+                    s.content.clone(),
+                    Some(tag),
+                )
+                .await?;
                 return Ok(s);
             }
             fetch_manifest(state, up, name, &desc.digest, Some(tag)).await
@@ -486,7 +514,9 @@ async fn fetch_manifest(
     let image = state.proxy.image(up, name, &digest.to_string())?;
     let fetched = bounded(
         &format!("GET {image}"),
-        up.remote.client.get_manifest(&image, &Reference::Digest(digest.clone())),
+        up.remote
+            .client
+            .get_manifest(&image, &Reference::Digest(digest.clone())),
     )
     .await;
     let m = match fetched {
@@ -494,7 +524,10 @@ async fn fetch_manifest(
         Err(e) if e.is_not_found() => {
             return Err(ApiError::new(
                 ErrorCode::ManifestUnknown,
-                format!("manifest {digest} is not in {image} on the upstream registry {}", up.registry),
+                format!(
+                    "manifest {digest} is not in {image} on the upstream registry {}",
+                    up.registry
+                ),
             ));
         }
         Err(e) => return Err(unreachable(up, &format!("{name}@{digest}"), &e)),
@@ -523,16 +556,26 @@ async fn store_manifest(
     let parsed = parse_manifest(Some(media_type), &content).map_err(|e| {
         ApiError::new(
             ErrorCode::ManifestInvalid,
-            format!("manifest {digest} from the upstream registry {} is invalid: {e}", up.registry),
+            format!(
+                "manifest {digest} from the upstream registry {} is invalid: {e}",
+                up.registry
+            ),
         )
         .with_status(StatusCode::BAD_GATEWAY)
     })?;
     if Digest::of(digest.algorithm(), &content) != *digest {
         return Err(ApiError::new(
             ErrorCode::DigestInvalid,
-            format!("manifest from the upstream registry {} does not match {digest}", up.registry),
+            format!(
+                "manifest from the upstream registry {} does not match {digest}",
+                up.registry
+            ),
         )
         .with_status(StatusCode::BAD_GATEWAY));
+    }
+    // This assignment of the tag supersedes any pending one.
+    if let Some(t) = tag {
+        state.proxy.forget_tag(name, t);
     }
     let pending = PendingManifest {
         media_type: parsed.media_type.clone(),
@@ -549,7 +592,8 @@ async fn store_manifest(
     // Fetch what the manifest still lacks (clients asking for the same blobs share these
     // downloads), then store it.
     if !pending.blobs.is_empty() {
-        let (state, up, name, digest) = (state.clone(), up.clone(), name.to_owned(), digest.clone());
+        let (state, up, name, digest) =
+            (state.clone(), up.clone(), name.to_owned(), digest.clone());
         tokio::spawn(async move {
             for blob in &pending.blobs {
                 if let Err(e) = ensure_blob(&state, &up, &name, blob).await {
@@ -584,8 +628,15 @@ async fn commit_if_complete(
     }
     let parsed = parse_manifest(Some(&m.media_type), &m.content)
         .map_err(|e| ApiError::new(ErrorCode::ManifestInvalid, e.to_string()))?;
+    // A tag that moved on to another digest while this one was pending stays there.
+    let tag = m.tag.clone().filter(|t| {
+        state
+            .proxy
+            .pending_tag(name, t)
+            .is_none_or(|d| d == *digest)
+    });
     let lifecycle = &state.lifecycle;
-    let limits = lifecycle.push_limits(name, m.tag.as_deref()).await?;
+    let limits = lifecycle.push_limits(name, tag.as_deref()).await?;
     let stored = lifecycle
         .store
         .put_manifest_checked(
@@ -594,7 +645,7 @@ async fn commit_if_complete(
                 digest: digest.clone(),
                 media_type: parsed.media_type,
                 content: m.content.to_vec(),
-                tag: m.tag.clone(),
+                tag,
                 blobs: parsed.blobs,
                 children: parsed.children,
                 subject: parsed.subject,
@@ -695,8 +746,11 @@ pub(crate) async fn blob(ctx: &Ctx, name: &str, digest: &str) -> ApiResult<Optio
     let size = fetch.size;
     let range = match ctx.header("range") {
         Some(h) => Some(parse_range(h, size).map_err(|e| {
-            ApiError::new(ErrorCode::RangeInvalid, format!("{e}; the blob has {size} bytes"))
-                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+            ApiError::new(
+                ErrorCode::RangeInvalid,
+                format!("{e}; the blob has {size} bytes"),
+            )
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
         })?),
         None => None,
     };
@@ -741,18 +795,29 @@ async fn upstream_size(
     digest: &Digest,
 ) -> ApiResult<Option<u64>> {
     let image = state.proxy.image(up, name, &digest.to_string())?;
-    let size = match bounded(&format!("HEAD blob {digest}"), up.remote.client.blob_size(&image, digest)).await {
+    let size = match bounded(
+        &format!("HEAD blob {digest}"),
+        up.remote.client.blob_size(&image, digest),
+    )
+    .await
+    {
         Ok(Some(size)) => size,
         Ok(None) => {
             return Err(ApiError::new(
                 ErrorCode::BlobUnknown,
-                format!("blob {digest} is not in {image} on the upstream registry {}", up.registry),
+                format!(
+                    "blob {digest} is not in {image} on the upstream registry {}",
+                    up.registry
+                ),
             ));
         }
         Err(e) if e.is_not_found() => {
             return Err(ApiError::new(
                 ErrorCode::BlobUnknown,
-                format!("blob {digest} is not in {image} on the upstream registry {}: {e}", up.registry),
+                format!(
+                    "blob {digest} is not in {image} on the upstream registry {}: {e}",
+                    up.registry
+                ),
             ));
         }
         Err(e) => return Err(unreachable(up, &format!("blob {digest} of {name}"), &e)),
@@ -782,7 +847,12 @@ async fn upstream_size(
 }
 
 /// Make sure `name` links `digest`, fetching it (or joining a fetch) when needed, and wait.
-async fn ensure_blob(state: &AppState, up: &Upstream, name: &str, digest: &Digest) -> ApiResult<()> {
+async fn ensure_blob(
+    state: &AppState,
+    up: &Upstream,
+    name: &str,
+    digest: &Digest,
+) -> ApiResult<()> {
     if state.meta.blob_link(name, digest).await?.is_some() {
         return Ok(());
     }
@@ -814,7 +884,13 @@ async fn ensure_blob(state: &AppState, up: &Upstream, name: &str, digest: &Diges
         if state.meta.blob_link(name, digest).await?.is_some() {
             return Ok(());
         }
-        if !state.proxy.fetches.lock().unwrap().contains_key(&(name.to_owned(), digest.clone())) {
+        if !state
+            .proxy
+            .fetches
+            .lock()
+            .unwrap()
+            .contains_key(&(name.to_owned(), digest.clone()))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -831,6 +907,7 @@ fn start_fetch(
     size: u64,
 ) -> ApiResult<Arc<Fetch>> {
     let key = (name.to_owned(), digest.clone());
+    let image = state.proxy.image(up, name, &digest.to_string())?;
     let mut fetches = state.proxy.fetches.lock().unwrap();
     if let Some(f) = fetches.get(&key) {
         return Ok(f.clone());
@@ -861,8 +938,13 @@ fn start_fetch(
     });
     fetches.insert(key.clone(), fetch.clone());
     drop(fetches);
-    let image = state.proxy.image(up, name, &digest.to_string())?;
-    let (state, up, name, digest, f) = (state.clone(), up.clone(), name.to_owned(), digest.clone(), fetch.clone());
+    let (state, up, name, digest, f) = (
+        state.clone(),
+        up.clone(),
+        name.to_owned(),
+        digest.clone(),
+        fetch.clone(),
+    );
     // Detached from any client: a puller that goes away does not stop the others' fetch.
     tokio::spawn(async move {
         let desc = Descriptor::new("application/octet-stream", digest.clone(), size);
@@ -895,7 +977,12 @@ fn start_fetch(
             }
         }
         let _ = tokio::fs::remove_file(&path).await;
-        state.proxy.fetches.lock().unwrap().remove(&(name.clone(), digest.clone()));
+        state
+            .proxy
+            .fetches
+            .lock()
+            .unwrap()
+            .remove(&(name.clone(), digest.clone()));
         commit_pending(&state, &name).await;
     });
     Ok(fetch)
@@ -903,7 +990,13 @@ fn start_fetch(
 
 /// Store a verified staging file as blob `digest` of `name` through an ordinary upload
 /// session: quota, upload pin, the store's own digest check, then the link.
-async fn keep_blob(state: &AppState, name: &str, digest: &Digest, path: &Path, size: u64) -> ApiResult<()> {
+async fn keep_blob(
+    state: &AppState,
+    name: &str,
+    digest: &Digest,
+    path: &Path,
+    size: u64,
+) -> ApiResult<()> {
     let id = state.blobs.start_upload().await?;
     state
         .meta
@@ -915,13 +1008,19 @@ async fn keep_blob(state: &AppState, name: &str, digest: &Digest, path: &Path, s
         })
         .await?;
     let result = async {
-        let file = tokio::fs::File::open(path).await.map_err(StorageError::Io)?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK).map_err(io::Error::other);
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(StorageError::Io)?;
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK).map_err(io::Error::other);
         state
             .blobs
             .append(&id, Some(0), Box::pin(stream), state.limits.max_blob_bytes)
             .await?;
-        state.lifecycle.before_commit(name, &id, digest, size).await?;
+        state
+            .lifecycle
+            .before_commit(name, &id, digest, size)
+            .await?;
         let size = state.blobs.finish_upload(&id, digest).await?;
         state.meta.link_blob(name, digest, size).await?;
         Ok::<_, StorageError>(())
@@ -979,7 +1078,9 @@ fn follow(fetch: Arc<Fetch>, start: u64, end: u64) -> Body {
             }
             if progress.changed().await.is_err() {
                 let _ = tx
-                    .send(Err(io::Error::other("the upstream fetch ended before the blob was complete")))
+                    .send(Err(io::Error::other(
+                        "the upstream fetch ended before the blob was complete",
+                    )))
                     .await;
                 return;
             }
@@ -1091,30 +1192,57 @@ mod tests {
 
     #[test]
     fn docker_hub_single_names_get_library() {
-        assert_eq!(upstream_repository("docker.io", "hub/nginx"), "library/nginx");
-        assert_eq!(upstream_repository("docker.io", "hub/library/nginx"), "library/nginx");
-        assert_eq!(upstream_repository("docker.io", "hub/bitnami/redis"), "bitnami/redis");
+        assert_eq!(
+            upstream_repository("docker.io", "hub/nginx"),
+            "library/nginx"
+        );
+        assert_eq!(
+            upstream_repository("docker.io", "hub/library/nginx"),
+            "library/nginx"
+        );
+        assert_eq!(
+            upstream_repository("docker.io", "hub/bitnami/redis"),
+            "bitnami/redis"
+        );
         assert_eq!(upstream_repository("127.0.0.1:5000", "hub/nginx"), "nginx");
         assert_eq!(upstream_repository("127.0.0.1:5000", "hub/a/b"), "a/b");
     }
 
     #[test]
     fn mirror_snippet_names_the_project_path_and_override() {
-        assert_eq!(containerd_host_dir("https://registry-1.docker.io"), "docker.io");
-        assert_eq!(containerd_server("https://registry-1.docker.io"), "https://registry-1.docker.io");
-        assert_eq!(containerd_host_dir("https://10.0.0.5:5000/"), "10.0.0.5:5000");
+        assert_eq!(
+            containerd_host_dir("https://registry-1.docker.io"),
+            "docker.io"
+        );
+        assert_eq!(
+            containerd_server("https://registry-1.docker.io"),
+            "https://registry-1.docker.io"
+        );
+        assert_eq!(
+            containerd_host_dir("https://10.0.0.5:5000/"),
+            "10.0.0.5:5000"
+        );
         let s = containerd_mirror_snippet(
             "https://registry-1.docker.io",
             "https://berth:5443",
             "hub",
             Some("/etc/containerd/certs.d/berth.crt"),
         );
-        assert!(s.starts_with("server = \"https://registry-1.docker.io\""), "{s}");
+        assert!(
+            s.starts_with("server = \"https://registry-1.docker.io\""),
+            "{s}"
+        );
         assert!(s.contains("[host.\"https://berth:5443/v2/hub\"]"), "{s}");
         assert!(s.contains("capabilities = [\"pull\", \"resolve\"]"), "{s}");
         assert!(s.contains("override_path = true"), "{s}");
-        assert!(s.contains("ca = \"/etc/containerd/certs.d/berth.crt\""), "{s}");
+        assert!(
+            s.contains("ca = \"/etc/containerd/certs.d/berth.crt\""),
+            "{s}"
+        );
         let parsed: toml::Value = toml::from_str(&s).unwrap();
-        assert_eq!(parsed["server"].as_str(), Some("https://registry-1.docker.io"));
+        assert_eq!(
+            parsed["server"].as_str(),
+            Some("https://registry-1.docker.io")
+        );
     }
 }
