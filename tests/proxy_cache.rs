@@ -538,4 +538,21 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
         served_digest(&rt, &berth, "hub/library/img", "latest"),
         multi.manifest_digest()
     );
+
+    // Cached content is ordinary local content: the project's quota usage counts it.
+    rt.block_on(async {
+        let policy: serde_json::Value = admin
+            .get(format!("{}/api/v1/projects/hub/policy", berth.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let usage = policy["usage_bytes"].as_u64().unwrap();
+        assert!(
+            usage >= twin_bytes.len() as u64 && policy["repositories"].as_u64() >= Some(2),
+            "{policy}"
+        );
+    });
 }
