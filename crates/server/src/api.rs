@@ -110,6 +110,9 @@ pub fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             post(purge_project),
         ),
     ]
+    .into_iter()
+    .chain(crate::webhooks::http::routes())
+    .collect()
 }
 
 /// The API router (merged into [`crate::app`]). Unknown paths under `/api/` answer a JSON 404.
@@ -665,6 +668,7 @@ mod tests {
             Default::default(),
             std::time::Duration::from_secs(3600),
         ));
+        let meta_for_hooks = meta.clone();
         let state = AppState {
             blobs,
             meta: Arc::new(meta),
@@ -676,6 +680,11 @@ mod tests {
             refusals: Default::default(),
             space: crate::limits::DiskSpace::new(dir.path().to_owned(), Default::default()),
             ops: Default::default(),
+            webhooks: Arc::new(crate::webhooks::Webhooks::new(
+                Arc::new(meta_for_hooks.clone()),
+                Arc::new(meta_for_hooks),
+                Default::default(),
+            )),
         };
         (state, dir)
     }
@@ -684,6 +693,7 @@ mod tests {
         path.replace("{name}", "library")
             .replace("{user}", "admin")
             .replace("{robot}", "ci")
+            .replace("{webhook}", "ci")
     }
 
     /// The router answers every documented operation (401 without credentials, from the

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub lifecycle: LifecycleConfig,
     /// Where blobs are kept (`[storage]`: the data directory, or an S3 bucket).
     pub storage: StorageConfig,
+    /// Webhook delivery: queues, timeout, retries (`[webhooks]`).
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// `[database]`: the metadata and account store.
@@ -364,6 +366,7 @@ impl Default for ServerConfig {
             metrics: MetricsConfig::default(),
             lifecycle: LifecycleConfig::default(),
             storage: StorageConfig::default(),
+            webhooks: Default::default(),
         }
     }
 }

@@ -164,6 +164,12 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
     ));
     let auth = Arc::new(auth);
     lifecycle.spawn_schedules(auth.clone());
+    let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+        stores.webhooks.clone(),
+        stores.accounts.clone(),
+        config.webhooks.clone(),
+    ));
+    webhooks.start();
     Ok(AppState {
         blobs,
         meta,
@@ -175,6 +181,7 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         lifecycle,
         refusals: Default::default(),
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
+        webhooks,
     })
 }
 
@@ -321,6 +328,8 @@ pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     /// Garbage collection, quotas, retention (same database as `meta`).
     pub lifecycle: Arc<dyn LifecycleStore>,
+    /// Webhook endpoints and their delivery log (same database as `meta`).
+    pub webhooks: Arc<dyn berth_storage::WebhookStore>,
     pub key: SigningKey,
     /// Set when the stores are in PostgreSQL (shared by replicas).
     pub postgres: Option<PgMetadata>,
@@ -398,6 +407,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
             meta: Arc::new(pg.clone()),
             accounts: Arc::new(pg.clone()),
             lifecycle: Arc::new(pg.clone()),
+            webhooks: Arc::new(pg.clone()),
             key,
             postgres: Some(pg),
             sqlite: None,
@@ -419,6 +429,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
         meta: Arc::new(meta.clone()),
         accounts: Arc::new(meta.clone()),
         lifecycle: Arc::new(meta.clone()),
+        webhooks: Arc::new(meta.clone()),
         key,
         postgres: None,
         sqlite: Some(meta),

@@ -27,6 +27,8 @@ pub struct AppState {
     pub refusals: Arc<Refusals>,
     /// Free space and reserve of the data directory's filesystem.
     pub space: DiskSpace,
+    /// Webhook endpoints per project: events published by the handlers, delivered in the background.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// Where the certificate this server presents came from.

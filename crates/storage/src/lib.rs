@@ -18,6 +18,9 @@
 //!   transactions as pushes ([`lifecycle`], for SQLite in [`sqlite_lifecycle`], for
 //!   PostgreSQL in [`postgres_lifecycle`]).
 //!
+//! - [`WebhookStore`]: webhook endpoints per project and their delivery log
+//!   ([`webhooks`]; [`sqlite_webhooks`], [`postgres_webhooks`]).
+//!
 //! Each trait comes with one conformance suite ([`conformance`]) that every backend runs.
 //!
 //! Invariants every backend keeps:
@@ -41,10 +44,13 @@ pub mod pg_fixture;
 pub mod postgres;
 pub mod postgres_accounts;
 pub mod postgres_lifecycle;
+pub mod postgres_webhooks;
 pub mod s3;
 pub mod sqlite;
 pub mod sqlite_accounts;
 pub mod sqlite_lifecycle;
+pub mod sqlite_webhooks;
+pub mod webhooks;
 
 pub use accounts::{
     AccountStore, AuditEvent, AuditFilter, ConsoleSession, Member, Project, ProjectRole,
@@ -60,3 +66,4 @@ pub use metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
     UntaggedManifest, UploadSession, Usage,
 };
+pub use webhooks::{Delivery, Webhook, WebhookAuth, WebhookEvent, WebhookFormat, WebhookStore};
