@@ -34,15 +34,15 @@ async fn start_with_database(
         &config,
         database
             + &format!(
-            "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\n\
+                "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\n\
              bucket = \"{}\"\nprefix = \"{prefix}\"\naccess_key_id = \"{}\"\n\
              secret_access_key = \"{}\"\nredirect = {redirect}\npresign_ttl_secs = 120\n",
-            garage.endpoint(),
-            garage::REGION,
-            garage::BUCKET,
-            garage::ACCESS_KEY,
-            garage::SECRET_KEY,
-        ),
+                garage.endpoint(),
+                garage::REGION,
+                garage::BUCKET,
+                garage::ACCESS_KEY,
+                garage::SECRET_KEY,
+            ),
     )
     .unwrap();
     // Garage creates its default key and bucket just after it listens; Berth refuses to
@@ -173,7 +173,9 @@ async fn bucket_outage_during_push_is_503_then_resumes() {
 /// database stays up, the bucket goes; readiness names the bucket, not the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bucket_outage_with_postgres_metadata_is_503_then_resumes() {
-    let url = berth_storage::pg_fixture::PgCluster::shared().database().await;
+    let url = berth_storage::pg_fixture::PgCluster::shared()
+        .database()
+        .await;
     bucket_outage_scenario(Some(&url)).await;
 }
 
