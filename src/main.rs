@@ -50,6 +50,8 @@ enum Command {
     Migrate(cmd::migrate::MigrateArgs),
     /// Webhooks of a project: tell CI or chat about pushes, pulls, deletes, quota refusals.
     Webhook(cmd::webhook::WebhookArgs),
+    /// Remote registries: proxy-cache upstreams and replication peers.
+    Registry(cmd::registry::RegistryArgs),
 }
 
 #[derive(Args)]
@@ -189,6 +191,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Admin(c) => cmd::admin::run(c),
         Command::Migrate(args) => cmd::migrate::run(args),
         Command::Webhook(args) => cmd::webhook::run(args),
+        Command::Registry(args) => cmd::registry::run(args),
     }
 }
 

@@ -325,6 +325,15 @@ async fn events_are_delivered_signed_retried_and_logged() {
         }),
     )
     .await;
+    // Secrets are sealed at rest: not in the database file nor its WAL.
+    assert!(reg.data.path().join("metadata.db").exists());
+    for file in ["metadata.db", "metadata.db-wal"] {
+        let bytes = std::fs::read(reg.data.path().join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(6).any(|w| w == b"s3cret"),
+            "a webhook secret is stored in plain text in {file}"
+        );
+    }
     let (s, list) = api(
         &reg,
         reqwest::Method::GET,

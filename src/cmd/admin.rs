@@ -301,7 +301,7 @@ pub(crate) fn fail(e: ApiError) -> anyhow::Error {
     anyhow!("{}", e.detail)
 }
 
-fn read_password_stdin() -> anyhow::Result<String> {
+pub(crate) fn read_password_stdin() -> anyhow::Result<String> {
     let mut s = String::new();
     std::io::stdin()
         .read_to_string(&mut s)
@@ -676,7 +676,7 @@ async fn audit(a: AuditArgs) -> anyhow::Result<()> {
 }
 
 /// The registry side of the data directory (blobs and metadata) for the lifecycle commands.
-async fn open_registry(
+pub(crate) async fn open_registry(
     common: &Common,
     lifecycle: berth_server::config::LifecycleConfig,
 ) -> anyhow::Result<berth_server::AppState> {

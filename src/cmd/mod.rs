@@ -5,4 +5,5 @@ pub mod client;
 pub mod fetch;
 pub mod kube;
 pub mod migrate;
+pub mod registry;
 pub mod webhook;

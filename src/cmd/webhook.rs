@@ -9,13 +9,12 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{Context, anyhow};
-use berth_server::webhooks::{DeliveryInfo, WebhookInfo, WebhookSpec, Webhooks};
+use anyhow::Context;
+use berth_server::webhooks::{DeliveryInfo, WebhookInfo, WebhookSpec};
 use clap::{Args, Subcommand};
 
-use crate::cmd::admin::{Common, fail, open, show, table};
+use crate::cmd::admin::{Common, fail, open_registry, show, table};
 
 #[derive(Args)]
 pub struct WebhookArgs {
@@ -99,24 +98,11 @@ fn secret(from_stdin: bool) -> anyhow::Result<Option<String>> {
 }
 
 async fn webhook(a: WebhookArgs) -> anyhow::Result<()> {
-    let (auth, me) = open(&a.common).await?;
-    let database = berth_server::config::DatabaseConfig {
-        url: a.common.database_url.clone(),
-        ..Default::default()
-    };
-    let stores = berth_server::serve::open_metadata(&a.common.data, &database)
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "opening the data directory {}: {e}",
-                a.common.data.display()
-            )
-        })?;
-    let hooks = Webhooks::new(
-        stores.webhooks.clone(),
-        Arc::clone(&stores.accounts),
-        Default::default(),
-    );
+    // The server's state on the data directory (its sealing key included), as
+    // `berth registry` opens it.
+    let state = open_registry(&a.common, Default::default()).await?;
+    let (auth, hooks) = (&*state.auth, &*state.webhooks);
+    let me = berth_server::admin::local_admin();
     let out = a.common.output;
     match a.cmd {
         WebhookCommand::Add {
@@ -155,7 +141,7 @@ async fn webhook(a: WebhookArgs) -> anyhow::Result<()> {
                 insecure,
                 enabled: !disabled,
             };
-            let w = hooks.add(&auth, &me, &project, spec).await.map_err(fail)?;
+            let w = hooks.add(auth, &me, &project, spec).await.map_err(fail)?;
             show(out, &w, || {
                 format!(
                     "added webhook {} to project {project}: {} ({})\n",
@@ -166,12 +152,12 @@ async fn webhook(a: WebhookArgs) -> anyhow::Result<()> {
             })
         }
         WebhookCommand::List { project } => {
-            let ws = hooks.list(&auth, &me, &project).await.map_err(fail)?;
+            let ws = hooks.list(auth, &me, &project).await.map_err(fail)?;
             show(out, &ws, || hooks_table(&ws))
         }
         WebhookCommand::Rm { project, name } => {
             hooks
-                .remove(&auth, &me, &project, &name)
+                .remove(auth, &me, &project, &name)
                 .await
                 .map_err(fail)?;
             show(out, &serde_json::json!({ "removed": name }), || {
@@ -180,7 +166,7 @@ async fn webhook(a: WebhookArgs) -> anyhow::Result<()> {
         }
         WebhookCommand::Test { project, name } => {
             let d = hooks
-                .test(&auth, &me, &project, &name, "")
+                .test(auth, &me, &project, &name, "")
                 .await
                 .map_err(fail)?;
             show(out, &d, || deliveries_table(std::slice::from_ref(&d)))?;
@@ -195,7 +181,7 @@ async fn webhook(a: WebhookArgs) -> anyhow::Result<()> {
             limit,
         } => {
             let ds = hooks
-                .deliveries(&auth, &me, &project, &name, limit)
+                .deliveries(auth, &me, &project, &name, limit)
                 .await
                 .map_err(fail)?;
             show(out, &ds, || deliveries_table(&ds))

@@ -164,9 +164,13 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
     ));
     let auth = Arc::new(auth);
     lifecycle.spawn_schedules(auth.clone());
+    // The same key as the registries' secrets (loaded again: `Remotes` owns its sealer).
+    let webhook_sealer = crate::remotes::Sealer::load_or_create(&config.secret_key_file())
+        .map_err(ServeError::Auth)?;
     let webhooks = Arc::new(crate::webhooks::Webhooks::new(
         stores.webhooks.clone(),
         stores.accounts.clone(),
+        Arc::new(webhook_sealer),
         config.webhooks.clone(),
     ));
     webhooks.start();
@@ -182,6 +186,11 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         refusals: Default::default(),
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
         webhooks,
+        remotes: Arc::new(crate::remotes::Remotes::new(
+            stores.remotes.clone(),
+            crate::remotes::Sealer::load_or_create(&config.secret_key_file())
+                .map_err(ServeError::Auth)?,
+        )),
     })
 }
 
@@ -330,6 +339,8 @@ pub struct Stores {
     pub lifecycle: Arc<dyn LifecycleStore>,
     /// Webhook endpoints and their delivery log (same database as `meta`).
     pub webhooks: Arc<dyn berth_storage::WebhookStore>,
+    /// Remote registries and proxy projects (same database as `meta`).
+    pub remotes: Arc<dyn berth_storage::RemoteStore>,
     pub key: SigningKey,
     /// Set when the stores are in PostgreSQL (shared by replicas).
     pub postgres: Option<PgMetadata>,
@@ -408,6 +419,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
             accounts: Arc::new(pg.clone()),
             lifecycle: Arc::new(pg.clone()),
             webhooks: Arc::new(pg.clone()),
+            remotes: Arc::new(pg.clone()),
             key,
             postgres: Some(pg),
             sqlite: None,
@@ -430,6 +442,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
         accounts: Arc::new(meta.clone()),
         lifecycle: Arc::new(meta.clone()),
         webhooks: Arc::new(meta.clone()),
+        remotes: Arc::new(meta.clone()),
         key,
         postgres: None,
         sqlite: Some(meta),

@@ -29,6 +29,8 @@ pub struct AppState {
     pub space: DiskSpace,
     /// Webhook endpoints per project: events published by the handlers, delivered in the background.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Remote registries (proxy-cache upstreams, replication peers) and their clients.
+    pub remotes: Arc<crate::remotes::Remotes>,
 }
 
 /// Where the certificate this server presents came from.

@@ -25,7 +25,9 @@
 //!   body bytes with the endpoint's secret, sent as `X-Berth-Signature-256: sha256=<hex>`.
 //!   Every request also carries `X-Berth-Event` and `X-Berth-Delivery` (one id for all
 //!   attempts of one delivery, so receivers can drop duplicates).
-//! - **Secrets** are stored sealed ([`Webhooks::seal`]) and never shown or logged again.
+//! - **Secrets** are stored sealed with the deployment's key (AES-256-GCM, the registries'
+//!   [`crate::remotes::Sealer`]: `BERTH_SECRET_KEY` or `DATA/secret.key`) and never shown
+//!   or logged again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,8 +58,6 @@ const MAX_SECRET: usize = 4096;
 const MAX_CA_PEM: usize = 64 * 1024;
 /// How much of a failing receiver's answer is kept in the delivery log.
 const MAX_ERROR_BODY: usize = 200;
-/// Marks a secret kept unsealed (no sealing key configured yet); see [`Webhooks::seal`].
-const PLAIN_PREFIX: &[u8] = b"plain:";
 
 /// `[webhooks]`: queue sizes, timeouts and retries of webhook delivery.
 #[derive(Debug, Clone, Deserialize)]
@@ -369,6 +369,7 @@ struct Worker {
 
 struct Inner {
     store: Arc<dyn WebhookStore>,
+    sealer: Arc<crate::remotes::Sealer>,
     accounts: Arc<dyn AccountStore>,
     config: WebhookConfig,
     stats: Stats,
@@ -385,16 +386,19 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// The service over `store`; nothing is delivered until [`Webhooks::start`].
+    /// The service over `store`, sealing secrets with `sealer`; nothing is delivered until
+    /// [`Webhooks::start`].
     pub fn new(
         store: Arc<dyn WebhookStore>,
         accounts: Arc<dyn AccountStore>,
+        sealer: Arc<crate::remotes::Sealer>,
         config: WebhookConfig,
     ) -> Webhooks {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         Webhooks {
             inner: Arc::new(Inner {
                 store,
+                sealer,
                 accounts,
                 config,
                 stats: Stats::default(),
@@ -465,31 +469,9 @@ impl Webhooks {
             .retain(|_, w| w.project != project);
     }
 
-    /// Seal a secret for the store. Until the server has a sealing key (the
-    /// registries' `Remotes::seal`), the secret is kept marked as unsealed, so that it can
-    /// be sealed in place later; it is still never shown or logged.
+    /// Seal a secret for the store ("" stays empty).
     pub fn seal(&self, secret: &str) -> Vec<u8> {
-        if secret.is_empty() {
-            return Vec::new();
-        }
-        let mut v = PLAIN_PREFIX.to_vec();
-        v.extend_from_slice(secret.as_bytes());
-        v
-    }
-
-    /// The secret [`Webhooks::seal`] stored.
-    pub fn unseal(sealed: &[u8]) -> Result<Vec<u8>, String> {
-        if sealed.is_empty() {
-            return Ok(Vec::new());
-        }
-        sealed
-            .strip_prefix(PLAIN_PREFIX)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| {
-                "the webhook secret is sealed with a key this server does not have; set the \
-                 secret again (berth webhook add … --replace)"
-                    .to_owned()
-            })
+        self.inner.sealer.seal(secret)
     }
 
     // --- Operations (API, CLI, console). ---
@@ -582,6 +564,7 @@ impl Webhooks {
             }
         }
         if let Some(s) = change.secret {
+            check_secret(Some(&s))?;
             hook.secret_sealed = self.seal(&s);
         }
         if let Some(ca) = change.ca_pem {
@@ -879,16 +862,16 @@ impl Inner {
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header("X-Berth-Event", event.kind.as_str())
             .header("X-Berth-Delivery", delivery_id);
-        let outcome: Result<u16, (u16, String)> = match Webhooks::unseal(&hook.secret_sealed) {
-            Err(e) => Err((0, e)),
+        let outcome: Result<u16, (u16, String)> = match self.sealer.unseal(&hook.secret_sealed) {
+            Err(e) => Err((0, format!("webhook secret: {e}"))),
             Ok(secret) => {
                 match hook.auth {
                     WebhookAuth::None => {}
                     WebhookAuth::Header => {
-                        req = req.header(reqwest::header::AUTHORIZATION, secret.as_slice())
+                        req = req.header(reqwest::header::AUTHORIZATION, secret.as_str())
                     }
                     WebhookAuth::Hmac => {
-                        req = req.header(SIGNATURE_HEADER, signature(&secret, &body))
+                        req = req.header(SIGNATURE_HEADER, signature(secret.as_bytes(), &body))
                     }
                 }
                 match req.body(body).send().await {
@@ -969,6 +952,20 @@ fn client_for(hook: &Webhook, config: &WebhookConfig) -> Result<reqwest::Client,
         .map_err(|e| format!("cannot set up an HTTP client for the webhook: {e}"))
 }
 
+fn check_secret(secret: Option<&str>) -> ApiResult<()> {
+    if secret.is_some_and(|s| s.len() > MAX_SECRET) {
+        return Err(bad_request(format!(
+            "the webhook secret is longer than {MAX_SECRET} bytes"
+        )));
+    }
+    if secret.is_some_and(|s| s.bytes().any(|b| b.is_ascii_control())) {
+        return Err(bad_request(
+            "the webhook secret contains control characters (a newline?); remove them",
+        ));
+    }
+    Ok(())
+}
+
 fn parse_events(events: &[String]) -> ApiResult<Vec<WebhookEvent>> {
     WebhookEvent::parse_list(&events.join(",")).map_err(bad_request)
 }
@@ -1027,11 +1024,6 @@ fn validate(hook: &Webhook) -> ApiResult<()> {
             ));
         }
     }
-    if hook.secret_sealed.len() > MAX_SECRET + PLAIN_PREFIX.len() {
-        return Err(bad_request(format!(
-            "the webhook secret is longer than {MAX_SECRET} bytes"
-        )));
-    }
     if hook.auth != WebhookAuth::None && hook.secret_sealed.is_empty() {
         return Err(bad_request(format!(
             "auth {} needs a secret (--secret, or the `secret` field)",
@@ -1083,6 +1075,7 @@ impl WebhookSpec {
                 "a secret was given with auth none; say auth header or auth hmac",
             ));
         }
+        check_secret(self.secret.as_deref())?;
         let hook = Webhook {
             id: 0,
             project: project.to_owned(),
@@ -1289,13 +1282,13 @@ mod tests {
 
     #[test]
     fn secrets_round_trip_and_never_show() {
-        let hooks_seal = |s: &str| {
-            let mut v = PLAIN_PREFIX.to_vec();
-            v.extend_from_slice(s.as_bytes());
-            v
-        };
-        assert_eq!(Webhooks::unseal(&hooks_seal("k")).unwrap(), b"k");
-        assert!(Webhooks::unseal(b"\x01sealed").is_err());
+        let sealer = crate::remotes::Sealer::from_key(&[7; 32]).unwrap();
+        let hooks_seal = |s: &str| sealer.seal(s);
+        let sealed = hooks_seal("Bearer s3cret");
+        assert!(!sealed.windows(6).any(|w| w == b"s3cret"), "sealed at rest");
+        assert_eq!(sealer.unseal(&sealed).unwrap(), "Bearer s3cret");
+        assert!(check_secret(Some("a\nb")).is_err());
+        assert!(check_secret(Some(&"k".repeat(MAX_SECRET + 1))).is_err());
         let w = Webhook {
             id: 1,
             project: "p".into(),

@@ -20,6 +20,8 @@
 //!
 //! - [`WebhookStore`]: webhook endpoints per project and their delivery log
 //!   ([`webhooks`]; [`sqlite_webhooks`], [`postgres_webhooks`]).
+//! - [`RemoteStore`]: the registries Berth talks to (proxy-cache upstreams, replication
+//!   peers), with sealed secrets, and which projects are proxy caches ([`remotes`]).
 //!
 //! Each trait comes with one conformance suite ([`conformance`]) that every backend runs.
 //!
@@ -35,6 +37,7 @@
 pub mod accounts;
 pub mod blob;
 pub mod conformance;
+pub mod conformance_remotes;
 pub mod error;
 pub mod fs;
 pub mod lifecycle;
@@ -44,11 +47,14 @@ pub mod pg_fixture;
 pub mod postgres;
 pub mod postgres_accounts;
 pub mod postgres_lifecycle;
+pub mod postgres_remotes;
 pub mod postgres_webhooks;
+pub mod remotes;
 pub mod s3;
 pub mod sqlite;
 pub mod sqlite_accounts;
 pub mod sqlite_lifecycle;
+pub mod sqlite_remotes;
 pub mod sqlite_webhooks;
 pub mod webhooks;
 
@@ -66,4 +72,5 @@ pub use metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
     UntaggedManifest, UploadSession, Usage,
 };
+pub use remotes::{RegistryHealth, RemoteRegistry, RemoteStore};
 pub use webhooks::{Delivery, Webhook, WebhookAuth, WebhookEvent, WebhookFormat, WebhookStore};

@@ -250,6 +250,9 @@ async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
     sqlx::raw_sql(crate::sqlite_webhooks::SCHEMA)
         .execute(pool)
         .await?;
+    sqlx::raw_sql(crate::sqlite_remotes::SCHEMA)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -936,6 +939,12 @@ mod tests {
             .await
             .expect("in-memory database");
         conformance::account_repository_suite(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn remote_store_suite_in_memory() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        crate::conformance_remotes::remote_store_suite(&store).await;
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use crate::admin;
 use crate::state::{AppState, TlsInfo};
 
 /// Run a form handler: read the body, check the CSRF token, then `f`.
-async fn with_form<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
+pub(super) async fn with_form<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
 where
     F: FnOnce(Form) -> Fut,
     Fut: std::future::Future<Output = PageResult>,
@@ -34,7 +34,7 @@ where
 
 /// Run a form handler whose success is a redirect with a flash message: `f` answers
 /// where to go and what to say.
-async fn redirect_after<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
+pub(super) async fn redirect_after<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
 where
     F: FnOnce(Form) -> Fut,
     Fut: std::future::Future<Output = Result<(String, String), PageError>>,
