@@ -673,3 +673,119 @@ async fn a_dead_receiver_does_not_slow_pushes() {
     );
     assert!(dead.received().is_empty());
 }
+
+/// Run `berth webhook ARGS --data DIR`, with `stdin` piped in; (success, stdout, stderr).
+async fn berth_webhook(
+    data: &std::path::Path,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String, String) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let (data, args, stdin) = (
+        data.to_owned(),
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        stdin.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(common::berth_bin())
+            .arg("webhook")
+            .args(&args)
+            .arg("--data")
+            .arg(&data)
+            .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env_remove("BERTH_WEBHOOK_SECRET")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run berth webhook");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_adds_tests_lists_and_removes_webhooks() {
+    let receiver = Receiver::start(Mode::FailFirst(0)).await;
+    let data = tempfile::tempdir().unwrap();
+    let ca = data.path().join("receiver-ca.crt");
+    std::fs::write(&ca, &receiver.ca_pem).unwrap();
+    let url = receiver.url();
+    let (ok, out, err) = berth_webhook(
+        data.path(),
+        &[
+            "add",
+            "library",
+            "ci",
+            "--url",
+            &url,
+            "--events",
+            "push,delete",
+            "--auth",
+            "hmac",
+            "--secret-stdin",
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        "cli-s3cret\n",
+    )
+    .await;
+    assert!(ok, "add: {out}{err}");
+    assert!(out.contains("added webhook ci"), "{out}");
+    // A secret is required for hmac, and never taken from the command line.
+    let (ok, _, err) = berth_webhook(
+        data.path(),
+        &["add", "library", "other", "--url", &url, "--auth", "header"],
+        "",
+    )
+    .await;
+    assert!(!ok && err.contains("--secret-stdin"), "{err}");
+
+    let (ok, out, err) =
+        berth_webhook(data.path(), &["list", "library", "--output", "json"], "").await;
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["name"], "ci");
+    assert_eq!(list[0]["events"], json!(["push", "delete"]));
+    assert_eq!(list[0]["has_secret"], true);
+    assert!(!out.contains("cli-s3cret"), "{out}");
+
+    let (ok, out, err) = berth_webhook(data.path(), &["test", "library", "ci"], "").await;
+    assert!(ok, "test: {out}{err}");
+    assert!(out.contains("200"), "{out}");
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[0].header("x-berth-signature-256"),
+        hmac_sha256(b"cli-s3cret", &got[0].body)
+    );
+    assert_eq!(got[0].json()["type"], "PUSH_ARTIFACT");
+
+    let (ok, out, err) = berth_webhook(
+        data.path(),
+        &["deliveries", "library", "ci", "--output", "json"],
+        "",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let log: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(log[0]["event"], "test");
+    assert_eq!(log[0]["status"], 200);
+
+    let (ok, _, err) = berth_webhook(data.path(), &["rm", "library", "ci"], "").await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = berth_webhook(data.path(), &["rm", "library", "ci"], "").await;
+    assert!(!ok && err.contains("no webhook named ci"), "{err}");
+}
