@@ -367,13 +367,16 @@ struct Worker {
     tx: mpsc::Sender<Job>,
 }
 
+/// Per project: when its endpoint list was read, and the list.
+type EndpointCache = HashMap<String, (Instant, Arc<Vec<Webhook>>)>;
+
 struct Inner {
     store: Arc<dyn WebhookStore>,
     sealer: Arc<crate::remotes::Sealer>,
     accounts: Arc<dyn AccountStore>,
     config: WebhookConfig,
     stats: Stats,
-    cache: Mutex<HashMap<String, (Instant, Arc<Vec<Webhook>>)>>,
+    cache: Mutex<EndpointCache>,
     workers: Mutex<HashMap<i64, Worker>>,
 }
 
