@@ -789,3 +789,125 @@ async fn cli_adds_tests_lists_and_removes_webhooks() {
     let (ok, _, err) = berth_webhook(data.path(), &["rm", "library", "ci"], "").await;
     assert!(!ok && err.contains("no webhook named ci"), "{err}");
 }
+
+/// The `value="…"` of the first hidden input named `name`.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no hidden field {name} in:\n{html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_page_adds_tests_disables_and_removes_webhooks() {
+    let reg = start_berth("cache_ms = 0\n");
+    let receiver = Receiver::start(Mode::FailFirst(0)).await;
+    create_project(&reg, "web").await;
+    let console = reg
+        .client_builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = reg.url();
+    let get = |path: String| {
+        let console = console.clone();
+        async move {
+            let r = console.get(path).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, html) = get(format!("{base}/login")).await;
+    assert_eq!(s, 200);
+    let r = console
+        .post(format!("{base}/login"))
+        .form(&[
+            ("csrf", hidden(&html, "csrf").as_str()),
+            ("username", ADMIN_USER),
+            ("password", ADMIN_PASSWORD),
+            ("next", "/projects"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let page = format!("{base}/projects/web/webhooks");
+    let (s, html) = get(page.clone()).await;
+    assert_eq!(s, 200, "{html}");
+    assert!(html.contains("id=\"no-webhooks\""), "{html}");
+    let csrf = hidden(&html, "csrf");
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let console = console.clone();
+        async move {
+            let r = console.post(path).form(&form).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, body) = post(
+        page.clone(),
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "hook1".into()),
+            ("url", receiver.url()),
+            ("ev_push", "on".into()),
+            ("format", "cloudevents".into()),
+            ("auth", "hmac".into()),
+            ("secret", "console-s3cret".into()),
+            ("ca_pem", receiver.ca_pem.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(s, 303, "{body}");
+    let (_, html) = get(page.clone()).await;
+    assert!(html.contains("data-webhook=\"hook1\""), "{html}");
+    assert!(html.contains(&receiver.url()), "{html}");
+    assert!(
+        !html.contains("console-s3cret"),
+        "the secret is never shown"
+    );
+    assert!(
+        html.contains("<span id=\"webhooks-dropped\">0</span>"),
+        "{html}"
+    );
+
+    let action = format!("{base}/projects/web/webhooks/action");
+    let act = |op: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("webhook", "hook1".to_string()),
+            ("op", op.to_string()),
+        ]
+    };
+    let (s, body) = post(action.clone(), act("test")).await;
+    assert_eq!(s, 303, "{body}");
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].json()["specversion"], "1.0");
+    assert_eq!(
+        got[0].header("x-berth-signature-256"),
+        hmac_sha256(b"console-s3cret", &got[0].body)
+    );
+    let (_, html) = get(page.clone()).await;
+    assert!(
+        html.contains("<td>test</td>"),
+        "the delivery log shows the test: {html}"
+    );
+    assert!(html.contains("<td>200</td>"), "{html}");
+
+    let (s, _) = post(action.clone(), act("disable")).await;
+    assert_eq!(s, 303);
+    let (_, html) = get(page.clone()).await;
+    assert!(html.contains("(disabled)"), "{html}");
+    // Without the CSRF token nothing happens.
+    let (s, _) = post(
+        action.clone(),
+        vec![("webhook", "hook1".into()), ("op", "remove".into())],
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = post(action.clone(), act("remove")).await;
+    assert_eq!(s, 303);
+    let (_, html) = get(page).await;
+    assert!(html.contains("id=\"no-webhooks\""), "{html}");
+}
