@@ -146,6 +146,21 @@ impl Event {
         }
     }
 
+    /// "Replication finished" for the endpoints of `project` (the project replicated from
+    /// or into). `replication` is Harbor's `event_data.replication` object: e.g.
+    /// `{"harbor_hostname", "job_status": "Success"|"Failed", "description",
+    /// "trigger_type": "MANUAL"|"SCHEDULE"|"EVENT_BASED", "policy_creator",
+    /// "execution_timestamp", "src_resource": {"registry_type", "endpoint", "namespace"},
+    /// "dest_resource": {…}, "successful_artifact": [{"type", "status", "name_tag"}],
+    /// "failed_artifact": [{…, "fail_reason"}]}` (see goharbor/harbor
+    /// `src/pkg/notifier/model/event.go`). Publish it with [`Webhooks::publish`].
+    pub fn replication(project: &str, operator: &str, replication: Value) -> Event {
+        let mut e = Event::new(WebhookEvent::Replication, "", operator, "");
+        e.project = project.to_owned();
+        e.replication = Some(replication);
+        e
+    }
+
     /// The same event with a digest and a tag ("" when none).
     pub fn manifest(mut self, digest: &str, tag: &str) -> Event {
         self.digest = digest.to_owned();
@@ -1263,6 +1278,30 @@ mod tests {
         assert_eq!(v["operator"], "alice");
         assert_eq!(v["data"]["repository"]["repo_full_name"], "team/app/web");
         assert!(uuid::Uuid::parse_str(v["id"].as_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn replication_payload() {
+        let mut e = Event::replication(
+            "team",
+            "admin",
+            json!({ "job_status": "Success", "trigger_type": "EVENT_BASED" }),
+        );
+        e.occur_at = 5;
+        assert_eq!(e.project, "team");
+        let v: Value =
+            serde_json::from_slice(&e.body(WebhookFormat::Harbor, "ci", false).0).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "type": "REPLICATION",
+                "occur_at": 5,
+                "operator": "admin",
+                "event_data": {
+                    "replication": { "job_status": "Success", "trigger_type": "EVENT_BASED" }
+                }
+            })
+        );
     }
 
     #[test]
