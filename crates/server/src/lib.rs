@@ -33,6 +33,7 @@ pub mod error;
 pub mod gc;
 pub mod limits;
 pub mod ops;
+pub mod proxy;
 pub mod remotes;
 pub mod routes;
 pub mod serve;

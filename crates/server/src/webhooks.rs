@@ -322,6 +322,30 @@ pub(crate) fn publish_manifest(
     ctx.state.webhooks.publish(event);
 }
 
+/// Publish a pull of a manifest a proxy-cache project served (GET answered 200).
+pub(crate) fn proxied_pull(
+    ctx: &crate::routes::Ctx,
+    repository: &str,
+    reference: &str,
+    resp: &axum::response::Response,
+) {
+    if ctx.is_head() || resp.status() != axum::http::StatusCode::OK {
+        return;
+    }
+    let digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|d| d.parse::<berth_proto::Digest>().ok());
+    publish_manifest(
+        ctx,
+        WebhookEvent::Pull,
+        repository,
+        digest.as_ref(),
+        reference,
+    );
+}
+
 /// Publish "quota exceeded" if `e` is a quota refusal of a push into `repository`.
 pub(crate) fn quota_refused(
     ctx: &crate::routes::Ctx,

@@ -64,6 +64,25 @@ pub(crate) async fn create_project(
     redirect_after(viewer, body, |form| async move {
         let name = form.get("name").trim();
         let public = form.checked("public");
+        let proxy = form.get("proxy").trim();
+        if !proxy.is_empty() {
+            crate::proxy::create_proxy_project(
+                &state.auth,
+                &state.remotes,
+                &viewer.caller,
+                name,
+                public,
+                form.get("description").trim(),
+                proxy,
+            )
+            .await?;
+            state.proxy.forget(name);
+            let vis = visibility(public);
+            return Ok((
+                project_url(name),
+                format!("Project {name} created ({vis}), a proxy cache of registry {proxy}."),
+            ));
+        }
         admin::create_project(
             &state.auth,
             &viewer.caller,
