@@ -284,16 +284,12 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// `host[:port]` clients reached this request at (the external URL's when configured).
+/// `host[:port]` clients reach the registry at, as the token realm names it (the external
+/// URL when configured, else the request's authority or `Host`, also over HTTP/2).
 fn request_host(ctx: &crate::routes::Ctx) -> String {
-    match &ctx.state.auth.external_url {
-        Some(u) => u
-            .split_once("://")
-            .map_or(u.as_str(), |(_, h)| h)
-            .trim_end_matches('/')
-            .to_owned(),
-        None => ctx.header("host").unwrap_or_default().to_owned(),
-    }
+    let realm = &ctx.challenge.realm;
+    let rest = realm.split_once("://").map_or(realm.as_str(), |(_, r)| r);
+    rest.split('/').next().unwrap_or_default().to_owned()
 }
 
 /// Publish a manifest event from a handler: `reference` is the tag or digest the client
