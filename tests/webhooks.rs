@@ -567,6 +567,29 @@ async fn events_are_delivered_signed_retried_and_logged() {
     );
     assert!(types[6..].iter().all(|t| t == "QUOTA_EXCEED"), "{types:?}");
 
+    // Changing an endpoint: only the fields given; a bad URL is refused with the reason.
+    let (s, v) = api(
+        &reg,
+        reqwest::Method::PATCH,
+        "/api/v1/projects/hooks/webhooks/events",
+        Some(json!({ "enabled": false, "events": ["push", "pull"] })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["enabled"], false);
+    assert_eq!(v["events"], json!(["push", "pull"]));
+    assert_eq!(v["format"], "cloudevents");
+    assert_eq!(v["has_secret"], true);
+    let (s, v) = api(
+        &reg,
+        reqwest::Method::PATCH,
+        "/api/v1/projects/hooks/webhooks/events",
+        Some(json!({ "url": "http://plain.example/hook" })),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("https://"), "{v}");
+
     // Removing an endpoint removes it (and its log).
     let (s, _) = api(
         &reg,
