@@ -283,7 +283,7 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
 
 /// Open the data directory; a fresh one gets the first-start setup, whose generated
 /// administrator password is shown once (on stderr, so stdout stays parseable).
-async fn open(common: &Common) -> anyhow::Result<(Auth, Caller)> {
+pub(crate) async fn open(common: &Common) -> anyhow::Result<(Auth, Caller)> {
     let database = berth_server::config::DatabaseConfig {
         url: common.database_url.clone(),
         ..Default::default()

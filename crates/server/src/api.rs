@@ -130,6 +130,9 @@ pub fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             post(check_registry),
         ),
     ]
+    .into_iter()
+    .chain(crate::webhooks::http::routes())
+    .collect()
 }
 
 /// The API router (merged into [`crate::app`]). Unknown paths under `/api/` answer a JSON 404.
@@ -755,6 +758,7 @@ mod tests {
             Default::default(),
             std::time::Duration::from_secs(3600),
         ));
+        let meta_for_hooks = meta.clone();
         let remote_store = meta.clone();
         let state = AppState {
             blobs,
@@ -767,6 +771,12 @@ mod tests {
             refusals: Default::default(),
             space: crate::limits::DiskSpace::new(dir.path().to_owned(), Default::default()),
             ops: Default::default(),
+            webhooks: Arc::new(crate::webhooks::Webhooks::new(
+                Arc::new(meta_for_hooks.clone()),
+                Arc::new(meta_for_hooks),
+                Arc::new(crate::remotes::Sealer::from_key(&[3; 32]).expect("key")),
+                Default::default(),
+            )),
             proxy: Arc::new(crate::proxy::Proxy::new(dir.path().join("proxy"))),
             remotes: Arc::new(crate::remotes::Remotes::new(
                 Arc::new(remote_store),
@@ -780,6 +790,7 @@ mod tests {
         path.replace("{name}", "library")
             .replace("{user}", "admin")
             .replace("{robot}", "ci")
+            .replace("{webhook}", "ci")
     }
 
     /// The router answers every documented operation (401 without credentials, from the

@@ -27,6 +27,8 @@ pub struct AppState {
     pub refusals: Arc<Refusals>,
     /// Free space and reserve of the data directory's filesystem.
     pub space: DiskSpace,
+    /// Webhook endpoints per project: events published by the handlers, delivered in the background.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Proxy-cache projects: upstream lookups, pending manifests, blob fetches in flight.
     pub proxy: Arc<crate::proxy::Proxy>,
     /// Remote registries (proxy-cache upstreams, replication peers) and their clients.

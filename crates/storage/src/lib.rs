@@ -18,6 +18,8 @@
 //!   transactions as pushes ([`lifecycle`], for SQLite in [`sqlite_lifecycle`], for
 //!   PostgreSQL in [`postgres_lifecycle`]).
 //!
+//! - [`WebhookStore`]: webhook endpoints per project and their delivery log
+//!   ([`webhooks`]; [`sqlite_webhooks`], [`postgres_webhooks`]).
 //! - [`RemoteStore`]: the registries Berth talks to (proxy-cache upstreams, replication
 //!   peers), with sealed secrets, and which projects are proxy caches ([`remotes`]).
 //!
@@ -46,12 +48,15 @@ pub mod postgres;
 pub mod postgres_accounts;
 pub mod postgres_lifecycle;
 pub mod postgres_remotes;
+pub mod postgres_webhooks;
 pub mod remotes;
 pub mod s3;
 pub mod sqlite;
 pub mod sqlite_accounts;
 pub mod sqlite_lifecycle;
 pub mod sqlite_remotes;
+pub mod sqlite_webhooks;
+pub mod webhooks;
 
 pub use accounts::{
     AccountStore, AuditEvent, AuditFilter, ConsoleSession, Member, Project, ProjectRole,
@@ -68,3 +73,4 @@ pub use metadata::{
     UntaggedManifest, UploadSession, Usage,
 };
 pub use remotes::{RegistryHealth, RemoteRegistry, RemoteStore};
+pub use webhooks::{Delivery, Webhook, WebhookAuth, WebhookEvent, WebhookFormat, WebhookStore};

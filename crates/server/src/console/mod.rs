@@ -22,6 +22,7 @@ mod registries;
 mod repository;
 mod session;
 mod view;
+mod webhooks;
 
 use askama::Template;
 use axum::Router;
@@ -92,6 +93,11 @@ pub fn router() -> Router<AppState> {
             get(lifecycle::policy_page).post(lifecycle::save_policy),
         )
         .route("/projects/{name}/retention", post(lifecycle::run_retention))
+        .route(
+            "/projects/{name}/webhooks",
+            get(webhooks::page).post(webhooks::add),
+        )
+        .route("/projects/{name}/webhooks/action", post(webhooks::action))
         .route("/ca.crt", get(ca_crt))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
