@@ -780,7 +780,7 @@ mod tests {
             proxy: Arc::new(crate::proxy::Proxy::new(dir.path().join("proxy"))),
             remotes: Arc::new(crate::remotes::Remotes::new(
                 Arc::new(remote_store),
-                crate::remotes::Sealer::from_key(&[3; 32]).expect("key"),
+                Arc::new(crate::remotes::Sealer::from_key(&[3; 32]).expect("key")),
             )),
         };
         (state, dir)

@@ -166,7 +166,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The remote registries and the means to talk to them.
 pub struct Remotes {
     pub store: Arc<dyn RemoteStore>,
-    sealer: Sealer,
+    sealer: Arc<Sealer>,
 }
 
 /// A client set up for one remote registry.
@@ -266,7 +266,7 @@ pub fn validate_name(name: &str) -> ApiResult<()> {
 }
 
 impl Remotes {
-    pub fn new(store: Arc<dyn RemoteStore>, sealer: Sealer) -> Remotes {
+    pub fn new(store: Arc<dyn RemoteStore>, sealer: Arc<Sealer>) -> Remotes {
         Remotes { store, sealer }
     }
 

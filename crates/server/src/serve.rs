@@ -164,13 +164,15 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
     ));
     let auth = Arc::new(auth);
     lifecycle.spawn_schedules(auth.clone());
-    // The same key as the registries' secrets (loaded again: `Remotes` owns its sealer).
-    let webhook_sealer = crate::remotes::Sealer::load_or_create(&config.secret_key_file())
-        .map_err(ServeError::Auth)?;
+    // One key seals the registries' and the webhooks' secrets.
+    let sealer = Arc::new(
+        crate::remotes::Sealer::load_or_create(&config.secret_key_file())
+            .map_err(ServeError::Auth)?,
+    );
     let webhooks = Arc::new(crate::webhooks::Webhooks::new(
         stores.webhooks.clone(),
         stores.accounts.clone(),
-        Arc::new(webhook_sealer),
+        sealer.clone(),
         config.webhooks.clone(),
     ));
     webhooks.start();
@@ -187,11 +189,7 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
         webhooks,
         proxy: Arc::new(crate::proxy::Proxy::new(config.data.join("proxy"))),
-        remotes: Arc::new(crate::remotes::Remotes::new(
-            stores.remotes.clone(),
-            crate::remotes::Sealer::load_or_create(&config.secret_key_file())
-                .map_err(ServeError::Auth)?,
-        )),
+        remotes: Arc::new(crate::remotes::Remotes::new(stores.remotes.clone(), sealer)),
     })
 }
 
