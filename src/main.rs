@@ -48,6 +48,9 @@ enum Command {
     Admin(cmd::admin::AdminCommand),
     /// Move an embedded deployment (data directory) onto PostgreSQL; re-runnable.
     Migrate(cmd::migrate::MigrateArgs),
+    /// Replication rules (push to / pull from remote registries) and their executions.
+    #[command(subcommand)]
+    Replication(cmd::replication::ReplicationCommand),
 }
 
 #[derive(Args)]
@@ -186,6 +189,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Fetch(args) => cmd::fetch::run(args),
         Command::Admin(c) => cmd::admin::run(c),
         Command::Migrate(args) => cmd::migrate::run(args),
+        Command::Replication(c) => cmd::replication::run(c),
     }
 }
 

@@ -279,7 +279,7 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
 
 /// Open the data directory; a fresh one gets the first-start setup, whose generated
 /// administrator password is shown once (on stderr, so stdout stays parseable).
-async fn open(common: &Common) -> anyhow::Result<(Auth, Caller)> {
+pub(crate) async fn open(common: &Common) -> anyhow::Result<(Auth, Caller)> {
     let database = berth_server::config::DatabaseConfig {
         url: common.database_url.clone(),
         ..Default::default()
@@ -319,7 +319,7 @@ fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 /// Left-aligned columns separated by two spaces.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -347,7 +347,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Print `v` as JSON, or `text()` for humans.
-fn show<T: Serialize>(output: Output, v: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(crate) fn show<T: Serialize>(output: Output, v: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
     match output {
         Output::Json => print_json(v),
         Output::Table => {

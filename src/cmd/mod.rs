@@ -5,3 +5,4 @@ pub mod client;
 pub mod fetch;
 pub mod kube;
 pub mod migrate;
+pub mod replication;

@@ -110,6 +110,9 @@ pub fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             post(purge_project),
         ),
     ]
+    .into_iter()
+    .chain(crate::replication::api::routes())
+    .collect()
 }
 
 /// The API router (merged into [`crate::app`]). Unknown paths under `/api/` answer a JSON 404.
@@ -667,6 +670,7 @@ mod tests {
         ));
         let state = AppState {
             blobs,
+            replication: Arc::new(crate::replication::Replication::new(Arc::new(meta.clone()))),
             meta: Arc::new(meta),
             auth: Arc::new(auth),
             limits: Default::default(),
@@ -684,6 +688,7 @@ mod tests {
         path.replace("{name}", "library")
             .replace("{user}", "admin")
             .replace("{robot}", "ci")
+            .replace("{id}", "1")
     }
 
     /// The router answers every documented operation (401 without credentials, from the

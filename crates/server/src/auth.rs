@@ -88,6 +88,21 @@ pub struct Auth {
     /// Failed-login counters shared with the other replicas (PostgreSQL); when set, they
     /// replace `limiter`'s in-memory ones (same limits).
     shared_limits: Option<berth_storage::postgres::PgMetadata>,
+    /// The password of [`SYSTEM_USER`], random per process, never stored or shown: only
+    /// this process's replication engine logs in with it (over loopback).
+    system_secret: String,
+}
+
+/// The account this server's own replication engine uses to read and write its registry
+/// over loopback (a system administrator that exists only in memory; `$` cannot appear in
+/// user names, so no stored account can take it).
+pub const SYSTEM_USER: &str = "berth$system";
+
+fn system_principal() -> Principal {
+    Principal::User {
+        name: SYSTEM_USER.to_string(),
+        system_admin: true,
+    }
 }
 
 fn now_secs() -> i64 {
@@ -152,7 +167,22 @@ impl Auth {
             verified: Mutex::new(HashMap::new()),
             login_flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             shared_limits: None,
+            system_secret: format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            ),
         }
+    }
+
+    /// The in-memory password of [`SYSTEM_USER`] (for this process's replication engine).
+    pub fn system_secret(&self) -> &str {
+        &self.system_secret
+    }
+
+    /// Whether the caller is this server's own replication engine.
+    pub fn is_system(caller: &Caller) -> bool {
+        caller.principal.subject() == SYSTEM_USER
     }
 
     /// Count failed logins in PostgreSQL, shared by every replica using `pg`, so that N
@@ -330,6 +360,9 @@ impl Auth {
         if subject.is_empty() {
             return Ok(Principal::Anonymous);
         }
+        if subject == SYSTEM_USER {
+            return Ok(system_principal());
+        }
         let gone = || {
             ApiError::new(
                 ErrorCode::Unauthorized,
@@ -366,6 +399,19 @@ impl Auth {
         password: &str,
         addr: IpAddr,
     ) -> ApiResult<Principal> {
+        if username == SYSTEM_USER {
+            // Constant time: compare digests.
+            let ok = sha2::Sha256::digest(password.as_bytes())
+                == sha2::Sha256::digest(self.system_secret.as_bytes());
+            return if ok {
+                Ok(system_principal())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    format!("{SYSTEM_USER} is the server's own account; it cannot log in from outside"),
+                ))
+            };
+        }
         let cache_key = key_of(&[username, password]);
         if let Some(p) = self.logins.get(&cache_key) {
             return Ok(p);

@@ -31,6 +31,7 @@ pub mod error;
 pub mod gc;
 pub mod limits;
 pub mod ops;
+pub mod replication;
 pub mod routes;
 pub mod serve;
 pub mod state;

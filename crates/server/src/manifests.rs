@@ -209,6 +209,7 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
         .auth
         .audit(&caller.actor(), "push", &resource, caller.addr, "")
         .await;
+    crate::replication::on_push(&ctx.state, caller, name, tag.as_deref(), &digest.to_string());
 
     let mut resp = (
         StatusCode::CREATED,
@@ -254,6 +255,7 @@ pub(crate) async fn delete(ctx: Ctx, name: &str, reference: &str) -> ApiResult<R
                 .auth
                 .audit(&caller.actor(), "delete", &resource, caller.addr, "")
                 .await;
+            crate::replication::on_delete(&ctx.state, caller, name, reference);
             Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
         }
         Err(StorageError::NotFound(_)) => Err(manifest_unknown(name, reference)),

@@ -175,6 +175,9 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         lifecycle,
         refusals: Default::default(),
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
+        replication: Arc::new(crate::replication::Replication::new(
+            stores.replication.clone(),
+        )),
     })
 }
 
@@ -321,6 +324,8 @@ pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     /// Garbage collection, quotas, retention (same database as `meta`).
     pub lifecycle: Arc<dyn LifecycleStore>,
+    /// Replication rules and executions (same database).
+    pub replication: Arc<dyn berth_storage::ReplicationStore>,
     pub key: SigningKey,
     /// Set when the stores are in PostgreSQL (shared by replicas).
     pub postgres: Option<PgMetadata>,
@@ -398,6 +403,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
             meta: Arc::new(pg.clone()),
             accounts: Arc::new(pg.clone()),
             lifecycle: Arc::new(pg.clone()),
+            replication: Arc::new(pg.clone()),
             key,
             postgres: Some(pg),
             sqlite: None,
@@ -419,6 +425,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
         meta: Arc::new(meta.clone()),
         accounts: Arc::new(meta.clone()),
         lifecycle: Arc::new(meta.clone()),
+        replication: Arc::new(meta.clone()),
         key,
         postgres: None,
         sqlite: Some(meta),
@@ -492,6 +499,11 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let refusals = state.refusals.clone();
+    if let Err(e) = state.replication.set_local(addr, &state.tls, &state.auth) {
+        tracing::warn!(error = %e.detail, "replication is unavailable");
+    } else {
+        crate::replication::spawn_runner(state.clone());
+    }
     let app = crate::app(state);
 
     let scheme = if tls.is_some() { "https" } else { "http" };

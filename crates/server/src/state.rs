@@ -27,6 +27,8 @@ pub struct AppState {
     pub refusals: Arc<Refusals>,
     /// Free space and reserve of the data directory's filesystem.
     pub space: DiskSpace,
+    /// Replication rules and their executions.
+    pub replication: Arc<crate::replication::Replication>,
 }
 
 /// Where the certificate this server presents came from.

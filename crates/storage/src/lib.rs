@@ -41,10 +41,13 @@ pub mod pg_fixture;
 pub mod postgres;
 pub mod postgres_accounts;
 pub mod postgres_lifecycle;
+pub mod postgres_replication;
+pub mod replication;
 pub mod s3;
 pub mod sqlite;
 pub mod sqlite_accounts;
 pub mod sqlite_lifecycle;
+pub mod sqlite_replication;
 
 pub use accounts::{
     AccountStore, AuditEvent, AuditFilter, ConsoleSession, Member, Project, ProjectRole,
@@ -55,6 +58,10 @@ pub use error::{FULL_ADVICE, StorageError, StorageResult, is_out_of_space};
 pub use lifecycle::{
     BlobVerdict, Candidate, CandidateKind, GcRun, LifecycleStore, ManifestVerdict, ProjectPolicy,
     PushLimits, QuotaUsage, TagTimes,
+};
+pub use replication::{
+    Direction, Execution, NameMapping, ReplicationRule, ReplicationStore, RuleTrigger, RunStatus,
+    Task,
 };
 pub use metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,

@@ -247,6 +247,9 @@ async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
         .execute(pool)
         .await?;
     crate::sqlite_lifecycle::migrate(pool).await?;
+    sqlx::raw_sql(crate::sqlite_replication::SCHEMA)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -921,6 +924,25 @@ mod tests {
             .expect("open");
         conformance::lifecycle_suite(&store, &store, &store).await;
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn replication_suite_in_memory() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        // TEMP until remotes land: a stand-in registry table.
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS remote_registries (name TEXT PRIMARY KEY)")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let s = &store;
+        conformance::replication_suite(&store, |name| async move {
+            sqlx::query("INSERT INTO remote_registries (name) VALUES ($1)")
+                .bind(name)
+                .execute(&s.writer)
+                .await
+                .unwrap();
+        })
+        .await;
     }
 
     #[tokio::test]
