@@ -2532,6 +2532,24 @@ pub async fn lifecycle_suite(
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Register a remote registry `name` (for suites whose rows reference one).
+pub async fn add_test_registry(store: &dyn crate::RemoteStore, name: &'static str) {
+    store
+        .create_registry(&crate::RemoteRegistry {
+            name: name.into(),
+            url: format!("https://{name}.example:5000"),
+            username: String::new(),
+            secret_sealed: Vec::new(),
+            ca_pem: String::new(),
+            insecure: false,
+            description: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        })
+        .await
+        .expect("create remote registry");
+}
+
 /// [`crate::ReplicationStore`]: rules (unique names, an existing remote registry), executions
 /// with counts from their tasks, the stop flag, schedule slots claimed once, and a rule's
 /// deletion taking its history with it. `add_registry` registers a remote registry named
@@ -2571,6 +2589,13 @@ where
     assert!(matches!(
         store.create_rule(&rule).await,
         Err(StorageError::AlreadyExists(_))
+    ));
+    let mut unknown = rule.clone();
+    unknown.name = "other".into();
+    unknown.registry = "nowhere".into();
+    assert!(matches!(
+        store.create_rule(&unknown).await,
+        Err(StorageError::NotFound(m)) if m.contains("nowhere")
     ));
     assert_eq!(store.rule("to-prod").await.unwrap().as_ref(), Some(&rule));
     assert_eq!(store.rule("nope").await.unwrap(), None);

@@ -18,6 +18,9 @@
 //!   transactions as pushes ([`lifecycle`], for SQLite in [`sqlite_lifecycle`], for
 //!   PostgreSQL in [`postgres_lifecycle`]).
 //!
+//! - [`RemoteStore`]: the registries Berth talks to (proxy-cache upstreams, replication
+//!   peers), with sealed secrets, and which projects are proxy caches ([`remotes`]).
+//!
 //! Each trait comes with one conformance suite ([`conformance`]) that every backend runs.
 //!
 //! Invariants every backend keeps:
@@ -32,6 +35,7 @@
 pub mod accounts;
 pub mod blob;
 pub mod conformance;
+pub mod conformance_remotes;
 pub mod error;
 pub mod fs;
 pub mod lifecycle;
@@ -41,12 +45,15 @@ pub mod pg_fixture;
 pub mod postgres;
 pub mod postgres_accounts;
 pub mod postgres_lifecycle;
+pub mod postgres_remotes;
 pub mod postgres_replication;
+pub mod remotes;
 pub mod replication;
 pub mod s3;
 pub mod sqlite;
 pub mod sqlite_accounts;
 pub mod sqlite_lifecycle;
+pub mod sqlite_remotes;
 pub mod sqlite_replication;
 
 pub use accounts::{
@@ -67,3 +74,4 @@ pub use metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
     UntaggedManifest, UploadSession, Usage,
 };
+pub use remotes::{RegistryHealth, RemoteRegistry, RemoteStore};

@@ -1027,6 +1027,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn conformance_remote_store_suite() {
+        let store = fresh().await;
+        crate::conformance_remotes::remote_store_suite(&store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_replication_suite() {
+        let store = fresh().await;
+        let s = &store;
+        conformance::replication_suite(&store, |name| {
+            crate::conformance::add_test_registry(s, name)
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn conformance_console_suites() {
         let store = fresh().await;
         conformance::session_suite(&store).await;

@@ -247,6 +247,9 @@ async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
         .execute(pool)
         .await?;
     crate::sqlite_lifecycle::migrate(pool).await?;
+    sqlx::raw_sql(crate::sqlite_remotes::SCHEMA)
+        .execute(pool)
+        .await?;
     sqlx::raw_sql(crate::sqlite_replication::SCHEMA)
         .execute(pool)
         .await?;
@@ -929,18 +932,9 @@ mod tests {
     #[tokio::test]
     async fn replication_suite_in_memory() {
         let store = SqliteMetadata::in_memory().await.expect("db");
-        // TEMP until remotes land: a stand-in registry table.
-        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS remote_registries (name TEXT PRIMARY KEY)")
-            .execute(&store.writer)
-            .await
-            .unwrap();
         let s = &store;
-        conformance::replication_suite(&store, |name| async move {
-            sqlx::query("INSERT INTO remote_registries (name) VALUES ($1)")
-                .bind(name)
-                .execute(&s.writer)
-                .await
-                .unwrap();
+        conformance::replication_suite(&store, |name| {
+            crate::conformance::add_test_registry(s, name)
         })
         .await;
     }
@@ -955,6 +949,12 @@ mod tests {
             .await
             .expect("in-memory database");
         conformance::account_repository_suite(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn remote_store_suite_in_memory() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        crate::conformance_remotes::remote_store_suite(&store).await;
     }
 
     #[tokio::test]
