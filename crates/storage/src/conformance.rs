@@ -2638,8 +2638,14 @@ where
         store.start_execution("nope", "manual", 1).await,
         Err(StorageError::NotFound(_))
     ));
-    let e1 = store.start_execution("to-prod", "manual", 100).await.unwrap();
-    let e2 = store.start_execution("to-prod", "on-push", 101).await.unwrap();
+    let e1 = store
+        .start_execution("to-prod", "manual", 100)
+        .await
+        .unwrap();
+    let e2 = store
+        .start_execution("to-prod", "on-push", 101)
+        .await
+        .unwrap();
     assert!(e2 > e1);
     let task = |reference: &str, status: RunStatus, bytes: u64| Task {
         id: 0,
@@ -2720,17 +2726,38 @@ where
         Err(StorageError::NotFound(_))
     ));
     // Queued executions are claimed once, oldest first; a stopped one never runs.
-    let q1 = store.queue_execution("to-prod", "manual", 150).await.unwrap();
-    let q2 = store.queue_execution("to-prod", "manual", 151).await.unwrap();
-    let q3 = store.queue_execution("to-prod", "manual", 152).await.unwrap();
+    let q1 = store
+        .queue_execution("to-prod", "manual", 150)
+        .await
+        .unwrap();
+    let q2 = store
+        .queue_execution("to-prod", "manual", 151)
+        .await
+        .unwrap();
+    let q3 = store
+        .queue_execution("to-prod", "manual", 152)
+        .await
+        .unwrap();
     assert!(store.request_stop(q2).await.unwrap());
-    assert_eq!(store.execution(q2).await.unwrap().unwrap().status, RunStatus::Stopped);
+    assert_eq!(
+        store.execution(q2).await.unwrap().unwrap().status,
+        RunStatus::Stopped
+    );
     let c = store.claim_queued(160).await.unwrap().expect("claimed");
-    assert_eq!((c.id, c.status, c.started_at), (q1, RunStatus::Running, 160));
-    assert_eq!(store.claim_queued(161).await.unwrap().map(|e| e.id), Some(q3));
+    assert_eq!(
+        (c.id, c.status, c.started_at),
+        (q1, RunStatus::Running, 160)
+    );
+    assert_eq!(
+        store.claim_queued(161).await.unwrap().map(|e| e.id),
+        Some(q3)
+    );
     assert_eq!(store.claim_queued(162).await.unwrap(), None);
     for id in [q1, q3] {
-        store.finish_execution(id, RunStatus::Succeeded, "", 170).await.unwrap();
+        store
+            .finish_execution(id, RunStatus::Succeeded, "", 170)
+            .await
+            .unwrap();
     }
     let all = store.list_executions(None, 10).await.unwrap();
     assert_eq!(
@@ -2738,16 +2765,27 @@ where
         [q3, q2, q1, e2, e1],
         "newest first"
     );
-    assert_eq!(store.list_executions(Some("to-prod"), 1).await.unwrap()[0].id, q3);
-    assert!(store
-        .list_executions(Some("from-prod"), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        store.list_executions(Some("to-prod"), 1).await.unwrap()[0].id,
+        q3
+    );
+    assert!(
+        store
+            .list_executions(Some("from-prod"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A process that died left e2 running.
-    assert_eq!(store.fail_stale_executions(140, "restarted").await.unwrap(), 1);
+    assert_eq!(
+        store.fail_stale_executions(140, "restarted").await.unwrap(),
+        1
+    );
     let e = store.execution(e2).await.unwrap().unwrap();
-    assert_eq!((e.status, e.message.as_str()), (RunStatus::Failed, "restarted"));
+    assert_eq!(
+        (e.status, e.message.as_str()),
+        (RunStatus::Failed, "restarted")
+    );
 
     store.delete_rule("to-prod").await.expect("delete rule");
     assert_eq!(store.execution(e1).await.unwrap(), None);

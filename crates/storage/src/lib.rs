@@ -66,12 +66,12 @@ pub use lifecycle::{
     BlobVerdict, Candidate, CandidateKind, GcRun, LifecycleStore, ManifestVerdict, ProjectPolicy,
     PushLimits, QuotaUsage, TagTimes,
 };
-pub use replication::{
-    Direction, Execution, NameMapping, ReplicationRule, ReplicationStore, RuleTrigger, RunStatus,
-    Task,
-};
 pub use metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
     UntaggedManifest, UploadSession, Usage,
 };
 pub use remotes::{RegistryHealth, RemoteRegistry, RemoteStore};
+pub use replication::{
+    Direction, Execution, NameMapping, ReplicationRule, ReplicationStore, RuleTrigger, RunStatus,
+    Task,
+};

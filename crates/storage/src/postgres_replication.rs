@@ -6,9 +6,4 @@
 
 use crate::postgres::PgMetadata;
 
-crate::replication::impl_replication_store!(
-    PgMetadata,
-    sqlx::Postgres,
-    |s: &PgMetadata| &s.pool,
-    |s: &PgMetadata| &s.pool
-);
+crate::replication::impl_replication_store!(PgMetadata, sqlx::Postgres, pool, pool);

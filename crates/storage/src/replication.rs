@@ -104,7 +104,9 @@ impl std::str::FromStr for NameMapping {
     /// `keep`, `flatten:N`, `replace:FROM=TO` (either side may be empty).
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("name mapping {s:?}: use keep, flatten:N or replace:FROM=TO (FROM or TO may be empty)")
+            format!(
+                "name mapping {s:?}: use keep, flatten:N or replace:FROM=TO (FROM or TO may be empty)"
+            )
         };
         if s == "keep" || s.is_empty() {
             return Ok(NameMapping::Keep);
@@ -311,8 +313,11 @@ pub trait ReplicationStore: Send + Sync + 'static {
     async fn request_stop(&self, id: i64) -> StorageResult<bool>;
     async fn execution(&self, id: i64) -> StorageResult<Option<Execution>>;
     /// Newest first, at most `limit`, of one rule or all.
-    async fn list_executions(&self, rule: Option<&str>, limit: u32)
-    -> StorageResult<Vec<Execution>>;
+    async fn list_executions(
+        &self,
+        rule: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Vec<Execution>>;
     /// Executions left `running` by a process that died (called at start by one replica
     /// per rule run; here: those started before `before`) become `failed`.
     async fn fail_stale_executions(&self, before: i64, message: &str) -> StorageResult<u64>;
@@ -445,21 +450,10 @@ pub(crate) fn map_rule_write(e: sqlx::Error, r: &ReplicationRule) -> StorageErro
     }
 }
 
-pub(crate) const EXEC_COLUMNS: &str = "e.id, e.rule, e.trigger_kind, e.status, e.started_at, e.ended_at, e.message, e.stop_requested, \
-     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id), \
-     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id AND t.status = 'succeeded'), \
-     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id AND t.status = 'failed'), \
-     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id AND t.status = 'skipped'), \
-     (SELECT CAST(COALESCE(SUM(t.bytes), 0) AS BIGINT) FROM replication_tasks t WHERE t.execution = e.id)";
-
-pub(crate) const RULE_COLUMNS: &str = "name, direction, registry, repositories, tags, mapping, trigger_spec, replicate_deletions, enabled, description, created_at, updated_at";
-
-pub(crate) const TASK_COLUMNS: &str = "id, execution, operation, source, destination, reference, digest, status, bytes, error, started_at, ended_at";
-
 /// The one implementation of [`ReplicationStore`] for a backend: `$ty` the store, `$db`
-/// its sqlx database, `$writer`/`$reader` closures giving its pools.
+/// its sqlx database, `$writer`/`$reader` the fields holding its pools.
 macro_rules! impl_replication_store {
-    ($ty:ty, $db:ty, $writer:expr, $reader:expr) => {
+    ($ty:ty, $db:ty, $writer:ident, $reader:ident) => {
         impl $ty {
             async fn insert_execution(
                 &self,
@@ -476,7 +470,7 @@ macro_rules! impl_replication_store {
                 .bind(trigger)
                 .bind(status)
                 .bind(at)
-                .fetch_one(($writer)(self))
+                .fetch_one(&self.$writer)
                 .await
                 .map_err(|e| match e.as_database_error().map(|d| d.kind()) {
                     Some(sqlx::error::ErrorKind::ForeignKeyViolation) => {
@@ -493,11 +487,8 @@ macro_rules! impl_replication_store {
                 &self,
                 r: &$crate::replication::ReplicationRule,
             ) -> $crate::StorageResult<()> {
-                let sql = format!(
-                    "INSERT INTO replication_rules ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    $crate::replication::RULE_COLUMNS
-                );
-                sqlx::query::<$db>(&sql)
+                let sql = concat!("INSERT INTO replication_rules (", "name, direction, registry, repositories, tags, mapping, trigger_spec, replicate_deletions, enabled, description, created_at, updated_at", ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)");
+                sqlx::query::<$db>(sql)
                     .bind(&r.name)
                     .bind(r.direction.as_str())
                     .bind(&r.registry)
@@ -510,7 +501,7 @@ macro_rules! impl_replication_store {
                     .bind(&r.description)
                     .bind(r.created_at)
                     .bind(r.updated_at)
-                    .execute(($writer)(self))
+                    .execute(&self.$writer)
                     .await
                     .map_err(|e| $crate::replication::map_rule_write(e, r))?;
                 Ok(())
@@ -520,13 +511,10 @@ macro_rules! impl_replication_store {
                 &self,
                 name: &str,
             ) -> $crate::StorageResult<Option<$crate::replication::ReplicationRule>> {
-                let sql = format!(
-                    "SELECT {} FROM replication_rules WHERE name = $1",
-                    $crate::replication::RULE_COLUMNS
-                );
-                let row: Option<$crate::replication::RuleRow> = sqlx::query_as::<$db, _>(&sql)
+                let sql = concat!("SELECT ", "name, direction, registry, repositories, tags, mapping, trigger_spec, replicate_deletions, enabled, description, created_at, updated_at", " FROM replication_rules WHERE name = $1");
+                let row: Option<$crate::replication::RuleRow> = sqlx::query_as::<$db, _>(sql)
                     .bind(name)
-                    .fetch_optional(($reader)(self))
+                    .fetch_optional(&self.$reader)
                     .await?;
                 row.map($crate::replication::rule_from_row).transpose()
             }
@@ -534,12 +522,9 @@ macro_rules! impl_replication_store {
             async fn list_rules(
                 &self,
             ) -> $crate::StorageResult<Vec<$crate::replication::ReplicationRule>> {
-                let sql = format!(
-                    "SELECT {} FROM replication_rules ORDER BY name",
-                    $crate::replication::RULE_COLUMNS
-                );
-                let rows: Vec<$crate::replication::RuleRow> = sqlx::query_as::<$db, _>(&sql)
-                    .fetch_all(($reader)(self))
+                let sql = concat!("SELECT ", "name, direction, registry, repositories, tags, mapping, trigger_spec, replicate_deletions, enabled, description, created_at, updated_at", " FROM replication_rules ORDER BY name");
+                let rows: Vec<$crate::replication::RuleRow> = sqlx::query_as::<$db, _>(sql)
+                    .fetch_all(&self.$reader)
                     .await?;
                 rows.into_iter()
                     .map($crate::replication::rule_from_row)
@@ -566,7 +551,7 @@ macro_rules! impl_replication_store {
                 .bind(&r.description)
                 .bind(r.updated_at)
                 .bind(&r.name)
-                .execute(($writer)(self))
+                .execute(&self.$writer)
                 .await
                 .map_err(|e| $crate::replication::map_rule_write(e, r))?;
                 if done.rows_affected() == 0 {
@@ -579,7 +564,7 @@ macro_rules! impl_replication_store {
             }
 
             async fn delete_rule(&self, name: &str) -> $crate::StorageResult<()> {
-                let mut tx = ($writer)(self).begin().await?;
+                let mut tx = self.$writer.begin().await?;
                 sqlx::query::<$db>(
                     "DELETE FROM replication_tasks WHERE execution IN \
                      (SELECT id FROM replication_executions WHERE rule = $1)",
@@ -614,7 +599,7 @@ macro_rules! impl_replication_store {
                 )
                 .bind(slot)
                 .bind(rule)
-                .execute(($writer)(self))
+                .execute(&self.$writer)
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -645,7 +630,7 @@ macro_rules! impl_replication_store {
                     let next: Option<i64> = sqlx::query_scalar::<$db, i64>(
                         "SELECT id FROM replication_executions WHERE status = 'pending' ORDER BY id LIMIT 1",
                     )
-                    .fetch_optional(($writer)(self))
+                    .fetch_optional(&self.$writer)
                     .await?;
                     let Some(id) = next else { return Ok(None) };
                     let done = sqlx::query::<$db>(
@@ -654,7 +639,7 @@ macro_rules! impl_replication_store {
                     )
                     .bind(at)
                     .bind(id)
-                    .execute(($writer)(self))
+                    .execute(&self.$writer)
                     .await?;
                     if done.rows_affected() == 1 {
                         return self.execution(id).await;
@@ -678,7 +663,7 @@ macro_rules! impl_replication_store {
                 .bind(message)
                 .bind(at)
                 .bind(id)
-                .execute(($writer)(self))
+                .execute(&self.$writer)
                 .await?;
                 if done.rows_affected() == 0 && self.execution(id).await?.is_none() {
                     return Err($crate::StorageError::NotFound(format!(
@@ -694,14 +679,14 @@ macro_rules! impl_replication_store {
                      WHERE id = $1 AND status IN ('running', 'pending')",
                 )
                 .bind(id)
-                .execute(($writer)(self))
+                .execute(&self.$writer)
                 .await?;
                 sqlx::query::<$db>(
                     "UPDATE replication_executions SET status = 'stopped', message = 'stopped before it started', \
                      ended_at = started_at WHERE id = $1 AND status = 'pending'",
                 )
                 .bind(id)
-                .execute(($writer)(self))
+                .execute(&self.$writer)
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -710,13 +695,15 @@ macro_rules! impl_replication_store {
                 &self,
                 id: i64,
             ) -> $crate::StorageResult<Option<$crate::replication::Execution>> {
-                let sql = format!(
-                    "SELECT {} FROM replication_executions e WHERE e.id = $1",
-                    $crate::replication::EXEC_COLUMNS
-                );
-                let row: Option<$crate::replication::ExecRow> = sqlx::query_as::<$db, _>(&sql)
+                let sql = concat!("SELECT ", "e.id, e.rule, e.trigger_kind, e.status, e.started_at, e.ended_at, e.message, e.stop_requested, \
+     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id), \
+     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id AND t.status = 'succeeded'), \
+     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id AND t.status = 'failed'), \
+     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id AND t.status = 'skipped'), \
+     (SELECT CAST(COALESCE(SUM(t.bytes), 0) AS BIGINT) FROM replication_tasks t WHERE t.execution = e.id)", " FROM replication_executions e WHERE e.id = $1");
+                let row: Option<$crate::replication::ExecRow> = sqlx::query_as::<$db, _>(sql)
                     .bind(id)
-                    .fetch_optional(($reader)(self))
+                    .fetch_optional(&self.$reader)
                     .await?;
                 row.map($crate::replication::exec_from_row).transpose()
             }
@@ -726,15 +713,17 @@ macro_rules! impl_replication_store {
                 rule: Option<&str>,
                 limit: u32,
             ) -> $crate::StorageResult<Vec<$crate::replication::Execution>> {
-                let sql = format!(
-                    "SELECT {} FROM replication_executions e WHERE ($1 = '' OR e.rule = $1) \
-                     ORDER BY e.id DESC LIMIT $2",
-                    $crate::replication::EXEC_COLUMNS
-                );
-                let rows: Vec<$crate::replication::ExecRow> = sqlx::query_as::<$db, _>(&sql)
+                let sql = concat!("SELECT ", "e.id, e.rule, e.trigger_kind, e.status, e.started_at, e.ended_at, e.message, e.stop_requested, \
+     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id), \
+     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id AND t.status = 'succeeded'), \
+     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id AND t.status = 'failed'), \
+     (SELECT COUNT(*) FROM replication_tasks t WHERE t.execution = e.id AND t.status = 'skipped'), \
+     (SELECT CAST(COALESCE(SUM(t.bytes), 0) AS BIGINT) FROM replication_tasks t WHERE t.execution = e.id)", " FROM replication_executions e WHERE ($1 = '' OR e.rule = $1) \
+                     ORDER BY e.id DESC LIMIT $2");
+                let rows: Vec<$crate::replication::ExecRow> = sqlx::query_as::<$db, _>(sql)
                     .bind(rule.unwrap_or(""))
                     .bind(i64::from(limit))
-                    .fetch_all(($reader)(self))
+                    .fetch_all(&self.$reader)
                     .await?;
                 rows.into_iter()
                     .map($crate::replication::exec_from_row)
@@ -752,7 +741,7 @@ macro_rules! impl_replication_store {
                 )
                 .bind(message)
                 .bind(before)
-                .execute(($writer)(self))
+                .execute(&self.$writer)
                 .await?;
                 Ok(done.rows_affected())
             }
@@ -777,7 +766,7 @@ macro_rules! impl_replication_store {
                 .bind(&t.error)
                 .bind(t.started_at)
                 .bind(t.ended_at)
-                .fetch_one(($writer)(self))
+                .fetch_one(&self.$writer)
                 .await
                 .map_err(|e| match e.as_database_error().map(|d| d.kind()) {
                     Some(sqlx::error::ErrorKind::ForeignKeyViolation) => {
@@ -811,7 +800,7 @@ macro_rules! impl_replication_store {
                 .bind(error)
                 .bind(ended)
                 .bind(id)
-                .execute(($writer)(self))
+                .execute(&self.$writer)
                 .await?;
                 if done.rows_affected() == 0 {
                     return Err($crate::StorageError::NotFound(format!(
@@ -826,14 +815,11 @@ macro_rules! impl_replication_store {
                 execution: i64,
                 limit: u32,
             ) -> $crate::StorageResult<Vec<$crate::replication::Task>> {
-                let sql = format!(
-                    "SELECT {} FROM replication_tasks WHERE execution = $1 ORDER BY id LIMIT $2",
-                    $crate::replication::TASK_COLUMNS
-                );
-                let rows: Vec<$crate::replication::TaskRow> = sqlx::query_as::<$db, _>(&sql)
+                let sql = concat!("SELECT ", "id, execution, operation, source, destination, reference, digest, status, bytes, error, started_at, ended_at", " FROM replication_tasks WHERE execution = $1 ORDER BY id LIMIT $2");
+                let rows: Vec<$crate::replication::TaskRow> = sqlx::query_as::<$db, _>(sql)
                     .bind(execution)
                     .bind(i64::from(limit))
-                    .fetch_all(($reader)(self))
+                    .fetch_all(&self.$reader)
                     .await?;
                 rows.into_iter()
                     .map($crate::replication::task_from_row)

@@ -50,9 +50,4 @@ CREATE TABLE IF NOT EXISTS replication_tasks (
 CREATE INDEX IF NOT EXISTS replication_tasks_by_execution ON replication_tasks(execution, id);
 "#;
 
-crate::replication::impl_replication_store!(
-    SqliteMetadata,
-    sqlx::Sqlite,
-    |s: &SqliteMetadata| &s.writer,
-    |s: &SqliteMetadata| &s.reader
-);
+crate::replication::impl_replication_store!(SqliteMetadata, sqlx::Sqlite, writer, reader);
