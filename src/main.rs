@@ -51,6 +51,8 @@ enum Command {
     /// Replication rules (push to / pull from remote registries) and their executions.
     #[command(subcommand)]
     Replication(cmd::replication::ReplicationCommand),
+    /// Remote registries: proxy-cache upstreams and replication peers.
+    Registry(cmd::registry::RegistryArgs),
 }
 
 #[derive(Args)]
@@ -190,6 +192,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Admin(c) => cmd::admin::run(c),
         Command::Migrate(args) => cmd::migrate::run(args),
         Command::Replication(c) => cmd::replication::run(c),
+        Command::Registry(args) => cmd::registry::run(args),
     }
 }
 

@@ -297,11 +297,11 @@ pub(crate) async fn open(common: &Common) -> anyhow::Result<(Auth, Caller)> {
     Ok((auth, admin::local_admin()))
 }
 
-fn fail(e: ApiError) -> anyhow::Error {
+pub(crate) fn fail(e: ApiError) -> anyhow::Error {
     anyhow!("{}", e.detail)
 }
 
-fn read_password_stdin() -> anyhow::Result<String> {
+pub(crate) fn read_password_stdin() -> anyhow::Result<String> {
     let mut s = String::new();
     std::io::stdin()
         .read_to_string(&mut s)
@@ -347,7 +347,11 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Print `v` as JSON, or `text()` for humans.
-pub(crate) fn show<T: Serialize>(output: Output, v: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(crate) fn show<T: Serialize>(
+    output: Output,
+    v: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     match output {
         Output::Json => print_json(v),
         Output::Table => {
@@ -672,7 +676,7 @@ async fn audit(a: AuditArgs) -> anyhow::Result<()> {
 }
 
 /// The registry side of the data directory (blobs and metadata) for the lifecycle commands.
-async fn open_registry(
+pub(crate) async fn open_registry(
     common: &Common,
     lifecycle: berth_server::config::LifecycleConfig,
 ) -> anyhow::Result<berth_server::AppState> {

@@ -6,3 +6,4 @@ pub mod fetch;
 pub mod kube;
 pub mod migrate;
 pub mod replication;
+pub mod registry;

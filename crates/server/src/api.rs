@@ -19,6 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, delete, get, patch, post, put};
 use berth_proto::error::ErrorCode;
 use berth_storage::AuditFilter;
+
+use crate::remotes::{self, RegistrySpec};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -108,6 +110,24 @@ pub fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::POST,
             "/api/v1/projects/{name}/purge",
             post(purge_project),
+        ),
+        (Method::GET, "/api/v1/registries", get(list_registries)),
+        (Method::POST, "/api/v1/registries", post(add_registry)),
+        (Method::GET, "/api/v1/registries/{name}", get(get_registry)),
+        (
+            Method::PATCH,
+            "/api/v1/registries/{name}",
+            patch(update_registry),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/registries/{name}",
+            delete(delete_registry),
+        ),
+        (
+            Method::POST,
+            "/api/v1/registries/{name}/check",
+            post(check_registry),
         ),
     ]
     .into_iter()
@@ -542,6 +562,56 @@ async fn purge_project(
     ok(&serde_json::json!({ "repositories_deleted": n }))
 }
 
+async fn list_registries(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+) -> ApiResult<Response> {
+    ok(&remotes::list_registries(&s.remotes, &c).await?)
+}
+
+async fn add_registry(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    JsonBody(b): JsonBody<RegistrySpec>,
+) -> ApiResult<Response> {
+    let r = remotes::add_registry(&s.auth, &s.remotes, &c, b).await?;
+    Ok(json(StatusCode::CREATED, &r))
+}
+
+async fn get_registry(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    ok(&remotes::get_registry(&s.remotes, &c, &name).await?)
+}
+
+async fn update_registry(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(name): Path<String>,
+    JsonBody(b): JsonBody<RegistrySpec>,
+) -> ApiResult<Response> {
+    ok(&remotes::update_registry(&s.auth, &s.remotes, &c, &name, b).await?)
+}
+
+async fn delete_registry(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    remotes::delete_registry(&s.auth, &s.remotes, &c, &name).await?;
+    no_content()
+}
+
+async fn check_registry(
+    State(s): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    ok(&remotes::check_registry(&s.auth, &s.remotes, &c, &name).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -668,6 +738,7 @@ mod tests {
             Default::default(),
             std::time::Duration::from_secs(3600),
         ));
+        let remote_store = meta.clone();
         let state = AppState {
             blobs,
             replication: Arc::new(crate::replication::Replication::new(Arc::new(meta.clone()))),
@@ -680,6 +751,10 @@ mod tests {
             refusals: Default::default(),
             space: crate::limits::DiskSpace::new(dir.path().to_owned(), Default::default()),
             ops: Default::default(),
+            remotes: Arc::new(crate::remotes::Remotes::new(
+                Arc::new(remote_store),
+                crate::remotes::Sealer::from_key(&[3; 32]).expect("key"),
+            )),
         };
         (state, dir)
     }

@@ -29,6 +29,18 @@ pub struct ServerConfig {
     pub lifecycle: LifecycleConfig,
     /// Where blobs are kept (`[storage]`: the data directory, or an S3 bucket).
     pub storage: StorageConfig,
+    /// The key that seals remote registries' secrets at rest.
+    pub secrets: SecretsConfig,
+}
+
+/// `[secrets]`: the key sealing stored secrets (remote registries' passwords).
+/// `BERTH_SECRET_KEY` (base64 of 32 bytes) wins over the file; replicas sharing
+/// PostgreSQL must all use the same key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// The key file (32 bytes; created 0600 when missing). Default: `DATA/secret.key`.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[database]`: the metadata and account store.
@@ -364,6 +376,7 @@ impl Default for ServerConfig {
             metrics: MetricsConfig::default(),
             lifecycle: LifecycleConfig::default(),
             storage: StorageConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -372,6 +385,14 @@ impl ServerConfig {
     /// Parse a TOML configuration file's text.
     pub fn from_toml(text: &str) -> Result<ServerConfig, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// The file holding the key that seals stored secrets.
+    pub fn secret_key_file(&self) -> PathBuf {
+        self.secrets
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data.join("secret.key"))
     }
 
     /// Where the auto-generated certificates live.

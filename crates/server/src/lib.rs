@@ -32,6 +32,7 @@ pub mod gc;
 pub mod limits;
 pub mod ops;
 pub mod replication;
+pub mod remotes;
 pub mod routes;
 pub mod serve;
 pub mod state;

@@ -175,6 +175,11 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         lifecycle,
         refusals: Default::default(),
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
+        remotes: Arc::new(crate::remotes::Remotes::new(
+            stores.remotes.clone(),
+            crate::remotes::Sealer::load_or_create(&config.secret_key_file())
+                .map_err(ServeError::Auth)?,
+        )),
         replication: Arc::new(crate::replication::Replication::new(
             stores.replication.clone(),
         )),
@@ -326,6 +331,8 @@ pub struct Stores {
     pub lifecycle: Arc<dyn LifecycleStore>,
     /// Replication rules and executions (same database).
     pub replication: Arc<dyn berth_storage::ReplicationStore>,
+    /// Remote registries and proxy projects (same database as `meta`).
+    pub remotes: Arc<dyn berth_storage::RemoteStore>,
     pub key: SigningKey,
     /// Set when the stores are in PostgreSQL (shared by replicas).
     pub postgres: Option<PgMetadata>,
@@ -404,6 +411,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
             accounts: Arc::new(pg.clone()),
             lifecycle: Arc::new(pg.clone()),
             replication: Arc::new(pg.clone()),
+            remotes: Arc::new(pg.clone()),
             key,
             postgres: Some(pg),
             sqlite: None,
@@ -426,6 +434,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
         accounts: Arc::new(meta.clone()),
         lifecycle: Arc::new(meta.clone()),
         replication: Arc::new(meta.clone()),
+        remotes: Arc::new(meta.clone()),
         key,
         postgres: None,
         sqlite: Some(meta),

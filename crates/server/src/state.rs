@@ -29,6 +29,8 @@ pub struct AppState {
     pub space: DiskSpace,
     /// Replication rules and their executions.
     pub replication: Arc<crate::replication::Replication>,
+    /// Remote registries (proxy-cache upstreams, replication peers) and their clients.
+    pub remotes: Arc<crate::remotes::Remotes>,
 }
 
 /// Where the certificate this server presents came from.
