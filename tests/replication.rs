@@ -350,23 +350,26 @@ async fn api(b: &Berth, method: reqwest::Method, path: &str, body: Option<Value>
 fn register(b: &Berth, name: &str, host: &str, user: &str, password: &str, ca_pem: &[u8]) {
     let ca = b.data.path().join(format!("{name}-ca.pem"));
     std::fs::write(&ca, ca_pem).unwrap();
-    let mut cmd = Command::new(berth_bin());
-    cmd.args([
-        "registry",
-        "add",
-        name,
-        "--url",
-        &format!("https://{host}"),
-        "--username",
-        user,
-        "--password-stdin",
-        "--ca-file",
-        &p(&ca),
-        "--data",
-        &p(b.data.path()),
-    ]);
-    let out = common::run_cmd_stdin(&mut cmd, password.as_bytes(), Duration::from_secs(60));
-    assert!(out.success(), "berth registry add: {}", out.stderr);
+    let mut child = Command::new(berth_bin())
+        .args(["registry", "add", name, &format!("https://{host}"), "--username", user])
+        .args(["--password-stdin", "--ca-file", &p(&ca), "--data", &p(b.data.path())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "berth registry add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn rule_add(b: &Berth, args: &[&str]) {

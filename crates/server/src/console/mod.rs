@@ -18,6 +18,7 @@
 mod lifecycle;
 mod manage;
 mod pages;
+mod replication;
 mod repository;
 mod session;
 mod view;
@@ -85,6 +86,16 @@ pub fn router() -> Router<AppState> {
             get(lifecycle::policy_page).post(lifecycle::save_policy),
         )
         .route("/projects/{name}/retention", post(lifecycle::run_retention))
+        .route(
+            "/admin/replication",
+            get(replication::page),
+        )
+        .route("/admin/replication/run", post(replication::run))
+        .route("/admin/replication/stop", post(replication::stop))
+        .route(
+            "/admin/replication/executions/{id}",
+            get(replication::execution),
+        )
         .route("/ca.crt", get(ca_crt))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))

@@ -176,12 +176,12 @@ impl<'a> Copier<'a> {
                     }
                 }
                 let parallel = self.src.client.options().parallel.max(1);
-                futures_util::stream::iter(
-                    blobs
-                        .iter()
-                        .map(|d| self.copy_blob(src_repo, dst_repo, d, bytes)),
-                )
-                .buffer_unordered(parallel)
+                let futs: Vec<_> = blobs
+                    .iter()
+                    .map(|d| self.copy_blob(src_repo, dst_repo, d, bytes))
+                    .collect();
+                futures_util::stream::iter(futs)
+                    .buffer_unordered(parallel)
                 .try_collect::<Vec<()>>()
                 .await?;
             }
