@@ -215,6 +215,17 @@ impl Reg {
         r.status() == 200
     }
 
+    async fn has_referrers_api(&self, repo: &str, digest: &str) -> bool {
+        let r = self
+            .http
+            .get(format!("{}/v2/{repo}/referrers/{digest}", self.base))
+            .header("authorization", &self.auth)
+            .send()
+            .await
+            .unwrap();
+        r.status() == 200
+    }
+
     async fn delete_manifest(&self, repo: &str, reference: &str) {
         let r = self
             .http
@@ -238,10 +249,12 @@ impl Reg {
             return Vec::new();
         }
         let v: Value = r.json().await.unwrap();
+        // Referrers fallback tags (`sha256-…`) are not image tags.
         let mut t: Vec<String> = v["tags"]
             .as_array()
             .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
             .unwrap_or_default();
+        t.retain(|t| !t.starts_with("sha256-"));
         t.sort();
         t
     }
@@ -308,6 +321,16 @@ async fn push_image(reg: &Reg, repo: &str, tag: &str, layer_size: usize, seed: u
     let referrer_digest = sha256_digest(&referrer);
     reg.put_manifest(repo, &referrer_digest, OCI_MANIFEST, &referrer)
         .await;
+    // Without the referrers API (Distribution) a client lists the referrer under the
+    // subject's fallback tag itself, as the OCI distribution spec says.
+    if !reg.has_referrers_api(repo, &index_digest).await {
+        let fallback = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": referrer_digest, "size": referrer.len(), "artifactType": "application/spdx+json"}
+        ]}))
+        .unwrap();
+        reg.put_manifest(repo, &index_digest.replace(':', "-"), OCI_INDEX, &fallback)
+            .await;
+    }
     reg.put_manifest(repo, tag, OCI_INDEX, &index).await;
     Pushed {
         index: index_digest,
@@ -539,17 +562,17 @@ async fn deletions_are_replicated_when_the_rule_says_so() {
     assert_eq!(rd.manifest("library/del", "v2").await.0, 200);
 }
 
-/// A TCP proxy that cuts its first connection after `cut_after` bytes from the client.
+/// A TCP proxy that cuts, once, the first connection to carry more than `cut_after` bytes
+/// from the client (in the middle of a blob upload).
 fn cutting_proxy(target: String, cut_after: u64) -> (u16, Arc<AtomicU32>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let cuts = Arc::new(AtomicU32::new(0));
     let c = cuts.clone();
     std::thread::spawn(move || {
-        for (n, client) in listener.incoming().enumerate() {
+        for client in listener.incoming() {
             let Ok(client) = client else { return };
             let Ok(server) = TcpStream::connect(&target) else { return };
-            let limit = if n == 0 { cut_after } else { u64::MAX };
             let sent = Arc::new(AtomicU64::new(0));
             let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             let (mut s_in, mut c_out) = (server, client);
@@ -561,8 +584,11 @@ fn cutting_proxy(target: String, cut_after: u64) -> (u16, Arc<AtomicU32>) {
                     if k == 0 {
                         break;
                     }
-                    if sent.fetch_add(k as u64, Ordering::Relaxed) + k as u64 > limit {
-                        cuts.fetch_add(1, Ordering::Relaxed);
+                    if sent.fetch_add(k as u64, Ordering::Relaxed) + k as u64 > cut_after
+                        && cuts
+                            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok()
+                    {
                         break;
                     }
                     if s_out.write_all(&buf[..k]).is_err() {
