@@ -14,9 +14,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Berth, ChildGuard, berth_bin, need, run_cmd, sha256_digest};
@@ -32,6 +32,7 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 struct Distribution {
     host: String,
     ca_pem: Vec<u8>,
+    _watchdog: std::process::Child,
 }
 
 fn dist() -> &'static Distribution {
@@ -74,7 +75,7 @@ fn dist() -> &'static Distribution {
             std::thread::sleep(Duration::from_millis(50));
         }
         // Statics are never dropped: a watchdog kills it by PID once this process exits.
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 {pid}; rm -rf '{dir}'",
@@ -91,6 +92,7 @@ fn dist() -> &'static Distribution {
         Distribution {
             host: format!("127.0.0.1:{port}"),
             ca_pem: std::fs::read(certs.join("ca.crt")).unwrap(),
+            _watchdog: watchdog,
         }
     })
 }
@@ -134,7 +136,12 @@ impl Reg {
     }
 
     fn berth(b: &Berth) -> Reg {
-        Reg::new(&b.host(), &b.ca_pem(), common::ADMIN_USER, common::ADMIN_PASSWORD)
+        Reg::new(
+            &b.host(),
+            &b.ca_pem(),
+            common::ADMIN_USER,
+            common::ADMIN_PASSWORD,
+        )
     }
 
     async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Value {
@@ -300,9 +307,13 @@ async fn push_image(reg: &Reg, repo: &str, tag: &str, layer_size: usize, seed: u
         descs.push(json!({"mediaType": OCI_MANIFEST, "digest": d, "size": m.len(), "platform": {"architecture": arch, "os": "linux"}}));
         children.push(d);
     }
-    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descs})).unwrap();
+    let index = serde_json::to_vec(
+        &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descs}),
+    )
+    .unwrap();
     let index_digest = sha256_digest(&index);
-    reg.put_manifest(repo, &index_digest, OCI_INDEX, &index).await;
+    reg.put_manifest(repo, &index_digest, OCI_INDEX, &index)
+        .await;
     // The SBOM: an artifact manifest whose subject is the index.
     let empty = b"{}";
     reg.push_blob(repo, empty).await;
@@ -341,7 +352,14 @@ async fn push_image(reg: &Reg, repo: &str, tag: &str, layer_size: usize, seed: u
 }
 
 /// `dst` holds everything of `img` under `repo:tag`, byte for byte (digests checked).
-async fn assert_replicated(src: &Reg, src_repo: &str, dst: &Reg, repo: &str, tag: &str, img: &Pushed) {
+async fn assert_replicated(
+    src: &Reg,
+    src_repo: &str,
+    dst: &Reg,
+    repo: &str,
+    tag: &str,
+    img: &Pushed,
+) {
     let (status, digest, body) = dst.manifest(repo, tag).await;
     assert_eq!(status, 200, "{repo}:{tag} at the destination");
     assert_eq!(sha256_digest(&body), img.index, "index bytes");
@@ -366,7 +384,10 @@ async fn api(b: &Berth, method: reqwest::Method, path: &str, body: Option<Value>
     let r = rq.send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// Register a remote registry in `b` through `berth registry add` on its data directory.
@@ -374,8 +395,21 @@ fn register(b: &Berth, name: &str, host: &str, user: &str, password: &str, ca_pe
     let ca = b.data.path().join(format!("{name}-ca.pem"));
     std::fs::write(&ca, ca_pem).unwrap();
     let mut child = Command::new(berth_bin())
-        .args(["registry", "add", name, &format!("https://{host}"), "--username", user])
-        .args(["--password-stdin", "--ca-file", &p(&ca), "--data", &p(b.data.path())])
+        .args([
+            "registry",
+            "add",
+            name,
+            &format!("https://{host}"),
+            "--username",
+            user,
+        ])
+        .args([
+            "--password-stdin",
+            "--ca-file",
+            &p(&ca),
+            "--data",
+            &p(b.data.path()),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -444,15 +478,41 @@ async fn push_rule_on_push_replicates_an_index_with_its_referrer_to_distribution
     let a = Berth::start();
     let b = Berth::start();
     register(&a, "dist", &d.host, USER, PASSWORD, &d.ca_pem);
-    register(&a, "berth-b", &b.host(), common::ADMIN_USER, common::ADMIN_PASSWORD, &b.ca_pem());
-    rule_add(&a, &["to-dist", "--direction", "push", "--registry", "dist", "--repositories", "library/app*", "--trigger", "on-push"]);
+    register(
+        &a,
+        "berth-b",
+        &b.host(),
+        common::ADMIN_USER,
+        common::ADMIN_PASSWORD,
+        &b.ca_pem(),
+    );
+    rule_add(
+        &a,
+        &[
+            "to-dist",
+            "--direction",
+            "push",
+            "--registry",
+            "dist",
+            "--repositories",
+            "library/app*",
+            "--trigger",
+            "on-push",
+        ],
+    );
     // The second Berth gets the images under another project.
     let (s, v) = api(&a, reqwest::Method::POST, "/api/v1/replication/rules", Some(json!({
         "name": "to-b", "direction": "push", "registry": "berth-b", "repositories": "library/app*",
         "mapping": "replace:library=mirror", "trigger": "on-push"
     }))).await;
     assert_eq!(s, 201, "{v}");
-    let (s, _) = api(&b, reqwest::Method::POST, "/api/v1/projects", Some(json!({"name": "mirror"}))).await;
+    let (s, _) = api(
+        &b,
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        Some(json!({"name": "mirror"})),
+    )
+    .await;
     assert_eq!(s, 201);
 
     let ra = Reg::berth(&a);
@@ -471,7 +531,9 @@ async fn push_rule_on_push_replicates_an_index_with_its_referrer_to_distribution
     let rd = Reg::dist();
     assert_replicated(&ra, "library/app", &rd, "library/app", "v1", &img).await;
     // Distribution has no referrers API: the referrer is listed under the fallback tag.
-    let (s, _, fb) = rd.manifest("library/app", &img.index.replace(':', "-")).await;
+    let (s, _, fb) = rd
+        .manifest("library/app", &img.index.replace(':', "-"))
+        .await;
     assert_eq!(s, 200, "fallback tag");
     let fb: Value = serde_json::from_slice(&fb).unwrap();
     assert_eq!(fb["manifests"][0]["digest"], img.referrer.as_str());
@@ -487,10 +549,19 @@ async fn push_rule_on_push_replicates_an_index_with_its_referrer_to_distribution
         .unwrap();
     let list: Value = r.json().await.unwrap();
     assert_eq!(list["manifests"][0]["digest"], img.referrer.as_str());
-    assert_eq!(list["manifests"][0]["artifactType"], "application/spdx+json");
+    assert_eq!(
+        list["manifests"][0]["artifactType"],
+        "application/spdx+json"
+    );
 
     // A manual run finds nothing to do: every artifact is skipped.
-    let (s, v) = api(&a, reqwest::Method::POST, "/api/v1/replication/rules/to-dist/run", None).await;
+    let (s, v) = api(
+        &a,
+        reqwest::Method::POST,
+        "/api/v1/replication/rules/to-dist/run",
+        None,
+    )
+    .await;
     assert_eq!(s, 202, "{v}");
     let id = v["id"].as_i64().unwrap();
     let e = wait_execution(&a, "to-dist", 60, |e| e["id"] == id && finished(e)).await;
@@ -516,8 +587,28 @@ async fn scheduled_pull_rule_brings_the_filtered_tags_from_distribution() {
     let a = Berth::start();
     register(&a, "dist", &d.host, USER, PASSWORD, &d.ca_pem);
     // Every 2 seconds; into project "hub" (created by the rule).
-    rule_add(&a, &["from-dist", "--direction", "pull", "--registry", "dist", "--repositories", "library/*", "--tags", "v1.*", "--mapping", "replace:library=hub", "--trigger", "schedule:*/2 * * * * *"]);
-    let e = wait_execution(&a, "from-dist", 60, |e| finished(e) && e["trigger"] == "schedule").await;
+    rule_add(
+        &a,
+        &[
+            "from-dist",
+            "--direction",
+            "pull",
+            "--registry",
+            "dist",
+            "--repositories",
+            "library/*",
+            "--tags",
+            "v1.*",
+            "--mapping",
+            "replace:library=hub",
+            "--trigger",
+            "schedule:*/2 * * * * *",
+        ],
+    );
+    let e = wait_execution(&a, "from-dist", 60, |e| {
+        finished(e) && e["trigger"] == "schedule"
+    })
+    .await;
     assert_eq!(e["status"], "succeeded", "{e}");
     let ra = Reg::berth(&a);
     assert_eq!(ra.tags("hub/tool").await, ["v1.0", "v1.1"]);
@@ -528,12 +619,30 @@ async fn scheduled_pull_rule_brings_the_filtered_tags_from_distribution() {
     }
     // The CLI shows the executions and disables the schedule.
     let out = run_cmd(
-        Command::new(berth_bin()).args(["replication", "executions", "--rule", "from-dist", "--data", &p(a.data.path())]),
+        Command::new(berth_bin()).args([
+            "replication",
+            "executions",
+            "--rule",
+            "from-dist",
+            "--data",
+            &p(a.data.path()),
+        ]),
         Duration::from_secs(60),
     );
-    assert!(out.success() && out.stdout.contains("schedule") && out.stdout.contains("succeeded"), "{}", out.stdout);
+    assert!(
+        out.success() && out.stdout.contains("schedule") && out.stdout.contains("succeeded"),
+        "{}",
+        out.stdout
+    );
     let out = run_cmd(
-        Command::new(berth_bin()).args(["replication", "rule", "rm", "from-dist", "--data", &p(a.data.path())]),
+        Command::new(berth_bin()).args([
+            "replication",
+            "rule",
+            "rm",
+            "from-dist",
+            "--data",
+            &p(a.data.path()),
+        ]),
         Duration::from_secs(60),
     );
     assert!(out.success(), "{}", out.stderr);
@@ -544,7 +653,21 @@ async fn deletions_are_replicated_when_the_rule_says_so() {
     let d = dist();
     let a = Berth::start();
     register(&a, "dist", &d.host, USER, PASSWORD, &d.ca_pem);
-    rule_add(&a, &["mirror-del", "--direction", "push", "--registry", "dist", "--repositories", "library/del", "--trigger", "on-push", "--replicate-deletions"]);
+    rule_add(
+        &a,
+        &[
+            "mirror-del",
+            "--direction",
+            "push",
+            "--registry",
+            "dist",
+            "--repositories",
+            "library/del",
+            "--trigger",
+            "on-push",
+            "--replicate-deletions",
+        ],
+    );
     let ra = Reg::berth(&a);
     let rd = Reg::dist();
     push_image(&ra, "library/del", "v1", 100, 30).await;
@@ -555,7 +678,10 @@ async fn deletions_are_replicated_when_the_rule_says_so() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ra.delete_manifest("library/del", "v1").await;
-    let e = wait_execution(&a, "mirror-del", 60, |e| finished(e) && e["trigger"] == "deletion").await;
+    let e = wait_execution(&a, "mirror-del", 60, |e| {
+        finished(e) && e["trigger"] == "deletion"
+    })
+    .await;
     assert_eq!(e["status"], "succeeded", "{e}");
     assert_eq!(e["task_list"][0]["operation"], "delete");
     assert_eq!(rd.manifest("library/del", "v1").await.0, 404);
@@ -563,8 +689,8 @@ async fn deletions_are_replicated_when_the_rule_says_so() {
 }
 
 /// A TCP proxy that cuts, once, the first connection to carry more than `cut_after` bytes
-/// from the client (in the middle of a blob upload).
-fn cutting_proxy(target: String, cut_after: u64) -> (u16, Arc<AtomicU32>) {
+/// from the client (in the middle of a blob upload), and waits `delay` per 16 KiB read.
+fn cutting_proxy(target: String, cut_after: u64, delay: Duration) -> (u16, Arc<AtomicU32>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let cuts = Arc::new(AtomicU32::new(0));
@@ -572,18 +698,20 @@ fn cutting_proxy(target: String, cut_after: u64) -> (u16, Arc<AtomicU32>) {
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { return };
-            let Ok(server) = TcpStream::connect(&target) else { return };
+            let Ok(server) = TcpStream::connect(&target) else {
+                return;
+            };
             let sent = Arc::new(AtomicU64::new(0));
             let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             let (mut s_in, mut c_out) = (server, client);
             let cuts = c.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 16384];
-                loop {
-                    let Ok(k) = c_in.read(&mut buf) else { break };
+                while let Ok(k) = c_in.read(&mut buf) {
                     if k == 0 {
                         break;
                     }
+                    std::thread::sleep(delay);
                     if sent.fetch_add(k as u64, Ordering::Relaxed) + k as u64 > cut_after
                         && cuts
                             .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
@@ -610,16 +738,265 @@ fn cutting_proxy(target: String, cut_after: u64) -> (u16, Arc<AtomicU32>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_mid_blob_is_resumed_and_the_execution_succeeds() {
     let d = dist();
-    let (port, cuts) = cutting_proxy(d.host.clone(), 3 << 20);
+    let (port, cuts) = cutting_proxy(d.host.clone(), 3 << 20, Duration::ZERO);
     let a = Berth::start();
-    register(&a, "dist-cut", &format!("127.0.0.1:{port}"), USER, PASSWORD, &d.ca_pem);
-    rule_add(&a, &["cut", "--direction", "push", "--registry", "dist-cut", "--repositories", "library/big"]);
+    register(
+        &a,
+        "dist-cut",
+        &format!("127.0.0.1:{port}"),
+        USER,
+        PASSWORD,
+        &d.ca_pem,
+    );
+    rule_add(
+        &a,
+        &[
+            "cut",
+            "--direction",
+            "push",
+            "--registry",
+            "dist-cut",
+            "--repositories",
+            "library/big",
+        ],
+    );
     let ra = Reg::berth(&a);
     let img = push_image(&ra, "library/big", "v1", 8 << 20, 40).await;
-    let (s, v) = api(&a, reqwest::Method::POST, "/api/v1/replication/rules/cut/run", None).await;
+    let (s, v) = api(
+        &a,
+        reqwest::Method::POST,
+        "/api/v1/replication/rules/cut/run",
+        None,
+    )
+    .await;
     assert_eq!(s, 202, "{v}");
     let e = wait_execution(&a, "cut", 120, finished).await;
     assert_eq!(e["status"], "succeeded", "{e}");
-    assert_eq!(cuts.load(Ordering::Relaxed), 1, "the proxy cut one connection");
+    assert_eq!(
+        cuts.load(Ordering::Relaxed),
+        1,
+        "the proxy cut one connection"
+    );
     assert_replicated(&ra, "library/big", &Reg::dist(), "library/big", "v1", &img).await;
+}
+
+/// The CLI on a data directory with no server running: a run is queued, `stop` ends it
+/// before any server picks it up, a registry in use cannot be removed, bad rules are refused
+/// with the reason.
+#[test]
+fn cli_queues_a_run_and_stops_it_and_checks_rules() {
+    let data = tempfile::tempdir().unwrap();
+    let d = p(data.path());
+    let berth = |args: &[&str]| {
+        run_cmd(
+            Command::new(berth_bin()).args(args).args(["--data", &d]),
+            Duration::from_secs(60),
+        )
+    };
+    let out = berth(&["registry", "add", "far", "https://127.0.0.1:9"]);
+    assert!(out.success(), "{}", out.stderr);
+    let out = berth(&[
+        "replication",
+        "rule",
+        "add",
+        "bad",
+        "--direction",
+        "pull",
+        "--registry",
+        "far",
+        "--trigger",
+        "on-push",
+    ]);
+    assert!(
+        !out.success() && out.stderr.contains("on-push is for push rules"),
+        "{}",
+        out.stderr
+    );
+    let out = berth(&[
+        "replication",
+        "rule",
+        "add",
+        "bad",
+        "--direction",
+        "push",
+        "--registry",
+        "far",
+        "--trigger",
+        "schedule:not cron",
+    ]);
+    assert!(
+        !out.success() && out.stderr.contains("cron expression"),
+        "{}",
+        out.stderr
+    );
+    let out = berth(&[
+        "replication",
+        "rule",
+        "add",
+        "r",
+        "--direction",
+        "push",
+        "--registry",
+        "nowhere",
+    ]);
+    assert!(
+        !out.success() && out.stderr.contains("nowhere"),
+        "{}",
+        out.stderr
+    );
+    let out = berth(&[
+        "replication",
+        "rule",
+        "add",
+        "r",
+        "--direction",
+        "push",
+        "--registry",
+        "far",
+        "--mapping",
+        "flatten:1",
+    ]);
+    assert!(out.success(), "{}", out.stderr);
+    let out = berth(&["replication", "rule", "list"]);
+    assert!(
+        out.stdout.contains("flatten:1") && out.stdout.contains("far"),
+        "{}",
+        out.stdout
+    );
+
+    let out = berth(&["replication", "rule", "run", "r", "--output", "json"]);
+    assert!(out.success(), "{}", out.stderr);
+    let e: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(e["status"], "pending");
+    let id = e["id"].as_i64().unwrap().to_string();
+    let out = berth(&["replication", "stop", &id, "--output", "json"]);
+    assert!(out.success(), "{}", out.stderr);
+    let out = berth(&["replication", "executions", "--id", &id, "--output", "json"]);
+    let e: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(e["status"], "stopped", "{e}");
+    let out = berth(&["replication", "stop", &id]);
+    assert!(
+        !out.success() && out.stderr.contains("not running"),
+        "{}",
+        out.stderr
+    );
+
+    let out = berth(&["registry", "rm", "far"]);
+    assert!(!out.success(), "a registry a rule uses cannot be removed");
+    let out = berth(&["replication", "rule", "rm", "r"]);
+    assert!(out.success(), "{}", out.stderr);
+    let out = berth(&["registry", "rm", "far"]);
+    assert!(out.success(), "{}", out.stderr);
+}
+
+/// A running execution stops on request (through a slow link, so it is still running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_execution_can_be_stopped() {
+    let d = dist();
+    let (port, _) = cutting_proxy(d.host.clone(), u64::MAX, Duration::from_millis(20));
+    let a = Berth::start();
+    register(
+        &a,
+        "dist-slow",
+        &format!("127.0.0.1:{port}"),
+        USER,
+        PASSWORD,
+        &d.ca_pem,
+    );
+    rule_add(
+        &a,
+        &[
+            "slow",
+            "--direction",
+            "push",
+            "--registry",
+            "dist-slow",
+            "--repositories",
+            "library/slow",
+        ],
+    );
+    let ra = Reg::berth(&a);
+    push_image(&ra, "library/slow", "v1", 8 << 20, 50).await;
+    let (s, v) = api(
+        &a,
+        reqwest::Method::POST,
+        "/api/v1/replication/rules/slow/run",
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    wait_execution(&a, "slow", 30, |e| {
+        e["id"] == id && e["status"] == "running"
+    })
+    .await;
+    let (s, v) = api(
+        &a,
+        reqwest::Method::POST,
+        &format!("/api/v1/replication/executions/{id}/stop"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["stop_requested"], true);
+    let e = wait_execution(&a, "slow", 30, |e| e["id"] == id && finished(e)).await;
+    assert_eq!(e["status"], "stopped", "{e}");
+    assert_eq!(e["task_list"][0]["status"], "stopped", "{e}");
+    // The console's Replication page lists the rule and the stopped execution, and the
+    // execution page its per-artifact task (signed in as the administrator).
+    let certs = reqwest::Certificate::from_pem_bundle(&a.ca_pem()).unwrap();
+    let c = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_only(certs)
+        .build()
+        .unwrap();
+    let form = c
+        .get(format!("{}/login", a.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let marker = "name=\"csrf\" value=\"";
+    let at = form.find(marker).expect("csrf field") + marker.len();
+    let csrf = form[at..].split('"').next().unwrap().to_string();
+    let r = c
+        .post(format!("{}/login", a.url()))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("username", common::ADMIN_USER),
+            ("password", common::ADMIN_PASSWORD),
+            ("next", "/admin/replication"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let html = c
+        .get(format!("{}/admin/replication", a.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("data-rule=\"slow\""), "{html}");
+    assert!(
+        html.contains(&format!("data-execution=\"{id}\"")) && html.contains("stopped"),
+        "{html}"
+    );
+    let html = c
+        .get(format!("{}/admin/replication/executions/{id}", a.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("library/slow") && html.contains("id=\"replication-tasks\""),
+        "{html}"
+    );
 }

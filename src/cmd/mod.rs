@@ -5,5 +5,5 @@ pub mod client;
 pub mod fetch;
 pub mod kube;
 pub mod migrate;
-pub mod replication;
 pub mod registry;
+pub mod replication;

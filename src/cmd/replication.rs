@@ -141,8 +141,15 @@ fn spec(a: &RuleArgs) -> RuleSpec {
 fn rule_rows(rules: &[RuleSpec]) -> String {
     table(
         &[
-            "NAME", "DIRECTION", "REGISTRY", "REPOSITORIES", "TAGS", "MAPPING", "TRIGGER",
-            "DELETIONS", "ENABLED",
+            "NAME",
+            "DIRECTION",
+            "REGISTRY",
+            "REPOSITORIES",
+            "TAGS",
+            "MAPPING",
+            "TRIGGER",
+            "DELETIONS",
+            "ENABLED",
         ],
         &rules
             .iter()

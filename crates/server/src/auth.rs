@@ -408,7 +408,9 @@ impl Auth {
             } else {
                 Err(ApiError::new(
                     ErrorCode::Unauthorized,
-                    format!("{SYSTEM_USER} is the server's own account; it cannot log in from outside"),
+                    format!(
+                        "{SYSTEM_USER} is the server's own account; it cannot log in from outside"
+                    ),
                 ))
             };
         }

@@ -180,9 +180,10 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
             crate::remotes::Sealer::load_or_create(&config.secret_key_file())
                 .map_err(ServeError::Auth)?,
         )),
-        replication: Arc::new(crate::replication::Replication::new(
-            stores.replication.clone(),
-        )),
+        replication: Arc::new(
+            crate::replication::Replication::new(stores.replication.clone())
+                .shared_by_replicas(stores.postgres.is_some()),
+        ),
     })
 }
 

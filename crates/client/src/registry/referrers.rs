@@ -8,8 +8,8 @@ use reqwest::header::ACCEPT;
 use super::{MAX_MANIFEST, RegistryClient, read_limited, unexpected};
 use crate::error::{ClientError, Result};
 use crate::image::{Descriptor, FetchedManifest, parse_shape};
-use berth_proto::media_types::OCI_INDEX;
 use crate::reference::ImageRef;
+use berth_proto::media_types::OCI_INDEX;
 
 /// The fallback tag of a subject digest (`sha256:ab…` → `sha256-ab…`).
 pub fn fallback_tag(subject: &Digest) -> String {
@@ -34,7 +34,9 @@ impl RegistryClient {
         match resp.status() {
             StatusCode::NOT_FOUND => return Ok(None),
             s if s.is_success() => {}
-            _ => return Err(unexpected(resp, &format!("listing the referrers of {subject}")).await),
+            _ => {
+                return Err(unexpected(resp, &format!("listing the referrers of {subject}")).await);
+            }
         }
         let ct = resp
             .headers()

@@ -86,10 +86,7 @@ pub fn router() -> Router<AppState> {
             get(lifecycle::policy_page).post(lifecycle::save_policy),
         )
         .route("/projects/{name}/retention", post(lifecycle::run_retention))
-        .route(
-            "/admin/replication",
-            get(replication::page),
-        )
+        .route("/admin/replication", get(replication::page))
         .route("/admin/replication/run", post(replication::run))
         .route("/admin/replication/stop", post(replication::stop))
         .route(

@@ -18,8 +18,16 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     vec![
         (Method::GET, "/api/v1/replication/rules", get(list_rules)),
         (Method::POST, "/api/v1/replication/rules", post(add_rule)),
-        (Method::GET, "/api/v1/replication/rules/{name}", get(get_rule)),
-        (Method::PUT, "/api/v1/replication/rules/{name}", put(update_rule)),
+        (
+            Method::GET,
+            "/api/v1/replication/rules/{name}",
+            get(get_rule),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/replication/rules/{name}",
+            put(update_rule),
+        ),
         (
             Method::DELETE,
             "/api/v1/replication/rules/{name}",
@@ -58,7 +66,10 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> ApiResult<Response> {
 }
 
 async fn list_rules(State(s): State<AppState>, ApiCaller(c): ApiCaller) -> ApiResult<Response> {
-    json(StatusCode::OK, &ops::list_rules(s.replication.store.as_ref(), &c).await?)
+    json(
+        StatusCode::OK,
+        &ops::list_rules(s.replication.store.as_ref(), &c).await?,
+    )
 }
 
 async fn add_rule(
@@ -75,7 +86,10 @@ async fn get_rule(
     ApiCaller(c): ApiCaller,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    json(StatusCode::OK, &ops::get_rule(s.replication.store.as_ref(), &c, &name).await?)
+    json(
+        StatusCode::OK,
+        &ops::get_rule(s.replication.store.as_ref(), &c, &name).await?,
+    )
 }
 
 async fn update_rule(
@@ -143,7 +157,10 @@ async fn get_execution(
     ApiCaller(c): ApiCaller,
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
-    json(StatusCode::OK, &ops::execution(s.replication.store.as_ref(), &c, id).await?)
+    json(
+        StatusCode::OK,
+        &ops::execution(s.replication.store.as_ref(), &c, id).await?,
+    )
 }
 
 async fn stop_execution(
@@ -151,5 +168,8 @@ async fn stop_execution(
     ApiCaller(c): ApiCaller,
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
-    json(StatusCode::OK, &ops::stop(&s.auth, s.replication.store.as_ref(), &c, id).await?)
+    json(
+        StatusCode::OK,
+        &ops::stop(&s.auth, s.replication.store.as_ref(), &c, id).await?,
+    )
 }

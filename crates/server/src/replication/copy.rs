@@ -70,7 +70,12 @@ pub(crate) fn stopped() -> ClientError {
 }
 
 impl<'a> Copier<'a> {
-    pub fn new(src: &'a Side, dst: &'a Side, stop: &'a AtomicBool, transfers: &'a Semaphore) -> Self {
+    pub fn new(
+        src: &'a Side,
+        dst: &'a Side,
+        stop: &'a AtomicBool,
+        transfers: &'a Semaphore,
+    ) -> Self {
         Copier {
             src,
             dst,
@@ -111,7 +116,8 @@ impl<'a> Copier<'a> {
                 Reference::Tag(t) => Some(t.as_str()),
                 Reference::Digest(_) => None,
             };
-            self.copy_tree(src_repo, dst_repo, &top, tag, &bytes).await?;
+            self.copy_tree(src_repo, dst_repo, &top, tag, &bytes)
+                .await?;
         }
         // Referrers of the top manifest and of each child.
         let mut subjects = vec![top.digest.clone()];
@@ -182,8 +188,8 @@ impl<'a> Copier<'a> {
                     .collect();
                 futures_util::stream::iter(futs)
                     .buffer_unordered(parallel)
-                .try_collect::<Vec<()>>()
-                .await?;
+                    .try_collect::<Vec<()>>()
+                    .await?;
             }
             let reference = match tag {
                 Some(t) => Reference::Tag(t.to_string()),
@@ -260,17 +266,16 @@ impl<'a> Copier<'a> {
         if let Some(v) = self.dst_api.lock().unwrap().get(dst_repo) {
             return Ok(*v);
         }
-        let img = self.dst.image(dst_repo, &Reference::Digest(subject.clone()));
+        let img = self
+            .dst
+            .image(dst_repo, &Reference::Digest(subject.clone()));
         let v = self
             .dst
             .client
             .referrers_api(&img, subject)
             .await?
             .is_some();
-        self.dst_api
-            .lock()
-            .unwrap()
-            .insert(dst_repo.to_string(), v);
+        self.dst_api.lock().unwrap().insert(dst_repo.to_string(), v);
         Ok(v)
     }
 
@@ -297,13 +302,7 @@ impl<'a> Copier<'a> {
                 self.check_stop()?;
                 let r = Reference::Digest(d.digest.clone());
                 let dst_img = self.dst.image(dst_repo, &r);
-                if self
-                    .dst
-                    .client
-                    .head_manifest(&dst_img, &r)
-                    .await?
-                    .is_none()
-                {
+                if self.dst.client.head_manifest(&dst_img, &r).await?.is_none() {
                     let m = self
                         .src
                         .client

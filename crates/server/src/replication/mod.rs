@@ -60,6 +60,9 @@ pub struct Replication {
     local: OnceLock<Side>,
     transfers: Semaphore,
     wake: Notify,
+    /// The database is shared with other replicas (PostgreSQL): executions found running
+    /// at start may be theirs.
+    shared: bool,
 }
 
 impl Replication {
@@ -69,7 +72,14 @@ impl Replication {
             local: OnceLock::new(),
             transfers: Semaphore::new(MAX_TRANSFERS),
             wake: Notify::new(),
+            shared: false,
         }
+    }
+
+    /// Mark the store as shared by several replicas (see [`Replication::shared`]).
+    pub fn shared_by_replicas(mut self, shared: bool) -> Replication {
+        self.shared = shared;
+        self
     }
 
     /// This Berth as a replication side: `addr` is where it listens (loopback when it
@@ -120,7 +130,9 @@ impl Replication {
 
     fn local(&self) -> ApiResult<Side> {
         self.local.get().cloned().ok_or_else(|| {
-            internal("replication runs only in `berth serve` (the server has not started listening yet)")
+            internal(
+                "replication runs only in `berth serve` (the server has not started listening yet)",
+            )
         })
     }
 
@@ -149,9 +161,15 @@ pub enum Scope {
     /// the destination the source no longer has).
     All,
     /// One pushed artifact.
-    Pushed { repository: String, reference: String },
+    Pushed {
+        repository: String,
+        reference: String,
+    },
     /// One deleted artifact.
-    Deleted { repository: String, reference: String },
+    Deleted {
+        repository: String,
+        reference: String,
+    },
 }
 
 /// Start the background runner: queued executions and cron schedules. Call once, after
@@ -159,13 +177,16 @@ pub enum Scope {
 pub fn spawn_runner(state: AppState) {
     tokio::spawn(async move {
         let repl = state.replication.clone();
-        // Executions a previous process left running can never finish.
-        let stale = repl
-            .store
-            .fail_stale_executions(now() - 1, "the server stopped while it ran")
-            .await;
-        if let Err(e) = stale {
-            tracing::warn!(error = %e, "replication: cannot clean up executions of an earlier run");
+        // Executions a previous process left running can never finish (with one
+        // database per process; replicas sharing PostgreSQL may be running theirs).
+        if !repl.shared {
+            let stale = repl
+                .store
+                .fail_stale_executions(now() - 1, "the server stopped while it ran")
+                .await;
+            if let Err(e) = stale {
+                tracing::warn!(error = %e, "replication: cannot clean up executions of an earlier run");
+            }
         }
         loop {
             if let Err(e) = tick(&state).await {
@@ -230,7 +251,13 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
 /// After a manifest PUT through this server: start the on-push rules it matches, in the
 /// background (the push never waits). Pushes by the replication engine itself start
 /// nothing (no loops between a pull rule and a push rule).
-pub fn on_push(state: &AppState, caller: &Caller, repository: &str, tag: Option<&str>, digest: &str) {
+pub fn on_push(
+    state: &AppState,
+    caller: &Caller,
+    repository: &str,
+    tag: Option<&str>,
+    digest: &str,
+) {
     if Auth::is_system(caller) {
         return;
     }
@@ -273,7 +300,12 @@ fn spawn_event(state: &AppState, repository: &str, reference: String, deleted: b
                 continue;
             }
             let kind = if deleted { "deletion" } else { "on-push" };
-            let id = match st.replication.store.start_execution(&rule.name, kind, now()).await {
+            let id = match st
+                .replication
+                .store
+                .start_execution(&rule.name, kind, now())
+                .await
+            {
                 Ok(id) => id,
                 Err(e) => {
                     tracing::warn!(rule = %rule.name, error = %e, "replication: cannot start");
@@ -391,9 +423,11 @@ async fn run(
     }
     let copier = Copier::new(&src, &dst, stop, &state.replication.transfers);
     let copier = &copier;
-    let failed = futures_util::stream::iter(tasks.into_iter().map(|t| async move {
-        run_task(store.as_ref(), copier, t, stop).await
-    }))
+    let failed = futures_util::stream::iter(
+        tasks
+            .into_iter()
+            .map(|t| async move { run_task(store.as_ref(), copier, t, stop).await }),
+    )
     .buffer_unordered(ARTIFACTS_AT_ONCE)
     .filter(|ok| std::future::ready(!ok))
     .count()
@@ -440,7 +474,12 @@ async fn run_task(
                     unchanged: false,
                 })
         } else {
-            copier.copy(&t.source, &t.destination, &reference).await
+            // A stop request abandons the transfer in flight (dropping it closes its
+            // connections); what the destination already has stays.
+            tokio::select! {
+                r = copier.copy(&t.source, &t.destination, &reference) => r,
+                () = stop_requested(stop) => Err(copy::stopped()),
+            }
         };
         match result {
             Ok(c) => {
@@ -470,6 +509,13 @@ async fn run_task(
                 return false;
             }
         }
+    }
+}
+
+/// Resolves once `stop` is set.
+async fn stop_requested(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -521,10 +567,7 @@ async fn plan(
         Scope::All => {
             let mut out = Vec::new();
             let repos = src.client.catalog(&src.host).await?;
-            for repo in repos
-                .iter()
-                .filter(|r| glob_match(&rule.repositories, r))
-            {
+            for repo in repos.iter().filter(|r| glob_match(&rule.repositories, r)) {
                 let img = src.image(repo, &Reference::Tag("latest".into()));
                 let tags = match src.client.list_tags(&img).await {
                     Ok(t) => t,
@@ -565,7 +608,11 @@ async fn plan(
 }
 
 /// A pull rule writes into projects of this Berth: create the missing ones (private).
-async fn ensure_projects(state: &AppState, rule: &ReplicationRule, plan: &[Planned]) -> ApiResult<()> {
+async fn ensure_projects(
+    state: &AppState,
+    rule: &ReplicationRule,
+    plan: &[Planned],
+) -> ApiResult<()> {
     let mut seen = std::collections::BTreeSet::new();
     for p in plan.iter().filter(|p| p.op == "copy") {
         let project = p.destination.split('/').next().unwrap_or("").to_string();
@@ -592,6 +639,10 @@ async fn ensure_projects(state: &AppState, rule: &ReplicationRule, plan: &[Plann
 }
 
 /// Executions of a rule, newest first (for views).
-pub async fn executions(state: &AppState, rule: Option<&str>, limit: u32) -> ApiResult<Vec<Execution>> {
+pub async fn executions(
+    state: &AppState,
+    rule: Option<&str>,
+    limit: u32,
+) -> ApiResult<Vec<Execution>> {
     Ok(state.replication.store.list_executions(rule, limit).await?)
 }

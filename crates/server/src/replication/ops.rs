@@ -227,7 +227,14 @@ pub async fn add_rule(
     require_system_admin(caller, "manage replication rules")?;
     let rule = to_rule(spec, now())?;
     store.create_rule(&rule).await?;
-    audit(auth, caller, "replication.rule.create", &format!("replication:{}", rule.name), &rule.trigger.to_string()).await;
+    audit(
+        auth,
+        caller,
+        "replication.rule.create",
+        &format!("replication:{}", rule.name),
+        &rule.trigger.to_string(),
+    )
+    .await;
     Ok(RuleSpec::from(&rule))
 }
 
@@ -238,19 +245,38 @@ pub async fn update_rule(
     spec: &RuleSpec,
 ) -> ApiResult<RuleSpec> {
     require_system_admin(caller, "manage replication rules")?;
-    let old = store.rule(&spec.name).await?.ok_or_else(|| missing(&spec.name))?;
+    let old = store
+        .rule(&spec.name)
+        .await?
+        .ok_or_else(|| missing(&spec.name))?;
     let rule = to_rule(spec, old.created_at)?;
     store.update_rule(&rule).await?;
-    audit(auth, caller, "replication.rule.update", &format!("replication:{}", rule.name), "").await;
+    audit(
+        auth,
+        caller,
+        "replication.rule.update",
+        &format!("replication:{}", rule.name),
+        "",
+    )
+    .await;
     Ok(RuleSpec::from(&rule))
 }
 
 pub async fn list_rules(store: &dyn ReplicationStore, caller: &Caller) -> ApiResult<Vec<RuleSpec>> {
     require_system_admin(caller, "list replication rules")?;
-    Ok(store.list_rules().await?.iter().map(RuleSpec::from).collect())
+    Ok(store
+        .list_rules()
+        .await?
+        .iter()
+        .map(RuleSpec::from)
+        .collect())
 }
 
-pub async fn get_rule(store: &dyn ReplicationStore, caller: &Caller, name: &str) -> ApiResult<RuleSpec> {
+pub async fn get_rule(
+    store: &dyn ReplicationStore,
+    caller: &Caller,
+    name: &str,
+) -> ApiResult<RuleSpec> {
     require_system_admin(caller, "read replication rules")?;
     let r = store.rule(name).await?.ok_or_else(|| missing(name))?;
     Ok(RuleSpec::from(&r))
@@ -264,7 +290,14 @@ pub async fn delete_rule(
 ) -> ApiResult<()> {
     require_system_admin(caller, "manage replication rules")?;
     store.delete_rule(name).await?;
-    audit(auth, caller, "replication.rule.delete", &format!("replication:{name}"), "").await;
+    audit(
+        auth,
+        caller,
+        "replication.rule.delete",
+        &format!("replication:{name}"),
+        "",
+    )
+    .await;
     Ok(())
 }
 
@@ -283,11 +316,19 @@ pub async fn run_rule(
         )));
     }
     let id = store.queue_execution(name, "manual", now()).await?;
-    audit(auth, caller, "replication.run", &format!("replication:{name}"), &format!("execution {id}")).await;
-    let e = store
-        .execution(id)
-        .await?
-        .ok_or_else(|| ApiError::from(berth_storage::StorageError::NotFound(format!("execution {id}"))))?;
+    audit(
+        auth,
+        caller,
+        "replication.run",
+        &format!("replication:{name}"),
+        &format!("execution {id}"),
+    )
+    .await;
+    let e = store.execution(id).await?.ok_or_else(|| {
+        ApiError::from(berth_storage::StorageError::NotFound(format!(
+            "execution {id}"
+        )))
+    })?;
     Ok(e.into())
 }
 
@@ -337,12 +378,19 @@ pub async fn stop(
         return Err(bad_request(match e {
             None => format!("replication execution {id} does not exist"),
             Some(e) => format!(
-                "replication execution {id} is not running (it {})",
+                "replication execution {id} is not running (its status is {})",
                 e.status.as_str()
             ),
         }));
     }
-    audit(auth, caller, "replication.stop", &format!("replication-execution:{id}"), "").await;
+    audit(
+        auth,
+        caller,
+        "replication.stop",
+        &format!("replication-execution:{id}"),
+        "",
+    )
+    .await;
     let e = store.execution(id).await?.ok_or_else(|| {
         ApiError::from(berth_storage::StorageError::NotFound(format!(
             "replication execution {id}"
