@@ -281,3 +281,82 @@ fn cli_adds_checks_and_removes_a_registry_on_the_data_directory() {
         out.stderr
     );
 }
+
+/// The console's Registries page (system administrators): add with the remote's CA and
+/// credentials (checked at once), see the health, delete; the secret never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_registries_page_adds_checks_and_deletes() {
+    let berth = Berth::start();
+    let remote = Berth::start();
+    let certs = reqwest::Certificate::from_pem_bundle(&berth.ca_pem()).unwrap();
+    let c = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_only(certs)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let hidden = |html: &str, name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = html.find(&marker).expect("hidden field") + marker.len();
+        html[start..].split('"').next().unwrap().to_string()
+    };
+    let get = |path: &str| {
+        let c = c.clone();
+        let url = format!("{}{path}", berth.url());
+        async move { c.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let login = get("/login").await;
+    let r = c
+        .post(format!("{}/login", berth.url()))
+        .form(&[
+            ("csrf", hidden(&login, "csrf").as_str()),
+            ("username", "admin"),
+            ("password", ADMIN_PASSWORD),
+            ("next", "/admin/registries"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let page = get("/admin/registries").await;
+    assert!(page.contains("id=\"new-registry-form\""), "{page}");
+    let csrf = hidden(&page, "csrf");
+    let ca = String::from_utf8(remote.ca_pem()).unwrap();
+    let url = remote.url();
+    let r = c
+        .post(format!("{}/admin/registries", berth.url()))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "site-b"),
+            ("url", url.as_str()),
+            ("username", "admin"),
+            ("secret", ADMIN_PASSWORD),
+            ("ca_pem", ca.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let page = get("/admin/registries").await;
+    assert!(page.contains("logged in as admin"), "{page}");
+    assert!(page.contains("data-registry=\"site-b\""));
+    assert!(!page.contains(ADMIN_PASSWORD), "the secret is shown");
+    // Without the CSRF token nothing changes.
+    let r = c
+        .post(format!("{}/admin/registries/delete", berth.url()))
+        .form(&[("name", "site-b")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(format!("{}/admin/registries/delete", berth.url()))
+        .form(&[("csrf", csrf.as_str()), ("name", "site-b")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let page = get("/admin/registries").await;
+    assert!(!page.contains("data-registry=\"site-b\""), "{page}");
+}

@@ -15,20 +15,34 @@ use common::{Berth, need, run_cmd};
 
 /// `berth serve` on `garage`'s bucket under `prefix`, with `redirect` as given.
 async fn start_on(garage: &Garage, prefix: &str, redirect: bool) -> Berth {
+    start_with_database(garage, prefix, redirect, None).await
+}
+
+/// As [`start_on`], with metadata in the PostgreSQL database `database_url` when given.
+async fn start_with_database(
+    garage: &Garage,
+    prefix: &str,
+    redirect: bool,
+    database_url: Option<&str>,
+) -> Berth {
     let data = tempfile::tempdir().expect("tempdir");
     let config = data.path().join("berth.toml");
+    let database = database_url
+        .map(|url| format!("[database]\nurl = \"{url}\"\n\n"))
+        .unwrap_or_default();
     std::fs::write(
         &config,
-        format!(
-            "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\n\
+        database
+            + &format!(
+                "[storage]\nbackend = \"s3\"\n\n[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\n\
              bucket = \"{}\"\nprefix = \"{prefix}\"\naccess_key_id = \"{}\"\n\
              secret_access_key = \"{}\"\nredirect = {redirect}\npresign_ttl_secs = 120\n",
-            garage.endpoint(),
-            garage::REGION,
-            garage::BUCKET,
-            garage::ACCESS_KEY,
-            garage::SECRET_KEY,
-        ),
+                garage.endpoint(),
+                garage::REGION,
+                garage::BUCKET,
+                garage::ACCESS_KEY,
+                garage::SECRET_KEY,
+            ),
     )
     .unwrap();
     // Garage creates its default key and bucket just after it listens; Berth refuses to
@@ -152,8 +166,22 @@ async fn skopeo_push_and_redirected_pull() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bucket_outage_during_push_is_503_then_resumes() {
+    bucket_outage_scenario(None).await;
+}
+
+/// The same outage with the metadata in PostgreSQL (the scaled-out deployment): the
+/// database stays up, the bucket goes; readiness names the bucket, not the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_outage_with_postgres_metadata_is_503_then_resumes() {
+    let url = berth_storage::pg_fixture::PgCluster::shared()
+        .database()
+        .await;
+    bucket_outage_scenario(Some(&url)).await;
+}
+
+async fn bucket_outage_scenario(database_url: Option<&str>) {
     let mut garage = Garage::start();
-    let reg = start_on(&garage, "outage", false).await;
+    let reg = start_with_database(&garage, "outage", false, database_url).await;
     let client = reg.client();
     let base = format!("{}/v2/library/outage", reg.url());
     let blob: Vec<u8> = (0..12 * 1024 * 1024u32)
@@ -225,6 +253,8 @@ async fn bucket_outage_during_push_is_503_then_resumes() {
     assert_eq!(ready.status(), 503);
     let text = ready.text().await.unwrap();
     assert!(text.contains("bucket"), "{text}");
+    let checks: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(checks["checks"]["database"]["ok"], true, "{text}");
     let live = client
         .get(format!("{}/healthz", reg.url()))
         .send()

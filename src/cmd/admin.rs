@@ -132,6 +132,10 @@ enum ProjectCommand {
         public: bool,
         #[arg(long, default_value = "")]
         description: String,
+        /// Make it a proxy cache of this registered registry (`berth registry add`): pulls
+        /// of PROJECT/<upstream repository> are fetched from it and cached.
+        #[arg(long, value_name = "REGISTRY_NAME")]
+        proxy: Option<String>,
     },
     /// List projects.
     List,
@@ -414,6 +418,35 @@ async fn project(a: ProjectArgs) -> anyhow::Result<()> {
             name,
             public,
             description,
+            proxy: Some(registry),
+        } => {
+            let state =
+                open_registry(&a.common, berth_server::config::LifecycleConfig::default()).await?;
+            berth_server::proxy::create_proxy_project(
+                &state.auth,
+                &state.remotes,
+                &me,
+                &name,
+                public,
+                &description,
+                &registry,
+            )
+            .await
+            .map_err(fail)?;
+            let p = admin::get_project(&auth, &me, &name).await.map_err(fail)?;
+            show(out, &p, || {
+                format!(
+                    "created {} project {name}, a proxy cache of registry {registry}\n\
+                     pull through it: docker pull <berth-host>/{name}/<upstream repository>:<tag>\n",
+                    visibility(p.public)
+                )
+            })
+        }
+        ProjectCommand::Create {
+            name,
+            public,
+            description,
+            proxy: None,
         } => {
             admin::create_project(&auth, &me, &name, public, &description)
                 .await

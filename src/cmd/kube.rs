@@ -72,6 +72,14 @@ pub struct TrustCmdArgs {
     pub docker_dir: PathBuf,
     #[arg(long, default_value = "/etc/containerd/certs.d")]
     pub containerd_dir: PathBuf,
+    /// Also make containerd pull this upstream registry (e.g. https://registry-1.docker.io)
+    /// through the proxy-cache project --project of this Berth: writes (and prints)
+    /// CONTAINERD_DIR/<upstream host>/hosts.toml with `override_path = true`.
+    #[arg(long, value_name = "URL", requires = "project")]
+    pub mirror_of: Option<String>,
+    /// The proxy-cache project mirroring --mirror-of.
+    #[arg(long)]
+    pub project: Option<String>,
 }
 
 #[derive(Args)]
@@ -213,6 +221,21 @@ fn trust(a: TrustCmdArgs) -> anyhow::Result<()> {
         toml_string(&ca_str)
     );
     write_file(&cd.join("hosts.toml"), hosts.as_bytes())?;
+    if let (Some(upstream), Some(project)) = (&a.mirror_of, &a.project) {
+        let upstream = berth_server::proxy::containerd_server(upstream);
+        let snippet = berth_server::proxy::containerd_mirror_snippet(
+            &upstream,
+            &format!("https://{host}"),
+            project,
+            Some(&ca_str),
+        );
+        let dir = a
+            .containerd_dir
+            .join(berth_server::proxy::containerd_host_dir(&upstream));
+        write_file(&dir.join("hosts.toml"), snippet.as_bytes())?;
+        println!("# {}", dir.join("hosts.toml").display());
+        print!("{snippet}");
+    }
     Ok(())
 }
 

@@ -1089,6 +1089,32 @@ impl RegistryClient {
         }
     }
 
+    /// `HEAD` a blob for pulling: its size (`Content-Length`), or `None` if the registry
+    /// does not have it.
+    pub async fn blob_size(&self, image: &ImageRef, digest: &Digest) -> Result<Option<u64>> {
+        let t = self.pull_target(image);
+        let path = format!("/v2/{}/blobs/{digest}", image.repository);
+        let (resp, _) = self
+            .send(&t, &|c, base| c.head(format!("{base}{path}")))
+            .await?;
+        match resp.status() {
+            s if s.is_success() => resp
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse().ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    ClientError::Registry(format!(
+                        "HEAD blob {digest} in {}/{}: the registry sent no Content-Length",
+                        image.registry, image.repository
+                    ))
+                }),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(unexpected(resp, &format!("HEAD blob {digest}")).await),
+        }
+    }
+
     /// Open a blob from byte `offset`. Returns the raw (unverified) stream and whether the
     /// registry honoured the range (false: the stream starts at byte 0).
     pub async fn blob_stream_from(

@@ -252,6 +252,9 @@ struct ProjectCreate {
     public: bool,
     #[serde(default)]
     description: String,
+    /// Make it a proxy cache of this registered registry.
+    #[serde(default)]
+    proxy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -352,9 +355,26 @@ async fn create_project(
     ApiCaller(c): ApiCaller,
     JsonBody(b): JsonBody<ProjectCreate>,
 ) -> ApiResult<Response> {
-    admin::create_project(&s.auth, &c, &b.name, b.public, &b.description).await?;
+    let Some(registry) = &b.proxy else {
+        admin::create_project(&s.auth, &c, &b.name, b.public, &b.description).await?;
+        let p = admin::get_project(&s.auth, &c, &b.name).await?;
+        return Ok(json(StatusCode::CREATED, &p));
+    };
+    crate::proxy::create_proxy_project(
+        &s.auth,
+        &s.remotes,
+        &c,
+        &b.name,
+        b.public,
+        &b.description,
+        registry,
+    )
+    .await?;
+    s.proxy.forget(&b.name);
     let p = admin::get_project(&s.auth, &c, &b.name).await?;
-    Ok(json(StatusCode::CREATED, &p))
+    let mut v = serde_json::to_value(&p).unwrap_or_default();
+    v["proxy"] = registry.clone().into();
+    Ok(json(StatusCode::CREATED, &v))
 }
 
 async fn get_project(
@@ -751,6 +771,7 @@ mod tests {
             refusals: Default::default(),
             space: crate::limits::DiskSpace::new(dir.path().to_owned(), Default::default()),
             ops: Default::default(),
+            proxy: Arc::new(crate::proxy::Proxy::new(dir.path().join("proxy"))),
             remotes: Arc::new(crate::remotes::Remotes::new(
                 Arc::new(remote_store),
                 crate::remotes::Sealer::from_key(&[3; 32]).expect("key"),

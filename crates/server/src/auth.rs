@@ -85,6 +85,8 @@ pub struct Auth {
     /// one Argon2 run and then find it remembered, instead of all hashing at once (which on
     /// a busy machine took longer than the 1 s the login is remembered, so none ever hit).
     login_flights: [tokio::sync::Mutex<()>; LOGIN_FLIGHT_STRIPES],
+    /// One visibility read at a time per project (by stripe), for the same reason.
+    visibility_flights: [tokio::sync::Mutex<()>; LOGIN_FLIGHT_STRIPES],
     /// Failed-login counters shared with the other replicas (PostgreSQL); when set, they
     /// replace `limiter`'s in-memory ones (same limits).
     shared_limits: Option<berth_storage::postgres::PgMetadata>,
@@ -166,6 +168,7 @@ impl Auth {
             subjects: TtlCache::new(VISIBILITY_TTL),
             verified: Mutex::new(HashMap::new()),
             login_flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            visibility_flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             shared_limits: None,
             system_secret: format!(
                 "{}{}",
@@ -497,6 +500,15 @@ impl Auth {
     /// A project's visibility, remembered for [`VISIBILITY_TTL`]: anonymous pulls of public
     /// images are the hot path and need not query the database each time.
     async fn visibility(&self, project: &str) -> ApiResult<Option<Visibility>> {
+        if let Some(vis) = self.projects.get(project) {
+            return Ok(vis);
+        }
+        // One database read per project when the entry expires under load: the others
+        // wait for it and find it remembered.
+        let stripe = project.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        }) % LOGIN_FLIGHT_STRIPES;
+        let _flight = self.visibility_flights[stripe].lock().await;
         if let Some(vis) = self.projects.get(project) {
             return Ok(vis);
         }

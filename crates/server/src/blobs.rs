@@ -37,6 +37,9 @@ fn blob_unknown(name: &str, digest: &Digest) -> ApiError {
 }
 
 pub(crate) async fn get(ctx: Ctx, name: &str, digest: &str) -> ApiResult<Response> {
+    if let Some(resp) = crate::proxy::blob(&ctx, name, digest).await? {
+        return Ok(resp);
+    }
     let digest = parse_digest(digest)?;
     let state = &ctx.state;
     let size = state

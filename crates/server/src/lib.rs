@@ -31,6 +31,7 @@ pub mod error;
 pub mod gc;
 pub mod limits;
 pub mod ops;
+pub mod proxy;
 pub mod remotes;
 pub mod replication;
 pub mod routes;

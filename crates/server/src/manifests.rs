@@ -36,6 +36,9 @@ fn manifest_unknown(name: &str, reference: &str) -> ApiError {
 }
 
 pub(crate) async fn get(ctx: Ctx, name: &str, reference: &str) -> ApiResult<Response> {
+    if let Some(resp) = crate::proxy::manifest(&ctx, name, reference).await? {
+        return Ok(resp);
+    }
     let meta = &ctx.state.meta;
     // A reference that cannot be a tag or digest names no manifest: 404, as the OCI
     // conformance suite expects for GET/HEAD (only a PUT is told the reference is invalid).

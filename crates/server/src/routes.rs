@@ -299,7 +299,11 @@ pub(crate) async fn authorize(ctx: &Ctx, route: &V2Route, method: &Method) -> Ap
         ensure_project(ctx, name).await?;
     }
     auth.require(&ctx.caller, name, action, &ctx.challenge)
-        .await
+        .await?;
+    if action != Action::Pull {
+        crate::proxy::refuse_writes(&ctx.state, name).await?;
+    }
+    Ok(())
 }
 
 /// Pushing into a project that does not exist is refused (or the project is created when

@@ -175,6 +175,7 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         lifecycle,
         refusals: Default::default(),
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
+        proxy: Arc::new(crate::proxy::Proxy::new(config.data.join("proxy"))),
         remotes: Arc::new(crate::remotes::Remotes::new(
             stores.remotes.clone(),
             crate::remotes::Sealer::load_or_create(&config.secret_key_file())

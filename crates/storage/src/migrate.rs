@@ -505,6 +505,76 @@ async fn copy_rows(
         .bind(r.10)
         .bind(r.11)
     );
+    // Remote registries keep their sealed secrets as they are: the replicas must be given
+    // the same sealing key (BERTH_SECRET_KEY = base64 of DATA/secret.key).
+    type RegistryRow = (
+        String,
+        String,
+        String,
+        Vec<u8>,
+        String,
+        bool,
+        String,
+        i64,
+        i64,
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "remote_registries",
+        RegistryRow,
+        "SELECT name, url, username, secret_sealed, ca_pem, insecure, description, created_at,
+                updated_at FROM remote_registries",
+        |tx, r| sqlx::query(
+            "INSERT INTO remote_registries (name, url, username, secret_sealed, ca_pem, insecure,
+                 description, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+        .bind(r.4)
+        .bind(r.5)
+        .bind(r.6)
+        .bind(r.7)
+        .bind(r.8)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "registry_health",
+        (String, i64, bool, String),
+        "SELECT name, checked_at, ok, message FROM registry_health",
+        |tx, r| sqlx::query(
+            "INSERT INTO registry_health (name, checked_at, ok, message) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(r.2)
+        .bind(r.3)
+    );
+    copy_table!(
+        src,
+        dst,
+        report,
+        progress,
+        "project_proxies",
+        (String, String),
+        "SELECT project, registry FROM project_proxies",
+        |tx, r| sqlx::query(
+            "INSERT INTO project_proxies (project, registry) VALUES ($1, $2)
+             ON CONFLICT (project) DO NOTHING",
+        )
+        .bind(r.0)
+        .bind(r.1)
+    );
     sqlx::query(
         "SELECT setval(pg_get_serial_sequence('gc_runs', 'id'),
                        GREATEST((SELECT COALESCE(MAX(id), 0) FROM gc_runs), 1))",
@@ -665,6 +735,28 @@ mod tests {
         };
         let run_id = src.record_gc_run(&run).await.unwrap();
 
+        use crate::remotes::{RegistryHealth, RemoteRegistry, RemoteStore};
+        let hub = RemoteRegistry {
+            name: "hub".into(),
+            url: "https://registry-1.docker.io".into(),
+            username: "puller".into(),
+            secret_sealed: vec![1, 2, 3],
+            ca_pem: String::new(),
+            insecure: false,
+            description: "Docker Hub".into(),
+            created_at: 10,
+            updated_at: 11,
+        };
+        src.create_registry(&hub).await.unwrap();
+        let health = RegistryHealth {
+            name: "hub".into(),
+            checked_at: 12,
+            ok: true,
+            message: "reachable".into(),
+        };
+        src.set_registry_health(&health).await.unwrap();
+        src.set_project_proxy("library", Some("hub")).await.unwrap();
+
         let quiet = |_: &str| {};
         let report = migrate(&src, &src_blobs, &dst, &dst_blobs, &quiet)
             .await
@@ -736,6 +828,12 @@ mod tests {
         assert_eq!(
             dst.audit_events(&all).await.unwrap(),
             src.audit_events(&all).await.unwrap()
+        );
+        assert_eq!(dst.list_registries().await.unwrap(), vec![hub.clone()]);
+        assert_eq!(dst.registry_health("hub").await.unwrap(), Some(health));
+        assert_eq!(
+            dst.proxy_projects().await.unwrap(),
+            vec![("library".to_string(), "hub".to_string())]
         );
 
         // Changes in the source, then a second run: it catches up and copies no blob twice.

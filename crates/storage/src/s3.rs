@@ -147,6 +147,27 @@ impl Session {
     }
 }
 
+/// Reads longer than two segments are fetched as segments of this many bytes, up to
+/// [`READ_SEGMENTS_AHEAD`] GETs at once, served in order. One GET stream from an object
+/// store runs at the speed of one of its disk/network pipelines (Garage: one block
+/// at a time); several ranged GETs keep more of them busy, as the AWS SDKs' download
+/// managers do. Each waiting segment holds at most a socket buffer of bytes (TCP flow
+/// control stops the store), so memory stays bounded per request.
+const READ_SEGMENT: u64 = 16 * 1024 * 1024;
+const READ_SEGMENTS_AHEAD: usize = 3;
+
+/// `[start, end]` cut into [`READ_SEGMENT`]-sized inclusive ranges.
+fn segments(start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut s = start;
+    while s <= end {
+        let e = (s + READ_SEGMENT - 1).min(end);
+        out.push((s, e));
+        s = e + 1;
+    }
+    out
+}
+
 /// Content-addressed blobs and resumable uploads in an S3 bucket.
 pub struct S3BlobStore {
     /// Client for writes and small reads (whole-request timeout).
@@ -535,21 +556,53 @@ impl S3BlobStore {
                 }
                 None => (0, total - 1),
             };
+            // A long read is split into segments fetched by several GETs at once (see
+            // READ_SEGMENT); the first one is requested here, so that a missing object is
+            // reported as such before any byte is sent.
+            let first_end = if end - start + 1 > 2 * READ_SEGMENT {
+                start + READ_SEGMENT - 1
+            } else {
+                end
+            };
             let options = GetOptions {
-                range: Some(GetRange::Bounded(start..end + 1)),
+                range: Some(GetRange::Bounded(start..first_end + 1)),
                 ..Default::default()
             };
-            match self
-                .reader
-                .get_opts(&self.path(&pointer.object), options)
-                .await
-            {
+            let path = self.path(&pointer.object);
+            match self.reader.get_opts(&path, options).await {
                 Ok(result) => {
                     let name = self.name.clone();
-                    let stream = result
+                    let first = result
                         .into_stream()
                         .map_err(move |e| std::io::Error::other(format!("{name}: {e}")));
-                    return Ok((Box::pin(stream), end - start + 1, total));
+                    if first_end == end {
+                        return Ok((Box::pin(first), end - start + 1, total));
+                    }
+                    let rest = segments(first_end + 1, end);
+                    let (reader, name) = (self.reader.clone(), self.name.clone());
+                    let ahead = futures_util::stream::iter(rest)
+                        .map(move |(s, e)| {
+                            let (reader, path, name) = (reader.clone(), path.clone(), name.clone());
+                            async move {
+                                let options = GetOptions {
+                                    range: Some(GetRange::Bounded(s..e + 1)),
+                                    ..Default::default()
+                                };
+                                let result =
+                                    reader.get_opts(&path, options).await.map_err(|e| {
+                                        std::io::Error::other(format!(
+                                            "{name}: reading a blob: {e}"
+                                        ))
+                                    })?;
+                                let name = name.clone();
+                                Ok::<_, std::io::Error>(result.into_stream().map_err(move |e| {
+                                    std::io::Error::other(format!("{name}: {e}"))
+                                }))
+                            }
+                        })
+                        .buffered(READ_SEGMENTS_AHEAD)
+                        .try_flatten();
+                    return Ok((Box::pin(first.chain(ahead)), end - start + 1, total));
                 }
                 // Deleted (and perhaps pushed again) through another replica since cached.
                 Err(object_store::Error::NotFound { .. }) if cached => cached = false,
@@ -1423,6 +1476,57 @@ mod tests {
         assert_eq!(store.stat(&Digest::sha256(&other)).await.unwrap(), None);
         store.cancel_upload(&id).await.unwrap();
         assert!(store.upload_artifacts().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn segments_cover_the_range_exactly() {
+        let seg = READ_SEGMENT;
+        assert_eq!(segments(0, seg - 1), [(0, seg - 1)]);
+        assert_eq!(
+            segments(5, 2 * seg + 7),
+            [
+                (5, seg + 4),
+                (seg + 5, 2 * seg + 4),
+                (2 * seg + 5, 2 * seg + 7)
+            ]
+        );
+        assert_eq!(segments(9, 9), [(9, 9)]);
+    }
+
+    /// A read longer than two segments comes from several ranged GETs at once and is
+    /// byte-for-byte the blob, whole or from any range.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_reads_are_segmented_and_exact() {
+        let store = store("segments").await;
+        let seg = READ_SEGMENT as usize;
+        let real = data(3 * seg + 12_345, 9);
+        let digest = Digest::sha256(&real);
+        let id = store.start_upload().await.unwrap();
+        store
+            .append(&id, None, body(vec![real.clone()]), u64::MAX)
+            .await
+            .unwrap();
+        store.finish_upload(&id, &digest).await.unwrap();
+        assert!(read_all(&store, &digest, None).await == real, "whole blob");
+        for (s, e) in [
+            (1, real.len() as u64 - 2),
+            (seg as u64 - 1, 3 * seg as u64 + 1),
+            (7, 2 * seg as u64 + 6),
+            (2 * seg as u64 + 1, 2 * seg as u64 + 9),
+        ] {
+            let got = read_all(&store, &digest, Some((s, e))).await;
+            assert!(got == real[s as usize..=e as usize], "range {s}-{e}");
+        }
+        let mut reader = store.open(&digest, None).await.unwrap();
+        assert_eq!(
+            (reader.len, reader.total),
+            (real.len() as u64, real.len() as u64)
+        );
+        let mut all = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader.reader, &mut all)
+            .await
+            .unwrap();
+        assert!(all == real);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use crate::admin;
 use crate::state::{AppState, TlsInfo};
 
 /// Run a form handler: read the body, check the CSRF token, then `f`.
-async fn with_form<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
+pub(super) async fn with_form<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
 where
     F: FnOnce(Form) -> Fut,
     Fut: std::future::Future<Output = PageResult>,
@@ -34,7 +34,7 @@ where
 
 /// Run a form handler whose success is a redirect with a flash message: `f` answers
 /// where to go and what to say.
-async fn redirect_after<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
+pub(super) async fn redirect_after<F, Fut>(viewer: &Viewer, body: Body, f: F) -> Response
 where
     F: FnOnce(Form) -> Fut,
     Fut: std::future::Future<Output = Result<(String, String), PageError>>,
@@ -64,6 +64,25 @@ pub(crate) async fn create_project(
     redirect_after(viewer, body, |form| async move {
         let name = form.get("name").trim();
         let public = form.checked("public");
+        let proxy = form.get("proxy").trim();
+        if !proxy.is_empty() {
+            crate::proxy::create_proxy_project(
+                &state.auth,
+                &state.remotes,
+                &viewer.caller,
+                name,
+                public,
+                form.get("description").trim(),
+                proxy,
+            )
+            .await?;
+            state.proxy.forget(name);
+            let vis = visibility(public);
+            return Ok((
+                project_url(name),
+                format!("Project {name} created ({vis}), a proxy cache of registry {proxy}."),
+            ));
+        }
         admin::create_project(
             &state.auth,
             &viewer.caller,

@@ -19,6 +19,7 @@ mod lifecycle;
 mod manage;
 mod pages;
 mod replication;
+mod registries;
 mod repository;
 mod session;
 mod view;
@@ -80,6 +81,12 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users/delete", post(manage::delete_user))
         .route("/admin/audit", get(manage::audit))
         .route("/admin/certificate", get(manage::certificate))
+        .route(
+            "/admin/registries",
+            get(registries::list).post(registries::add),
+        )
+        .route("/admin/registries/check", post(registries::check))
+        .route("/admin/registries/delete", post(registries::delete))
         .route("/admin/gc", get(lifecycle::gc_page).post(lifecycle::gc_run))
         .route(
             "/projects/{name}/policy",

@@ -33,6 +33,8 @@ struct ProjectRow {
     bytes: u64,
     storage: String,
     role: String,
+    /// The registry a proxy-cache project mirrors ("" for an ordinary project).
+    proxy: String,
 }
 
 #[derive(Template)]
@@ -42,6 +44,8 @@ struct ProjectsPage {
     rows: Vec<ProjectRow>,
     pager: Pager,
     can_create: bool,
+    /// Registries a system administrator may make a proxy-cache project of.
+    registries: Vec<String>,
 }
 
 /// `?page=N` of a list (from 1).
@@ -68,6 +72,13 @@ pub(crate) async fn projects(
         let page = q.number()?;
         let list = admin::list_projects(&state.auth, &viewer.caller).await?;
         let (list, pager) = page_of(list, page, "/projects?page=");
+        let proxies: std::collections::HashMap<String, String> = state
+            .remotes
+            .store
+            .proxy_projects()
+            .await?
+            .into_iter()
+            .collect();
         let mut rows = Vec::with_capacity(list.len());
         for p in list {
             let usage = state.meta.project_usage(&p.name).await?;
@@ -77,14 +88,28 @@ pub(crate) async fn projects(
                 repositories: usage.repositories,
                 public: p.public,
                 role: p.role.unwrap_or_default(),
+                proxy: proxies.get(&p.name).cloned().unwrap_or_default(),
                 name: p.name,
             });
         }
+        let registries = if viewer.caller.principal.is_system_admin() {
+            state
+                .remotes
+                .store
+                .list_registries()
+                .await?
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let page = ProjectsPage {
             l: viewer.layout("Projects"),
             rows,
             pager,
             can_create: matches!(viewer.caller.principal, Principal::User { .. }),
+            registries,
         };
         Ok(render(StatusCode::OK, &page))
     }
