@@ -18,8 +18,8 @@
 mod lifecycle;
 mod manage;
 mod pages;
-mod replication;
 mod registries;
+mod replication;
 mod repository;
 mod session;
 mod view;
