@@ -554,6 +554,47 @@ async fn push_rule_on_push_replicates_an_index_with_its_referrer_to_distribution
         "application/spdx+json"
     );
 
+    // A signature pushed later (by digest, its subject the index) follows on its own.
+    let sig_blob = b"signature".to_vec();
+    ra.push_blob("library/app", &sig_blob).await;
+    let sig = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256_digest(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": sha256_digest(&sig_blob), "size": sig_blob.len()}],
+        "subject": {"mediaType": OCI_INDEX, "digest": img.index, "size": ra.manifest("library/app", "v1").await.2.len()},
+    }))
+    .unwrap();
+    let sig_digest = sha256_digest(&sig);
+    ra.put_manifest("library/app", &sig_digest, OCI_MANIFEST, &sig)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rd.manifest("library/app", &sig_digest).await.0 != 200
+        || rb.manifest("mirror/app", &sig_digest).await.0 != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the later signature was not replicated"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, fb) = rd
+            .manifest("library/app", &img.index.replace(':', "-"))
+            .await;
+        let fb: Value = serde_json::from_slice(&fb).unwrap();
+        if fb["manifests"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fallback index without the signature: {fb}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // A manual run finds nothing to do: every artifact is skipped.
     let (s, v) = api(
         &a,

@@ -212,13 +212,7 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
         .auth
         .audit(&caller.actor(), "push", &resource, caller.addr, "")
         .await;
-    crate::replication::on_push(
-        &ctx.state,
-        caller,
-        name,
-        tag.as_deref(),
-        &digest.to_string(),
-    );
+    crate::replication::on_push(&ctx.state, caller, name, tag.as_deref(), subject.as_ref());
 
     let mut resp = (
         StatusCode::CREATED,

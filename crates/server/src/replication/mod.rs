@@ -249,19 +249,24 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
 }
 
 /// After a manifest PUT through this server: start the on-push rules it matches, in the
-/// background (the push never waits). Pushes by the replication engine itself start
-/// nothing (no loops between a pull rule and a push rule).
+/// background (the push never waits). A push by tag copies that tag; a referrer pushed by
+/// digest (a signature or SBOM added later) copies its subject's referrers. Pushes by the
+/// replication engine itself start nothing (no loops between a pull and a push rule).
 pub fn on_push(
     state: &AppState,
     caller: &Caller,
     repository: &str,
     tag: Option<&str>,
-    digest: &str,
+    subject: Option<&berth_proto::Digest>,
 ) {
     if Auth::is_system(caller) {
         return;
     }
-    let reference = tag.map_or_else(|| digest.to_string(), str::to_string);
+    let reference = match (tag, subject) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(s)) => s.to_string(),
+        (None, None) => return,
+    };
     spawn_event(state, repository, reference, false);
 }
 
@@ -294,7 +299,7 @@ fn spawn_event(state: &AppState, repository: &str, reference: String, deleted: b
                 && if deleted {
                     rule.replicate_deletions
                 } else {
-                    rule.trigger == RuleTrigger::OnPush && !is_digest
+                    rule.trigger == RuleTrigger::OnPush
                 };
             if !wanted {
                 continue;
