@@ -644,6 +644,7 @@ async fn scheduled_pull_rule_brings_the_filtered_tags_from_distribution() {
             "replace:library=hub",
             "--trigger",
             "schedule:*/2 * * * * *",
+            "--replicate-deletions",
         ],
     );
     let e = wait_execution(&a, "from-dist", 60, |e| {
@@ -658,7 +659,14 @@ async fn scheduled_pull_rule_brings_the_filtered_tags_from_distribution() {
     for (img, tag) in want.iter().zip(["v1.0", "v1.1"]) {
         assert_replicated(&rd, "library/tool", &ra, "hub/tool", tag, img).await;
     }
-    // The CLI shows the executions and disables the schedule.
+    // A tag deleted at the source is deleted here by a later scheduled run.
+    rd.delete_manifest("library/tool", &want[1].index).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ra.tags("hub/tool").await != ["v1.0"] {
+        assert!(Instant::now() < deadline, "v1.1 was not deleted here");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The CLI shows the executions and removes the rule.
     let out = run_cmd(
         Command::new(berth_bin()).args([
             "replication",
