@@ -90,14 +90,14 @@ pub struct Auth {
     /// Failed-login counters shared with the other replicas (PostgreSQL); when set, they
     /// replace `limiter`'s in-memory ones (same limits).
     shared_limits: Option<berth_storage::postgres::PgMetadata>,
-    /// The password of [`SYSTEM_USER`], random per process, never stored or shown: only
-    /// this process's replication engine logs in with it (over loopback).
+    /// The password of [`SYSTEM_USER`], derived from the token signing key, never stored,
+    /// sent or shown outside this server: only the replication engine logs in with it.
     system_secret: String,
 }
 
 /// The account this server's own replication engine uses to read and write its registry
-/// over loopback (a system administrator that exists only in memory; `$` cannot appear in
-/// user names, so no stored account can take it).
+/// over loopback (a system administrator that exists in no table; user names may not start
+/// with `berth$`, so no stored account can take it).
 pub const SYSTEM_USER: &str = "berth$system";
 
 fn system_principal() -> Principal {
@@ -155,6 +155,11 @@ impl Auth {
         trust_forwarded: bool,
         scheme: &'static str,
     ) -> Auth {
+        // Derived from the token signing key, so every replica sharing the key (and so the
+        // database) accepts it: the token realm may be another replica's.
+        let system_secret = hex::encode(sha2::Sha256::digest(
+            format!("{SYSTEM_USER}\0{}", tokens.key().private_key_pem()).as_bytes(),
+        ));
         Auth {
             accounts,
             tokens,
@@ -170,15 +175,11 @@ impl Auth {
             login_flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             visibility_flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             shared_limits: None,
-            system_secret: format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            ),
+            system_secret,
         }
     }
 
-    /// The in-memory password of [`SYSTEM_USER`] (for this process's replication engine).
+    /// The password of [`SYSTEM_USER`] (for this process's replication engine).
     pub fn system_secret(&self) -> &str {
         &self.system_secret
     }

@@ -4,7 +4,7 @@
 //! - Both sides are `berth-client` registries ([`copy::Side`]): the remote one from
 //!   [`crate::remotes::Remotes::client`] (its trust and sealed credentials), this Berth
 //!   itself over loopback as [`crate::auth::SYSTEM_USER`], a system administrator that
-//!   exists only in this process's memory. So a push rule and a pull rule are the same
+//!   exists in no table. So a push rule and a pull rule are the same
 //!   client copy in two directions, and writes into this Berth go through the registry's
 //!   own handlers (validation, quotas, immutable tags, audit, GC bookkeeping).
 //! - [`copy`] copies one artifact: the manifest tree, blobs (skipped when present, mounted
