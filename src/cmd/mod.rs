@@ -7,3 +7,4 @@ pub mod kube;
 pub mod migrate;
 pub mod registry;
 pub mod replication;
+pub mod webhook;

@@ -132,6 +132,7 @@ pub fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     ]
     .into_iter()
     .chain(crate::replication::api::routes())
+    .chain(crate::webhooks::http::routes())
     .collect()
 }
 
@@ -758,6 +759,7 @@ mod tests {
             Default::default(),
             std::time::Duration::from_secs(3600),
         ));
+        let meta_for_hooks = meta.clone();
         let remote_store = meta.clone();
         let state = AppState {
             blobs,
@@ -771,6 +773,12 @@ mod tests {
             refusals: Default::default(),
             space: crate::limits::DiskSpace::new(dir.path().to_owned(), Default::default()),
             ops: Default::default(),
+            webhooks: Arc::new(crate::webhooks::Webhooks::new(
+                Arc::new(meta_for_hooks.clone()),
+                Arc::new(meta_for_hooks),
+                Arc::new(crate::remotes::Sealer::from_key(&[3; 32]).expect("key")),
+                Default::default(),
+            )),
             proxy: Arc::new(crate::proxy::Proxy::new(dir.path().join("proxy"))),
             remotes: Arc::new(crate::remotes::Remotes::new(
                 Arc::new(remote_store),
@@ -785,6 +793,7 @@ mod tests {
             .replace("{user}", "admin")
             .replace("{robot}", "ci")
             .replace("{id}", "1")
+            .replace("{webhook}", "ci")
     }
 
     /// The router answers every documented operation (401 without credentials, from the

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub lifecycle: LifecycleConfig,
     /// Where blobs are kept (`[storage]`: the data directory, or an S3 bucket).
     pub storage: StorageConfig,
+    /// Webhook delivery: queues, timeout, retries (`[webhooks]`).
+    pub webhooks: crate::webhooks::WebhookConfig,
     /// The key that seals remote registries' secrets at rest.
     pub secrets: SecretsConfig,
 }
@@ -376,6 +378,7 @@ impl Default for ServerConfig {
             metrics: MetricsConfig::default(),
             lifecycle: LifecycleConfig::default(),
             storage: StorageConfig::default(),
+            webhooks: Default::default(),
             secrets: SecretsConfig::default(),
         }
     }

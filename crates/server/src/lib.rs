@@ -15,6 +15,8 @@
 //! - [`gc`]: storage lifecycle — online incremental GC, quotas, retention, immutable
 //!   tags — over [`berth_storage::LifecycleStore`] and [`berth_storage::BlobStore`].
 //! - [`auth`]: who the caller is and whether they may; [`token`] issues Docker tokens.
+//! - [`webhooks`]: events published by the handlers, delivered to each project's
+//!   webhook endpoints in the background (bounded queues, retries, a delivery log).
 //! - [`ops`]: `/readyz`, `/metrics` and the request-counting middleware.
 //! - storage: [`berth_storage::BlobStore`] and [`berth_storage::MetadataStore`] in
 //!   [`state::AppState`].
@@ -37,6 +39,7 @@ pub mod replication;
 pub mod routes;
 pub mod serve;
 pub mod state;
+pub mod webhooks;
 
 mod blobs;
 mod body;

@@ -11,7 +11,7 @@ use berth_proto::error::ErrorCode;
 use berth_proto::manifest::parse_manifest;
 use berth_proto::name::Reference;
 use berth_proto::{Algorithm, Digest};
-use berth_storage::{NewManifest, StorageError};
+use berth_storage::{NewManifest, StorageError, WebhookEvent};
 
 use crate::blobs::digest_header;
 use crate::error::{ApiError, ApiResult};
@@ -37,6 +37,7 @@ fn manifest_unknown(name: &str, reference: &str) -> ApiError {
 
 pub(crate) async fn get(ctx: Ctx, name: &str, reference: &str) -> ApiResult<Response> {
     if let Some(resp) = crate::proxy::manifest(&ctx, name, reference).await? {
+        crate::webhooks::proxied_pull(&ctx, name, reference, &resp);
         return Ok(resp);
     }
     let meta = &ctx.state.meta;
@@ -73,6 +74,13 @@ pub(crate) async fn get(ctx: Ctx, name: &str, reference: &str) -> ApiResult<Resp
     } else {
         // For retention ("pulled in the last D days"): memory only, flushed in batches.
         ctx.state.lifecycle.pulls.record(name, &record.digest);
+        crate::webhooks::publish_manifest(
+            &ctx,
+            WebhookEvent::Pull,
+            name,
+            Some(&record.digest),
+            reference,
+        );
         Body::from(record.content)
     };
     Ok(builder.body(body).unwrap())
@@ -200,7 +208,10 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
                 format!("{what} (referenced by the index) is not there; push it again"),
             ));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            crate::webhooks::quota_refused(&ctx, name, Some(&digest), &e);
+            return Err(e.into());
+        }
     }
     tracing::info!(repository = name, %digest, "manifest pushed");
     let resource = match &tag {
@@ -213,6 +224,13 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
         .audit(&caller.actor(), "push", &resource, caller.addr, "")
         .await;
     crate::replication::on_push(&ctx.state, caller, name, tag.as_deref(), subject.as_ref());
+    crate::webhooks::publish_manifest(
+        &ctx,
+        WebhookEvent::Push,
+        name,
+        Some(&digest),
+        tag.as_deref().unwrap_or(""),
+    );
 
     let mut resp = (
         StatusCode::CREATED,
@@ -259,6 +277,7 @@ pub(crate) async fn delete(ctx: Ctx, name: &str, reference: &str) -> ApiResult<R
                 .audit(&caller.actor(), "delete", &resource, caller.addr, "")
                 .await;
             crate::replication::on_delete(&ctx.state, caller, name, reference);
+            crate::webhooks::publish_manifest(&ctx, WebhookEvent::Delete, name, None, reference);
             Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
         }
         Err(StorageError::NotFound(_)) => Err(manifest_unknown(name, reference)),

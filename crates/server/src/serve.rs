@@ -164,6 +164,16 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
     ));
     let auth = Arc::new(auth);
     lifecycle.spawn_schedules(auth.clone());
+    // The same key as the registries' secrets (loaded again: `Remotes` owns its sealer).
+    let webhook_sealer = crate::remotes::Sealer::load_or_create(&config.secret_key_file())
+        .map_err(ServeError::Auth)?;
+    let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+        stores.webhooks.clone(),
+        stores.accounts.clone(),
+        Arc::new(webhook_sealer),
+        config.webhooks.clone(),
+    ));
+    webhooks.start();
     Ok(AppState {
         blobs,
         meta,
@@ -175,6 +185,7 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         lifecycle,
         refusals: Default::default(),
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
+        webhooks,
         proxy: Arc::new(crate::proxy::Proxy::new(config.data.join("proxy"))),
         remotes: Arc::new(crate::remotes::Remotes::new(
             stores.remotes.clone(),
@@ -333,6 +344,8 @@ pub struct Stores {
     pub lifecycle: Arc<dyn LifecycleStore>,
     /// Replication rules and executions (same database).
     pub replication: Arc<dyn berth_storage::ReplicationStore>,
+    /// Webhook endpoints and their delivery log (same database as `meta`).
+    pub webhooks: Arc<dyn berth_storage::WebhookStore>,
     /// Remote registries and proxy projects (same database as `meta`).
     pub remotes: Arc<dyn berth_storage::RemoteStore>,
     pub key: SigningKey,
@@ -413,6 +426,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
             accounts: Arc::new(pg.clone()),
             lifecycle: Arc::new(pg.clone()),
             replication: Arc::new(pg.clone()),
+            webhooks: Arc::new(pg.clone()),
             remotes: Arc::new(pg.clone()),
             key,
             postgres: Some(pg),
@@ -436,6 +450,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
         accounts: Arc::new(meta.clone()),
         lifecycle: Arc::new(meta.clone()),
         replication: Arc::new(meta.clone()),
+        webhooks: Arc::new(meta.clone()),
         remotes: Arc::new(meta.clone()),
         key,
         postgres: None,

@@ -29,6 +29,8 @@ pub struct AppState {
     pub space: DiskSpace,
     /// Replication rules and their executions.
     pub replication: Arc<crate::replication::Replication>,
+    /// Webhook endpoints per project: events published by the handlers, delivered in the background.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Proxy-cache projects: upstream lookups, pending manifests, blob fetches in flight.
     pub proxy: Arc<crate::proxy::Proxy>,
     /// Remote registries (proxy-cache upstreams, replication peers) and their clients.

@@ -407,7 +407,8 @@ async fn commit(
     state
         .lifecycle
         .before_commit(name, id, digest, size)
-        .await?;
+        .await
+        .inspect_err(|e| crate::webhooks::quota_refused(ctx, name, Some(digest), e))?;
     match state.blobs.finish_upload(id, digest).await {
         Ok(size) => {
             state.meta.link_blob(name, digest, size).await?;

@@ -18,6 +18,8 @@
 //!   transactions as pushes ([`lifecycle`], for SQLite in [`sqlite_lifecycle`], for
 //!   PostgreSQL in [`postgres_lifecycle`]).
 //!
+//! - [`WebhookStore`]: webhook endpoints per project and their delivery log
+//!   ([`webhooks`]; [`sqlite_webhooks`], [`postgres_webhooks`]).
 //! - [`RemoteStore`]: the registries Berth talks to (proxy-cache upstreams, replication
 //!   peers), with sealed secrets, and which projects are proxy caches ([`remotes`]).
 //!
@@ -47,6 +49,7 @@ pub mod postgres_accounts;
 pub mod postgres_lifecycle;
 pub mod postgres_remotes;
 pub mod postgres_replication;
+pub mod postgres_webhooks;
 pub mod remotes;
 pub mod replication;
 pub mod s3;
@@ -55,6 +58,8 @@ pub mod sqlite_accounts;
 pub mod sqlite_lifecycle;
 pub mod sqlite_remotes;
 pub mod sqlite_replication;
+pub mod sqlite_webhooks;
+pub mod webhooks;
 
 pub use accounts::{
     AccountStore, AuditEvent, AuditFilter, ConsoleSession, Member, Project, ProjectRole,
@@ -75,3 +80,4 @@ pub use replication::{
     Direction, Execution, NameMapping, ReplicationRule, ReplicationStore, RuleTrigger, RunStatus,
     Task,
 };
+pub use webhooks::{Delivery, Webhook, WebhookAuth, WebhookEvent, WebhookFormat, WebhookStore};

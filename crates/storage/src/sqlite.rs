@@ -247,6 +247,9 @@ async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
         .execute(pool)
         .await?;
     crate::sqlite_lifecycle::migrate(pool).await?;
+    sqlx::raw_sql(crate::sqlite_webhooks::SCHEMA)
+        .execute(pool)
+        .await?;
     sqlx::raw_sql(crate::sqlite_remotes::SCHEMA)
         .execute(pool)
         .await?;

@@ -23,6 +23,7 @@ mod replication;
 mod repository;
 mod session;
 mod view;
+mod webhooks;
 
 use askama::Template;
 use axum::Router;
@@ -100,6 +101,11 @@ pub fn router() -> Router<AppState> {
             "/admin/replication/executions/{id}",
             get(replication::execution),
         )
+        .route(
+            "/projects/{name}/webhooks",
+            get(webhooks::page).post(webhooks::add),
+        )
+        .route("/projects/{name}/webhooks/action", post(webhooks::action))
         .route("/ca.crt", get(ca_crt))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
