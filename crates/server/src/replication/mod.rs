@@ -371,6 +371,70 @@ pub async fn execute(state: &AppState, id: i64, rule: &ReplicationRule, scope: S
     if let Err(e) = store.finish_execution(id, status, &message, now()).await {
         tracing::warn!(execution = id, error = %e, "replication: cannot record the end");
     }
+    publish_finished(state, id, rule, status, &message).await;
+}
+
+/// "Replication finished" webhooks (Harbor's `event_data.replication`), one per project of
+/// this Berth the execution read from (push) or wrote into (pull).
+async fn publish_finished(
+    state: &AppState,
+    id: i64,
+    rule: &ReplicationRule,
+    status: RunStatus,
+    message: &str,
+) {
+    let store = &state.replication.store;
+    let (Ok(Some(e)), Ok(tasks)) = (store.execution(id).await, store.tasks(id, 10_000).await)
+    else {
+        return;
+    };
+    let local = |t: &Task| match rule.direction {
+        Direction::Push => t.source.clone(),
+        Direction::Pull => t.destination.clone(),
+    };
+    let project_of = |t: &Task| local(t).split('/').next().unwrap_or("").to_string();
+    let projects: std::collections::BTreeSet<String> = tasks
+        .iter()
+        .map(project_of)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let trigger_type = match e.trigger.as_str() {
+        "schedule" => "SCHEDULE",
+        "on-push" | "deletion" => "EVENT_BASED",
+        _ => "MANUAL",
+    };
+    let (src, dst) = match rule.direction {
+        Direction::Push => ("local", rule.registry.as_str()),
+        Direction::Pull => (rule.registry.as_str(), "local"),
+    };
+    for project in projects {
+        let mine: Vec<&Task> = tasks.iter().filter(|t| project_of(t) == project).collect();
+        let artifact = |t: &&Task| {
+            serde_json::json!({
+                "type": "image",
+                "status": if t.status == RunStatus::Failed { "Failed" } else { "Success" },
+                "name_tag": format!("{}:{}", t.destination, t.reference),
+                "fail_reason": t.error,
+            })
+        };
+        let body = serde_json::json!({
+            "job_status": if status == RunStatus::Succeeded { "Success" } else { "Failed" },
+            "description": message,
+            "trigger_type": trigger_type,
+            "policy_name": rule.name,
+            "execution_id": id,
+            "execution_timestamp": e.started_at,
+            "src_resource": {"registry_name": src},
+            "dest_resource": {"registry_name": dst},
+            "successful_artifact": mine.iter().filter(|t| t.status != RunStatus::Failed).map(artifact).collect::<Vec<_>>(),
+            "failed_artifact": mine.iter().filter(|t| t.status == RunStatus::Failed).map(artifact).collect::<Vec<_>>(),
+        });
+        state.webhooks.publish(crate::webhooks::Event::replication(
+            &project,
+            crate::auth::SYSTEM_USER,
+            body,
+        ));
+    }
 }
 
 /// One planned artifact.
