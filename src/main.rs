@@ -48,6 +48,9 @@ enum Command {
     Admin(cmd::admin::AdminCommand),
     /// Move an embedded deployment (data directory) onto PostgreSQL; re-runnable.
     Migrate(cmd::migrate::MigrateArgs),
+    /// Replication rules (push to / pull from remote registries) and their executions.
+    #[command(subcommand)]
+    Replication(cmd::replication::ReplicationCommand),
     /// Webhooks of a project: tell CI or chat about pushes, pulls, deletes, quota refusals.
     Webhook(cmd::webhook::WebhookArgs),
     /// Remote registries: proxy-cache upstreams and replication peers.
@@ -190,6 +193,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Fetch(args) => cmd::fetch::run(args),
         Command::Admin(c) => cmd::admin::run(c),
         Command::Migrate(args) => cmd::migrate::run(args),
+        Command::Replication(c) => cmd::replication::run(c),
         Command::Webhook(args) => cmd::webhook::run(args),
         Command::Registry(args) => cmd::registry::run(args),
     }

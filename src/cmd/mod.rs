@@ -6,4 +6,5 @@ pub mod fetch;
 pub mod kube;
 pub mod migrate;
 pub mod registry;
+pub mod replication;
 pub mod webhook;

@@ -22,6 +22,9 @@ use crate::image::{Descriptor, FetchedManifest, MANIFEST_ACCEPT, Platform, selec
 use crate::reference::{ImageRef, split_host_port};
 use crate::trust::{CertFailure, Endpoint, TrustOptions, cert_info};
 
+mod referrers;
+pub use referrers::fallback_tag;
+
 /// A stream of blob bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 

@@ -314,10 +314,11 @@ pub fn validate_user_name(name: &str) -> ApiResult<()> {
             .chars()
             .any(|c| c == ':' || c.is_whitespace() || c.is_control())
         && !name.starts_with("robot$")
+        && !name.starts_with("berth$")
         && !matches!(name, LOCAL_ADMIN | "anonymous");
     if !ok {
         return Err(bad_request(format!(
-            "{name:?} is not a valid user name: 1-128 characters without spaces or ':', not starting with robot$, not {LOCAL_ADMIN} or anonymous"
+            "{name:?} is not a valid user name: 1-128 characters without spaces or ':', not starting with robot$ or berth$, not {LOCAL_ADMIN} or anonymous"
         )));
     }
     Ok(())

@@ -131,6 +131,7 @@ pub fn table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         ),
     ]
     .into_iter()
+    .chain(crate::replication::api::routes())
     .chain(crate::webhooks::http::routes())
     .collect()
 }
@@ -762,6 +763,7 @@ mod tests {
         let remote_store = meta.clone();
         let state = AppState {
             blobs,
+            replication: Arc::new(crate::replication::Replication::new(Arc::new(meta.clone()))),
             meta: Arc::new(meta),
             auth: Arc::new(auth),
             limits: Default::default(),
@@ -790,6 +792,7 @@ mod tests {
         path.replace("{name}", "library")
             .replace("{user}", "admin")
             .replace("{robot}", "ci")
+            .replace("{id}", "1")
             .replace("{webhook}", "ci")
     }
 

@@ -90,6 +90,21 @@ pub struct Auth {
     /// Failed-login counters shared with the other replicas (PostgreSQL); when set, they
     /// replace `limiter`'s in-memory ones (same limits).
     shared_limits: Option<berth_storage::postgres::PgMetadata>,
+    /// The password of [`SYSTEM_USER`], derived from the token signing key, never stored,
+    /// sent or shown outside this server: only the replication engine logs in with it.
+    system_secret: String,
+}
+
+/// The account this server's own replication engine uses to read and write its registry
+/// over loopback (a system administrator that exists in no table; user names may not start
+/// with `berth$`, so no stored account can take it).
+pub const SYSTEM_USER: &str = "berth$system";
+
+fn system_principal() -> Principal {
+    Principal::User {
+        name: SYSTEM_USER.to_string(),
+        system_admin: true,
+    }
 }
 
 fn now_secs() -> i64 {
@@ -140,6 +155,11 @@ impl Auth {
         trust_forwarded: bool,
         scheme: &'static str,
     ) -> Auth {
+        // Derived from the token signing key, so every replica sharing the key (and so the
+        // database) accepts it: the token realm may be another replica's.
+        let system_secret = hex::encode(sha2::Sha256::digest(
+            format!("{SYSTEM_USER}\0{}", tokens.key().private_key_pem()).as_bytes(),
+        ));
         Auth {
             accounts,
             tokens,
@@ -155,7 +175,18 @@ impl Auth {
             login_flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             visibility_flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             shared_limits: None,
+            system_secret,
         }
+    }
+
+    /// The password of [`SYSTEM_USER`] (for this process's replication engine).
+    pub fn system_secret(&self) -> &str {
+        &self.system_secret
+    }
+
+    /// Whether the caller is this server's own replication engine.
+    pub fn is_system(caller: &Caller) -> bool {
+        caller.principal.subject() == SYSTEM_USER
     }
 
     /// Count failed logins in PostgreSQL, shared by every replica using `pg`, so that N
@@ -333,6 +364,9 @@ impl Auth {
         if subject.is_empty() {
             return Ok(Principal::Anonymous);
         }
+        if subject == SYSTEM_USER {
+            return Ok(system_principal());
+        }
         let gone = || {
             ApiError::new(
                 ErrorCode::Unauthorized,
@@ -369,6 +403,21 @@ impl Auth {
         password: &str,
         addr: IpAddr,
     ) -> ApiResult<Principal> {
+        if username == SYSTEM_USER {
+            // Constant time: compare digests.
+            let ok = sha2::Sha256::digest(password.as_bytes())
+                == sha2::Sha256::digest(self.system_secret.as_bytes());
+            return if ok {
+                Ok(system_principal())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    format!(
+                        "{SYSTEM_USER} is the server's own account; it cannot log in from outside"
+                    ),
+                ))
+            };
+        }
         let cache_key = key_of(&[username, password]);
         if let Some(p) = self.logins.get(&cache_key) {
             return Ok(p);

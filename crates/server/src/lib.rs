@@ -35,6 +35,7 @@ pub mod limits;
 pub mod ops;
 pub mod proxy;
 pub mod remotes;
+pub mod replication;
 pub mod routes;
 pub mod serve;
 pub mod state;

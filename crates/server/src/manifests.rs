@@ -223,6 +223,7 @@ pub(crate) async fn put(ctx: Ctx, body: Body, name: &str, reference: &str) -> Ap
         .auth
         .audit(&caller.actor(), "push", &resource, caller.addr, "")
         .await;
+    crate::replication::on_push(&ctx.state, caller, name, tag.as_deref(), subject.as_ref());
     crate::webhooks::publish_manifest(
         &ctx,
         WebhookEvent::Push,
@@ -275,6 +276,7 @@ pub(crate) async fn delete(ctx: Ctx, name: &str, reference: &str) -> ApiResult<R
                 .auth
                 .audit(&caller.actor(), "delete", &resource, caller.addr, "")
                 .await;
+            crate::replication::on_delete(&ctx.state, caller, name, reference);
             crate::webhooks::publish_manifest(&ctx, WebhookEvent::Delete, name, None, reference);
             Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
         }

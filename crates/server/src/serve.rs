@@ -190,6 +190,10 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         webhooks,
         proxy: Arc::new(crate::proxy::Proxy::new(config.data.join("proxy"))),
         remotes: Arc::new(crate::remotes::Remotes::new(stores.remotes.clone(), sealer)),
+        replication: Arc::new(
+            crate::replication::Replication::new(stores.replication.clone())
+                .shared_by_replicas(stores.postgres.is_some()),
+        ),
     })
 }
 
@@ -336,6 +340,8 @@ pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     /// Garbage collection, quotas, retention (same database as `meta`).
     pub lifecycle: Arc<dyn LifecycleStore>,
+    /// Replication rules and executions (same database).
+    pub replication: Arc<dyn berth_storage::ReplicationStore>,
     /// Webhook endpoints and their delivery log (same database as `meta`).
     pub webhooks: Arc<dyn berth_storage::WebhookStore>,
     /// Remote registries and proxy projects (same database as `meta`).
@@ -417,6 +423,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
             meta: Arc::new(pg.clone()),
             accounts: Arc::new(pg.clone()),
             lifecycle: Arc::new(pg.clone()),
+            replication: Arc::new(pg.clone()),
             webhooks: Arc::new(pg.clone()),
             remotes: Arc::new(pg.clone()),
             key,
@@ -440,6 +447,7 @@ pub async fn open_metadata(data: &Path, database: &DatabaseConfig) -> Result<Sto
         meta: Arc::new(meta.clone()),
         accounts: Arc::new(meta.clone()),
         lifecycle: Arc::new(meta.clone()),
+        replication: Arc::new(meta.clone()),
         webhooks: Arc::new(meta.clone()),
         remotes: Arc::new(meta.clone()),
         key,
@@ -515,6 +523,11 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let refusals = state.refusals.clone();
+    if let Err(e) = state.replication.set_local(addr, &state.tls, &state.auth) {
+        tracing::warn!(error = %e.detail, "replication is unavailable");
+    } else {
+        crate::replication::spawn_runner(state.clone());
+    }
     let app = crate::app(state);
 
     let scheme = if tls.is_some() { "https" } else { "http" };

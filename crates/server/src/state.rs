@@ -27,6 +27,8 @@ pub struct AppState {
     pub refusals: Arc<Refusals>,
     /// Free space and reserve of the data directory's filesystem.
     pub space: DiskSpace,
+    /// Replication rules and their executions.
+    pub replication: Arc<crate::replication::Replication>,
     /// Webhook endpoints per project: events published by the handlers, delivered in the background.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Proxy-cache projects: upstream lookups, pending manifests, blob fetches in flight.

@@ -2531,3 +2531,269 @@ pub async fn lifecycle_suite(
     );
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Register a remote registry `name` (for suites whose rows reference one).
+pub async fn add_test_registry(store: &dyn crate::RemoteStore, name: &'static str) {
+    store
+        .create_registry(&crate::RemoteRegistry {
+            name: name.into(),
+            url: format!("https://{name}.example:5000"),
+            username: String::new(),
+            secret_sealed: Vec::new(),
+            ca_pem: String::new(),
+            insecure: false,
+            description: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        })
+        .await
+        .expect("create remote registry");
+}
+
+/// [`crate::ReplicationStore`]: rules (unique names, an existing remote registry), executions
+/// with counts from their tasks, the stop flag, schedule slots claimed once, and a rule's
+/// deletion taking its history with it. `add_registry` registers a remote registry named
+/// by its argument in the same database (through `RemoteStore`).
+pub async fn replication_suite<F, Fut>(store: &dyn crate::ReplicationStore, add_registry: F)
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use crate::replication::{
+        Direction, NameMapping, ReplicationRule, RuleTrigger, RunStatus, Task,
+    };
+    let rule = ReplicationRule {
+        name: "to-prod".into(),
+        direction: Direction::Push,
+        registry: "prod".into(),
+        repositories: "library/**".into(),
+        tags: "v*".into(),
+        mapping: NameMapping::Replace {
+            from: "library".into(),
+            to: "mirror".into(),
+        },
+        trigger: RuleTrigger::OnPush,
+        replicate_deletions: true,
+        enabled: true,
+        description: "d".into(),
+        created_at: 10,
+        updated_at: 10,
+    };
+    // The registry must exist.
+    assert!(matches!(
+        store.create_rule(&rule).await,
+        Err(StorageError::NotFound(m)) if m.contains("prod")
+    ));
+    add_registry("prod").await;
+    store.create_rule(&rule).await.expect("create rule");
+    assert!(matches!(
+        store.create_rule(&rule).await,
+        Err(StorageError::AlreadyExists(_))
+    ));
+    let mut unknown = rule.clone();
+    unknown.name = "other".into();
+    unknown.registry = "nowhere".into();
+    assert!(matches!(
+        store.create_rule(&unknown).await,
+        Err(StorageError::NotFound(m)) if m.contains("nowhere")
+    ));
+    assert_eq!(store.rule("to-prod").await.unwrap().as_ref(), Some(&rule));
+    assert_eq!(store.rule("nope").await.unwrap(), None);
+    let mut pull = rule.clone();
+    pull.name = "from-prod".into();
+    pull.direction = Direction::Pull;
+    pull.trigger = RuleTrigger::Schedule("*/5 * * * *".into());
+    pull.mapping = NameMapping::Flatten(1);
+    store.create_rule(&pull).await.expect("create pull rule");
+    let names: Vec<String> = store
+        .list_rules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["from-prod", "to-prod"]);
+    let mut changed = rule.clone();
+    changed.enabled = false;
+    changed.tags = "**".into();
+    changed.updated_at = 20;
+    store.update_rule(&changed).await.expect("update");
+    assert_eq!(store.rule("to-prod").await.unwrap(), Some(changed.clone()));
+    let mut missing = rule.clone();
+    missing.name = "missing".into();
+    assert!(matches!(
+        store.update_rule(&missing).await,
+        Err(StorageError::NotFound(_))
+    ));
+
+    // Schedule slots: claimed once each, only forwards.
+    assert!(store.claim_schedule_slot("from-prod", 300).await.unwrap());
+    assert!(!store.claim_schedule_slot("from-prod", 300).await.unwrap());
+    assert!(!store.claim_schedule_slot("from-prod", 200).await.unwrap());
+    assert!(store.claim_schedule_slot("from-prod", 600).await.unwrap());
+    assert!(!store.claim_schedule_slot("nope", 600).await.unwrap());
+
+    // Executions and tasks.
+    assert!(matches!(
+        store.start_execution("nope", "manual", 1).await,
+        Err(StorageError::NotFound(_))
+    ));
+    let e1 = store
+        .start_execution("to-prod", "manual", 100)
+        .await
+        .unwrap();
+    let e2 = store
+        .start_execution("to-prod", "on-push", 101)
+        .await
+        .unwrap();
+    assert!(e2 > e1);
+    let task = |reference: &str, status: RunStatus, bytes: u64| Task {
+        id: 0,
+        execution: e1,
+        operation: "copy".into(),
+        source: "library/a".into(),
+        destination: "mirror/a".into(),
+        reference: reference.into(),
+        digest: String::new(),
+        status,
+        bytes,
+        error: String::new(),
+        started_at: 100,
+        ended_at: None,
+    };
+    let t1 = store
+        .add_task(&task("v1", RunStatus::Running, 0))
+        .await
+        .unwrap();
+    let t2 = store
+        .add_task(&task("v2", RunStatus::Pending, 0))
+        .await
+        .unwrap();
+    store
+        .add_task(&task("v3", RunStatus::Skipped, 0))
+        .await
+        .unwrap();
+    store
+        .update_task(t1, RunStatus::Succeeded, "sha256:aa", 1000, "", 110)
+        .await
+        .unwrap();
+    store
+        .update_task(t2, RunStatus::Failed, "", 24, "connection reset", 111)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .update_task(t2 + 1000, RunStatus::Failed, "", 0, "", 1)
+            .await,
+        Err(StorageError::NotFound(_))
+    ));
+    let tasks = store.tasks(e1, 100).await.unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(tasks[0].id, t1);
+    assert_eq!(tasks[0].status, RunStatus::Succeeded);
+    assert_eq!(tasks[0].digest, "sha256:aa");
+    assert_eq!(tasks[0].ended_at, Some(110));
+    assert_eq!(tasks[1].error, "connection reset");
+    assert_eq!(tasks[2].reference, "v3");
+    assert_eq!(store.tasks(e1, 1).await.unwrap().len(), 1);
+
+    assert!(store.request_stop(e1).await.unwrap());
+    let e = store.execution(e1).await.unwrap().expect("execution");
+    assert!(e.stop_requested);
+    assert_eq!(e.status, RunStatus::Running);
+    assert_eq!(
+        (e.tasks, e.succeeded, e.failed, e.skipped, e.bytes),
+        (3, 1, 1, 1, 1024)
+    );
+    store
+        .finish_execution(e1, RunStatus::Stopped, "stopped by admin", 120)
+        .await
+        .unwrap();
+    // Final once.
+    store
+        .finish_execution(e1, RunStatus::Succeeded, "", 130)
+        .await
+        .unwrap();
+    let e = store.execution(e1).await.unwrap().unwrap();
+    assert_eq!(e.status, RunStatus::Stopped);
+    assert_eq!(e.ended_at, Some(120));
+    assert_eq!(e.message, "stopped by admin");
+    assert!(!store.request_stop(e1).await.unwrap());
+    assert!(matches!(
+        store
+            .finish_execution(e2 + 1000, RunStatus::Failed, "", 1)
+            .await,
+        Err(StorageError::NotFound(_))
+    ));
+    // Queued executions are claimed once, oldest first; a stopped one never runs.
+    let q1 = store
+        .queue_execution("to-prod", "manual", 150)
+        .await
+        .unwrap();
+    let q2 = store
+        .queue_execution("to-prod", "manual", 151)
+        .await
+        .unwrap();
+    let q3 = store
+        .queue_execution("to-prod", "manual", 152)
+        .await
+        .unwrap();
+    assert!(store.request_stop(q2).await.unwrap());
+    assert_eq!(
+        store.execution(q2).await.unwrap().unwrap().status,
+        RunStatus::Stopped
+    );
+    let c = store.claim_queued(160).await.unwrap().expect("claimed");
+    assert_eq!(
+        (c.id, c.status, c.started_at),
+        (q1, RunStatus::Running, 160)
+    );
+    assert_eq!(
+        store.claim_queued(161).await.unwrap().map(|e| e.id),
+        Some(q3)
+    );
+    assert_eq!(store.claim_queued(162).await.unwrap(), None);
+    for id in [q1, q3] {
+        store
+            .finish_execution(id, RunStatus::Succeeded, "", 170)
+            .await
+            .unwrap();
+    }
+    let all = store.list_executions(None, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [q3, q2, q1, e2, e1],
+        "newest first"
+    );
+    assert_eq!(
+        store.list_executions(Some("to-prod"), 1).await.unwrap()[0].id,
+        q3
+    );
+    assert!(
+        store
+            .list_executions(Some("from-prod"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A process that died left e2 running.
+    assert_eq!(
+        store.fail_stale_executions(140, "restarted").await.unwrap(),
+        1
+    );
+    let e = store.execution(e2).await.unwrap().unwrap();
+    assert_eq!(
+        (e.status, e.message.as_str()),
+        (RunStatus::Failed, "restarted")
+    );
+
+    store.delete_rule("to-prod").await.expect("delete rule");
+    assert_eq!(store.execution(e1).await.unwrap(), None);
+    assert!(store.tasks(e1, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        store.delete_rule("to-prod").await,
+        Err(StorageError::NotFound(_))
+    ));
+    store.delete_rule("from-prod").await.unwrap();
+    assert!(store.list_rules().await.unwrap().is_empty());
+}

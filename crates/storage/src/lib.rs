@@ -48,13 +48,16 @@ pub mod postgres;
 pub mod postgres_accounts;
 pub mod postgres_lifecycle;
 pub mod postgres_remotes;
+pub mod postgres_replication;
 pub mod postgres_webhooks;
 pub mod remotes;
+pub mod replication;
 pub mod s3;
 pub mod sqlite;
 pub mod sqlite_accounts;
 pub mod sqlite_lifecycle;
 pub mod sqlite_remotes;
+pub mod sqlite_replication;
 pub mod sqlite_webhooks;
 pub mod webhooks;
 
@@ -73,4 +76,8 @@ pub use metadata::{
     UntaggedManifest, UploadSession, Usage,
 };
 pub use remotes::{RegistryHealth, RemoteRegistry, RemoteStore};
+pub use replication::{
+    Direction, Execution, NameMapping, ReplicationRule, ReplicationStore, RuleTrigger, RunStatus,
+    Task,
+};
 pub use webhooks::{Delivery, Webhook, WebhookAuth, WebhookEvent, WebhookFormat, WebhookStore};

@@ -1033,6 +1033,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn conformance_replication_suite() {
+        let store = fresh().await;
+        let s = &store;
+        conformance::replication_suite(&store, |name| {
+            crate::conformance::add_test_registry(s, name)
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn conformance_console_suites() {
         let store = fresh().await;
         conformance::session_suite(&store).await;

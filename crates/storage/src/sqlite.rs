@@ -253,6 +253,9 @@ async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
     sqlx::raw_sql(crate::sqlite_remotes::SCHEMA)
         .execute(pool)
         .await?;
+    sqlx::raw_sql(crate::sqlite_replication::SCHEMA)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -927,6 +930,16 @@ mod tests {
             .expect("open");
         conformance::lifecycle_suite(&store, &store, &store).await;
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn replication_suite_in_memory() {
+        let store = SqliteMetadata::in_memory().await.expect("db");
+        let s = &store;
+        conformance::replication_suite(&store, |name| {
+            crate::conformance::add_test_registry(s, name)
+        })
+        .await;
     }
 
     #[tokio::test]

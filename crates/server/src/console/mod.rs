@@ -19,6 +19,7 @@ mod lifecycle;
 mod manage;
 mod pages;
 mod registries;
+mod replication;
 mod repository;
 mod session;
 mod view;
@@ -93,6 +94,13 @@ pub fn router() -> Router<AppState> {
             get(lifecycle::policy_page).post(lifecycle::save_policy),
         )
         .route("/projects/{name}/retention", post(lifecycle::run_retention))
+        .route("/admin/replication", get(replication::page))
+        .route("/admin/replication/run", post(replication::run))
+        .route("/admin/replication/stop", post(replication::stop))
+        .route(
+            "/admin/replication/executions/{id}",
+            get(replication::execution),
+        )
         .route(
             "/projects/{name}/webhooks",
             get(webhooks::page).post(webhooks::add),
