@@ -342,6 +342,37 @@ async fn console_registries_page_adds_checks_and_deletes() {
     assert!(page.contains("logged in as admin"), "{page}");
     assert!(page.contains("data-registry=\"site-b\""));
     assert!(!page.contains(ADMIN_PASSWORD), "the secret is shown");
+    // A proxy-cache project of it: its page says so and prints containerd's hosts.toml.
+    let api = berth.client();
+    let r = api
+        .post(format!("{}/api/v1/projects", berth.url()))
+        .json(&json!({"name": "cache", "public": true, "proxy": "site-b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let page = get("/projects/cache").await;
+    assert!(page.contains("Proxy cache of site-b"), "{page}");
+    assert!(
+        page.contains(&format!("server = &quot;{url}&quot;"))
+            || page.contains(&format!("server = &#34;{url}&#34;")),
+        "{page}"
+    );
+    assert!(page.contains("/v2/cache"), "{page}");
+    assert!(page.contains("override_path = true"), "{page}");
+    assert!(
+        page.contains(&format!(
+            "/etc/containerd/certs.d/{}/hosts.toml",
+            remote.host()
+        )),
+        "{page}"
+    );
+    let r = api
+        .delete(format!("{}/api/v1/projects/cache", berth.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     // Without the CSRF token nothing changes.
     let r = c
         .post(format!("{}/admin/registries/delete", berth.url()))

@@ -158,6 +158,18 @@ struct ProjectPage {
     robots: Vec<RobotRow>,
     robots_pager: Pager,
     roles: [&'static str; 4],
+    /// Set for a proxy-cache project.
+    proxy: Option<ProxyView>,
+}
+
+/// What the project page says about a proxy-cache project: its upstream and how to make
+/// containerd use it as a mirror.
+struct ProxyView {
+    registry: String,
+    url: String,
+    /// `/etc/containerd/certs.d/<dir>/hosts.toml`
+    hosts_path: String,
+    hosts_toml: String,
 }
 
 #[derive(Deserialize)]
@@ -255,7 +267,36 @@ async fn project_page(
             name: r.name,
         })
         .collect();
+    let proxy = match state.remotes.store.project_proxy(name).await? {
+        None => None,
+        Some(registry) => {
+            let url = state
+                .remotes
+                .store
+                .registry(&registry)
+                .await?
+                .map(|r| r.url)
+                .unwrap_or_default();
+            let scheme = if viewer.secure { "https" } else { "http" };
+            let ca = format!("/etc/containerd/certs.d/{}/ca.crt", viewer.host);
+            Some(ProxyView {
+                hosts_path: format!(
+                    "/etc/containerd/certs.d/{}/hosts.toml",
+                    crate::proxy::containerd_host_dir(&url)
+                ),
+                hosts_toml: crate::proxy::containerd_mirror_snippet(
+                    &crate::proxy::containerd_server(&url),
+                    &format!("{scheme}://{}", viewer.host),
+                    name,
+                    viewer.secure.then_some(ca.as_str()),
+                ),
+                registry,
+                url,
+            })
+        }
+    };
     let page = ProjectPage {
+        proxy,
         l: viewer.layout(format!("Project {name}")),
         name: info.name,
         public: info.public,
