@@ -2786,6 +2786,48 @@ where
         (e.status, e.message.as_str()),
         (RunStatus::Failed, "restarted")
     );
+    // Heartbeats: a running execution whose replica stopped beating is failed; one with a
+    // fresh heartbeat is not (nor is one that finished).
+    let dead = store
+        .start_execution("to-prod", "manual", 200)
+        .await
+        .unwrap();
+    let alive = store
+        .start_execution("to-prod", "manual", 200)
+        .await
+        .unwrap();
+    store.heartbeat_execution(alive, 300).await.unwrap();
+    store.heartbeat_execution(dead, 220).await.unwrap();
+    assert_eq!(
+        store
+            .fail_silent_executions(250, 310, "the replica stopped")
+            .await
+            .unwrap(),
+        1
+    );
+    let e = store.execution(dead).await.unwrap().unwrap();
+    assert_eq!(
+        (e.status, e.message.as_str(), e.ended_at),
+        (RunStatus::Failed, "the replica stopped", Some(310))
+    );
+    assert_eq!(
+        store.execution(alive).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    // A heartbeat does not revive a finished execution.
+    store.heartbeat_execution(dead, 400).await.unwrap();
+    assert_eq!(
+        store
+            .fail_silent_executions(350, 410, "again")
+            .await
+            .unwrap(),
+        1,
+        "only `alive`, whose heartbeat is now old"
+    );
+    assert_eq!(
+        store.execution(dead).await.unwrap().unwrap().message,
+        "the replica stopped"
+    );
 
     store.delete_rule("to-prod").await.expect("delete rule");
     assert_eq!(store.execution(e1).await.unwrap(), None);

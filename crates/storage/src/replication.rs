@@ -321,6 +321,17 @@ pub trait ReplicationStore: Send + Sync + 'static {
     /// Executions left `running` by a process that died (called at start by one replica
     /// per rule run; here: those started before `before`) become `failed`.
     async fn fail_stale_executions(&self, before: i64, message: &str) -> StorageResult<u64>;
+    /// The process running execution `id` is alive at `at` (its `heartbeat_at`; only
+    /// while the execution is `running`).
+    async fn heartbeat_execution(&self, id: i64, at: i64) -> StorageResult<()>;
+    /// Running executions whose last heartbeat (and start) is older than `before` — their
+    /// replica died — become `failed` with `message`, ended at `at`; how many.
+    async fn fail_silent_executions(
+        &self,
+        before: i64,
+        at: i64,
+        message: &str,
+    ) -> StorageResult<u64>;
 
     /// Add a task (status and times as given); returns its id.
     async fn add_task(&self, t: &Task) -> StorageResult<i64>;
@@ -463,8 +474,8 @@ macro_rules! impl_replication_store {
                 at: i64,
             ) -> $crate::StorageResult<i64> {
                 sqlx::query_scalar::<$db, i64>(
-                    "INSERT INTO replication_executions (rule, trigger_kind, status, started_at, message, stop_requested) \
-                     VALUES ($1, $2, $3, $4, '', FALSE) RETURNING id",
+                    "INSERT INTO replication_executions (rule, trigger_kind, status, started_at, message, stop_requested, heartbeat_at) \
+                     VALUES ($1, $2, $3, $4, '', FALSE, $4) RETURNING id",
                 )
                 .bind(rule)
                 .bind(trigger)
@@ -634,7 +645,7 @@ macro_rules! impl_replication_store {
                     .await?;
                     let Some(id) = next else { return Ok(None) };
                     let done = sqlx::query::<$db>(
-                        "UPDATE replication_executions SET status = 'running', started_at = $1 \
+                        "UPDATE replication_executions SET status = 'running', started_at = $1, heartbeat_at = $1 \
                          WHERE id = $2 AND status = 'pending'",
                     )
                     .bind(at)
@@ -740,6 +751,36 @@ macro_rules! impl_replication_store {
                      WHERE status = 'running' AND started_at < $2",
                 )
                 .bind(message)
+                .bind(before)
+                .execute(&self.$writer)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn heartbeat_execution(&self, id: i64, at: i64) -> $crate::StorageResult<()> {
+                sqlx::query::<$db>(
+                    "UPDATE replication_executions SET heartbeat_at = $1 \
+                     WHERE id = $2 AND status = 'running'",
+                )
+                .bind(at)
+                .bind(id)
+                .execute(&self.$writer)
+                .await?;
+                Ok(())
+            }
+
+            async fn fail_silent_executions(
+                &self,
+                before: i64,
+                at: i64,
+                message: &str,
+            ) -> $crate::StorageResult<u64> {
+                let done = sqlx::query::<$db>(
+                    "UPDATE replication_executions SET status = 'failed', message = $1, ended_at = $2 \
+                     WHERE status = 'running' AND heartbeat_at < $3 AND started_at < $3",
+                )
+                .bind(message)
+                .bind(at)
                 .bind(before)
                 .execute(&self.$writer)
                 .await?;

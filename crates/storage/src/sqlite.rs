@@ -256,6 +256,7 @@ async fn create_schema(pool: &SqlitePool) -> StorageResult<()> {
     sqlx::raw_sql(crate::sqlite_replication::SCHEMA)
         .execute(pool)
         .await?;
+    crate::sqlite_replication::migrate(pool).await?;
     Ok(())
 }
 

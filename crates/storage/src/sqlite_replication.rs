@@ -51,3 +51,21 @@ CREATE INDEX IF NOT EXISTS replication_tasks_by_execution ON replication_tasks(e
 "#;
 
 crate::replication::impl_replication_store!(SqliteMetadata, sqlx::Sqlite, writer, reader);
+
+/// Columns added after [`SCHEMA`] first shipped (idempotent; call after it).
+pub(crate) async fn migrate(pool: &sqlx::SqlitePool) -> crate::StorageResult<()> {
+    // `heartbeat_at`: the runner's liveness, so executions of a dead process are failed.
+    let has_heartbeat: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pragma_table_info('replication_executions') WHERE name = 'heartbeat_at'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if has_heartbeat == 0 {
+        sqlx::raw_sql(
+            "ALTER TABLE replication_executions ADD COLUMN heartbeat_at INTEGER NOT NULL DEFAULT 0",
+        )
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}

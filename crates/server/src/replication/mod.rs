@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_client::creds::AuthEntry;
 use berth_client::{ClientOptions, Keyring, RegistryClient, TrustOptions};
@@ -53,6 +53,12 @@ const ATTEMPTS: u32 = 4;
 const MAX_TASKS: usize = 20_000;
 /// How often the runner looks for queued executions and due schedules.
 const TICK: Duration = Duration::from_secs(1);
+/// How often a running execution's `heartbeat_at` is updated (and stale ones looked for).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A running execution without a heartbeat for this long belongs to a replica that died.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The error of an execution whose replica died.
+const DEAD_REPLICA: &str = "the replica running it stopped; run the rule again";
 
 /// The replication engine of one server process.
 pub struct Replication {
@@ -188,9 +194,30 @@ pub fn spawn_runner(state: AppState) {
                 tracing::warn!(error = %e, "replication: cannot clean up executions of an earlier run");
             }
         }
+        let mut reaped = Instant::now();
         loop {
             if let Err(e) = tick(&state).await {
                 tracing::warn!(error = %e.detail, "replication runner");
+            }
+            // Executions whose replica died (no heartbeat for HEARTBEAT_TIMEOUT) are failed
+            // by whichever replica notices first.
+            if reaped.elapsed() >= HEARTBEAT {
+                reaped = Instant::now();
+                let before = now() - HEARTBEAT_TIMEOUT.as_secs() as i64;
+                match repl
+                    .store
+                    .fail_silent_executions(before, now(), DEAD_REPLICA)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        executions = n,
+                        "replication: failed executions whose replica stopped"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replication: cannot fail executions of a stopped replica")
+                    }
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
@@ -339,17 +366,26 @@ pub async fn execute(state: &AppState, id: i64, rule: &ReplicationRule, scope: S
     let store = state.replication.store.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    // The stop flag lives in the database, so `stop` works from any replica or the CLI.
+    // The stop flag lives in the database, so `stop` works from any replica or the CLI;
+    // the same loop beats the execution's heartbeat (see [`HEARTBEAT`]).
     {
         let (store, stop, done) = (store.clone(), stop.clone(), done.clone());
         tokio::spawn(async move {
+            let mut beat = Instant::now();
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Ok(Some(e)) = store.execution(id).await
+                if beat.elapsed() >= HEARTBEAT && !done.load(Ordering::Relaxed) {
+                    beat = Instant::now();
+                    if let Err(e) = store.heartbeat_execution(id, now()).await {
+                        tracing::warn!(execution = id, error = %e, "replication: cannot record the heartbeat");
+                    }
+                }
+                // Once asked to stop, keep beating until the run winds down.
+                if !stop.load(Ordering::Relaxed)
+                    && let Ok(Some(e)) = store.execution(id).await
                     && e.stop_requested
                 {
                     stop.store(true, Ordering::Relaxed);
-                    return;
                 }
             }
         });
