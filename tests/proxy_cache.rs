@@ -487,7 +487,7 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
         &berth,
         "hub/library/img",
         "manifests",
-        &multi.manifest_digest(),
+        multi.manifest_digest(),
     ))
     .unwrap();
     let platform = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
@@ -594,7 +594,7 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
         multi.manifest_digest()
     );
     assert_eq!(
-        served_digest(&rt, &berth, "hub/library/img", &multi.manifest_digest()),
+        served_digest(&rt, &berth, "hub/library/img", multi.manifest_digest()),
         multi.manifest_digest()
     );
     assert_eq!(
