@@ -480,6 +480,33 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
         served_digest(&rt, &berth, "hub/library/img", "latest"),
         multi.manifest_digest()
     );
+    // A client pulls ONE platform of the index: the index stays pending (the other
+    // platform is not local), which must survive a restart below.
+    let index: serde_json::Value = serde_json::from_slice(&get_ok(
+        &rt,
+        &berth,
+        "hub/library/img",
+        "manifests",
+        multi.manifest_digest(),
+    ))
+    .unwrap();
+    let platform = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let child: serde_json::Value = serde_json::from_slice(&get_ok(
+        &rt,
+        &berth,
+        "hub/library/img",
+        "manifests",
+        &platform,
+    ))
+    .unwrap();
+    let mut platform_blobs = vec![child["config"]["digest"].as_str().unwrap().to_owned()];
+    for l in child["layers"].as_array().unwrap() {
+        platform_blobs.push(l["digest"].as_str().unwrap().to_owned());
+    }
+    for b in &platform_blobs {
+        let bytes = get_ok(&rt, &berth, "hub/library/img", "blobs", b);
+        assert_eq!(&sha256_digest(&bytes), b);
+    }
 
     // Corrupt bytes upstream: the client never gets the whole blob, and nothing is kept.
     let raw = skopeo(&[
@@ -557,6 +584,54 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
             "{policy}"
         );
     });
+
+    // Berth restarts with the upstream still down: the index (pending, since only one
+    // platform was pulled) is still served by tag, and the pulled platform with its blobs.
+    let data = berth.kill();
+    let berth = Berth::start_in(data, &[]);
+    assert_eq!(
+        served_digest(&rt, &berth, "hub/library/img", "latest"),
+        multi.manifest_digest()
+    );
+    assert_eq!(
+        served_digest(&rt, &berth, "hub/library/img", multi.manifest_digest()),
+        multi.manifest_digest()
+    );
+    assert_eq!(
+        served_digest(&rt, &berth, "hub/library/img", &platform),
+        platform
+    );
+    for b in &platform_blobs {
+        let bytes = get_ok(&rt, &berth, "hub/library/img", "blobs", b);
+        assert_eq!(&sha256_digest(&bytes), b);
+    }
+}
+
+/// The body of an anonymous `GET /v2/{repo}/{kind}/{reference}`, which must succeed.
+fn get_ok(
+    rt: &tokio::runtime::Runtime,
+    berth: &Berth,
+    repo: &str,
+    kind: &str,
+    reference: &str,
+) -> Vec<u8> {
+    rt.block_on(async {
+        let resp = berth
+            .anon_client()
+            .get(format!("{}/v2/{repo}/{kind}/{reference}", berth.url()))
+            .header("accept", ACCEPT)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap();
+        assert!(
+            status.is_success(),
+            "GET {repo}/{kind}/{reference}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        body.to_vec()
+    })
 }
 
 // ---------------------------------------------------------------------------------------

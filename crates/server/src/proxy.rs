@@ -22,7 +22,10 @@
 //!   is stored with the normal checked `put_manifest` — so the push path's invariants
 //!   (every referenced blob linked and not tombstoned, quota counted with real sizes) and
 //!   garbage collection see nothing special. An index whose platforms were not all pulled
-//!   stays pending (children are fetched on demand, never all at once).
+//!   stays pending (children are fetched on demand, never all at once). Pending manifests
+//!   are also written to `DATA/proxy/pending/` (temp file, fsync, rename, fsync of the
+//!   directory; the same bound) and loaded at start, so a restart while the upstream is
+//!   down still serves them; the file goes when the manifest is committed or evicted.
 //! - **Writes** (pushes, deletes) into a proxy project are refused in [`refuse_writes`];
 //!   retention and GC remove cached content like any other.
 
@@ -82,6 +85,8 @@ pub struct Proxy {
     /// connections and tokens across requests.
     clients: Mutex<HashMap<String, (i64, RemoteClient)>>,
     pending: Mutex<Pending>,
+    /// Where pending manifests are kept across restarts (`DATA/proxy/pending/`).
+    pending_dir: PathBuf,
     fetches: Mutex<HashMap<(String, Digest), Arc<Fetch>>>,
     checked: Mutex<HashMap<(String, String), Instant>>,
 }
@@ -211,11 +216,14 @@ impl Proxy {
                 }
             }
         }
+        let pending_dir = staging.join("pending");
+        let pending = load_pending(&pending_dir);
         Proxy {
             staging,
             projects: Mutex::default(),
             clients: Mutex::default(),
-            pending: Mutex::default(),
+            pending: Mutex::new(pending),
+            pending_dir,
             fetches: Mutex::default(),
             checked: Mutex::default(),
         }
@@ -303,6 +311,11 @@ impl Proxy {
                 .insert((name.to_owned(), tag.clone()), digest.clone());
         }
         let len = m.content.len();
+        if let Err(e) = write_pending(&self.pending_dir, name, digest, &m) {
+            tracing::warn!(repository = name, %digest, dir = %self.pending_dir.display(), error = %e,
+                "could not keep a pending proxied manifest on disk (it is served from memory \
+                 until the restart); check that the data directory is writable and not full");
+        }
         if let Some(old) = p.manifests.insert((name.to_owned(), digest.clone()), m) {
             p.bytes -= old.content.len();
         }
@@ -319,6 +332,7 @@ impl Proxy {
             };
             if let Some(m) = p.manifests.remove(&oldest) {
                 p.bytes -= m.content.len();
+                remove_pending(&self.pending_dir, &oldest.0, &oldest.1);
             }
             p.tags
                 .retain(|(r, _), d| !(r == &oldest.0 && d == &oldest.1));
@@ -329,6 +343,7 @@ impl Proxy {
         let mut p = self.pending.lock().unwrap();
         if let Some(m) = p.manifests.remove(&(name.to_owned(), digest.clone())) {
             p.bytes -= m.content.len();
+            remove_pending(&self.pending_dir, name, digest);
         }
         p.tags.retain(|(r, _), d| !(r == name && d == digest));
     }
@@ -349,7 +364,20 @@ impl Proxy {
 
     fn forget_tag(&self, name: &str, tag: &str) {
         let mut p = self.pending.lock().unwrap();
-        p.tags.remove(&(name.to_owned(), tag.to_owned()));
+        let Some(d) = p.tags.remove(&(name.to_owned(), tag.to_owned())) else {
+            return;
+        };
+        // The manifest no longer claims the tag, in memory nor on disk (a restart must not
+        // give it back).
+        if let Some(m) = p.manifests.get_mut(&(name.to_owned(), d.clone()))
+            && m.tag.as_deref() == Some(tag)
+        {
+            m.tag = None;
+            if let Err(e) = write_pending(&self.pending_dir, name, &d, m) {
+                tracing::warn!(repository = name, digest = %d, error = %e,
+                    "could not update a pending proxied manifest on disk");
+            }
+        }
     }
 
     fn is_fresh(&self, name: &str, tag: &str) -> bool {
@@ -367,6 +395,155 @@ impl Proxy {
         }
         c.insert((name.to_owned(), tag.to_owned()), Instant::now());
     }
+}
+
+// --- Pending manifests on disk. ---
+//
+// One file per (repository, digest), named by the SHA-256 of both: a JSON header line
+// (repository, digest, media type, tag, when) then the manifest bytes.
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingHeader {
+    repository: String,
+    digest: String,
+    media_type: String,
+    tag: Option<String>,
+    /// Unix milliseconds when it was fetched.
+    at_ms: i64,
+}
+
+fn pending_path(dir: &Path, name: &str, digest: &Digest) -> PathBuf {
+    use sha2::Digest as _;
+    let key = sha2::Sha256::digest(format!("{name}\n{digest}").as_bytes());
+    dir.join(format!("{}.manifest", hex::encode(key)))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Write `m` durably: temp file, fsync, rename over the old one, fsync the directory.
+fn write_pending(dir: &Path, name: &str, digest: &Digest, m: &PendingManifest) -> io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let age = m.at.elapsed().as_millis() as i64;
+    let header = PendingHeader {
+        repository: name.to_owned(),
+        digest: digest.to_string(),
+        media_type: m.media_type.clone(),
+        tag: m.tag.clone(),
+        at_ms: now_ms() - age,
+    };
+    let path = pending_path(dir, name, digest);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer(&mut f, &header)?;
+        f.write_all(b"\n")?;
+        f.write_all(&m.content)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn remove_pending(dir: &Path, name: &str, digest: &Digest) {
+    let path = pending_path(dir, name, digest);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e,
+            "could not remove a committed pending proxied manifest; remove the file by hand"),
+    }
+}
+
+/// Read one pending manifest file; `None` (and the reason) when it is not a valid one.
+fn read_pending(path: &Path) -> Result<(String, Digest, PendingManifest, i64), String> {
+    let raw = std::fs::read(path).map_err(|e| e.to_string())?;
+    let nl = raw
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("no header line")?;
+    let h: PendingHeader = serde_json::from_slice(&raw[..nl]).map_err(|e| e.to_string())?;
+    let digest: Digest = h.digest.parse().map_err(|e| format!("{e}"))?;
+    let content = Bytes::copy_from_slice(&raw[nl + 1..]);
+    if Digest::of(digest.algorithm(), &content) != digest {
+        return Err(format!("content does not match {digest}"));
+    }
+    if pending_path(
+        path.parent().unwrap_or(Path::new(".")),
+        &h.repository,
+        &digest,
+    ) != path
+    {
+        return Err("file name does not match its repository and digest".into());
+    }
+    let parsed = parse_manifest(Some(&h.media_type), &content).map_err(|e| e.to_string())?;
+    let age = Duration::from_millis((now_ms() - h.at_ms).max(0) as u64);
+    let m = PendingManifest {
+        media_type: parsed.media_type,
+        content,
+        tag: h.tag,
+        blobs: parsed.blobs,
+        children: parsed.children,
+        at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+    };
+    Ok((h.repository, digest, m, h.at_ms))
+}
+
+/// Load the pending manifests a previous run kept in `dir`, newest first up to
+/// [`PENDING_BYTES`]; invalid, leftover temporary and over-bound files are removed.
+fn load_pending(dir: &Path) -> Pending {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "manifest") {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        match read_pending(&path) {
+            Ok(f) => found.push((path, f)),
+            Err(why) => {
+                tracing::warn!(path = %path.display(), why, "removing an invalid pending proxied manifest");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    found.sort_by_key(|(_, (_, _, _, at))| std::cmp::Reverse(*at));
+    let mut p = Pending::default();
+    for (path, (name, digest, m, _)) in found {
+        if p.bytes + m.content.len() > PENDING_BYTES {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        p.bytes += m.content.len();
+        // Newest first: an older manifest does not take a tag a newer one holds.
+        if let Some(tag) = &m.tag {
+            p.tags
+                .entry((name.clone(), tag.clone()))
+                .or_insert_with(|| digest.clone());
+        }
+        p.manifests.insert((name, digest), m);
+    }
+    if !p.manifests.is_empty() {
+        tracing::info!(
+            manifests = p.manifests.len(),
+            bytes = p.bytes,
+            "pending proxied manifests loaded"
+        );
+    }
+    p
 }
 
 // --- Manifests. ---
@@ -1189,6 +1366,43 @@ pub fn containerd_server(upstream_url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_manifests_survive_a_restart_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = Bytes::from_static(
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+        );
+        let digest = Digest::of(berth_proto::digest::Algorithm::Sha256, &content);
+        let m = PendingManifest {
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            content: content.clone(),
+            tag: Some("latest".into()),
+            blobs: vec![],
+            children: vec![],
+            at: Instant::now(),
+        };
+        let proxy = Proxy::new(dir.path().to_owned());
+        proxy.hold("p/r", &digest, m);
+        // A leftover temporary file is cleaned at start.
+        std::fs::write(dir.path().join("pending/x.tmp1"), b"junk").unwrap();
+
+        let again = Proxy::new(dir.path().to_owned());
+        let s = again.pending_by_tag("p/r", "latest").unwrap();
+        assert_eq!(s.digest, digest);
+        assert_eq!(s.content, content);
+        assert!(!dir.path().join("pending/x.tmp1").exists());
+
+        again.release("p/r", &digest);
+        let third = Proxy::new(dir.path().to_owned());
+        assert!(third.pending_by_digest("p/r", &digest).is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("pending"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
 
     #[test]
     fn docker_hub_single_names_get_library() {
