@@ -729,7 +729,7 @@ async fn deletions_are_replicated_when_the_rule_says_so() {
     }
     // A webhook of the local project subscribed to replication: it hears the end of the
     // deletion's execution in Harbor's format.
-    let hook = HookReceiver::start().await;
+    let hook = common::receiver::Receiver::start(common::receiver::Mode::FailFirst(0)).await;
     let (s, v) = api(
         &a,
         reqwest::Method::POST,
@@ -751,7 +751,7 @@ async fn deletions_are_replicated_when_the_rule_says_so() {
     assert_eq!(rd.manifest("library/del", "v1").await.0, 404);
     assert_eq!(rd.manifest("library/del", "v2").await.0, 200);
     let event = hook
-        .wait(Duration::from_secs(30), |v| {
+        .wait_json(Duration::from_secs(30), |v| {
             v["type"] == "REPLICATION" && v["event_data"]["replication"]["execution_id"] == e["id"]
         })
         .await;
@@ -768,123 +768,6 @@ async fn deletions_are_replicated_when_the_rule_says_so() {
         "{event}"
     );
     assert_eq!(r["successful_artifact"][0]["status"], "Success", "{event}");
-}
-
-/// A minimal HTTPS webhook receiver (its own CA, 127.0.0.1, ephemeral port) that answers
-/// 200 and keeps every JSON body; stopped on drop.
-struct HookReceiver {
-    addr: std::net::SocketAddr,
-    ca_pem: String,
-    got: Arc<std::sync::Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for HookReceiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl HookReceiver {
-    async fn start() -> HookReceiver {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let ca = berth_pki::generate_ca("replication webhook test CA").unwrap();
-        let cert = berth_pki::issue_server_cert(&ca, &[], &["127.0.0.1".parse().unwrap()]).unwrap();
-        let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let got: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
-        let log = got.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((sock, _)) = listener.accept().await {
-                let (acceptor, log) = (acceptor.clone(), log.clone());
-                conns.spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(sock).await else {
-                        return;
-                    };
-                    let mut buf = Vec::new();
-                    loop {
-                        // One HTTP/1.1 request: head, then a Content-Length body.
-                        let head_end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i;
-                            }
-                            let mut chunk = [0u8; 8192];
-                            match tls.read(&mut chunk).await {
-                                Ok(n) if n > 0 && buf.len() < 1 << 20 => {
-                                    buf.extend_from_slice(&chunk[..n])
-                                }
-                                _ => return,
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        buf.drain(..head_end + 4);
-                        while buf.len() < len {
-                            let mut chunk = [0u8; 8192];
-                            match tls.read(&mut chunk).await {
-                                Ok(n) if n > 0 && len < 1 << 20 => {
-                                    buf.extend_from_slice(&chunk[..n])
-                                }
-                                _ => return,
-                            }
-                        }
-                        let body: Vec<u8> = buf.drain(..len).collect();
-                        log.lock()
-                            .unwrap()
-                            .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if tls.write_all(ok).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        HookReceiver {
-            addr,
-            ca_pem: ca.cert_pem,
-            got,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://{}/hook", self.addr)
-    }
-
-    /// The first body matching `want`, waiting at most `within`.
-    async fn wait(&self, within: Duration, want: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.got.lock().unwrap().clone();
-            if let Some(v) = got.iter().find(|v| want(v)) {
-                return v.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no matching webhook within {within:?}; got {got:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 /// A TCP proxy that cuts, once, the first connection to carry more than `cut_after` bytes

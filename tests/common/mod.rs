@@ -4,6 +4,7 @@
 
 pub mod containerd;
 pub mod garage;
+pub mod receiver;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
