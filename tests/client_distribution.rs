@@ -9,100 +9,12 @@ mod common;
 mod fixtures;
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ADMIN_PASSWORD, ADMIN_USER, Berth, ChildGuard, CmdOutput, berth_bin, need, run_cmd};
-
-const USER: &str = "alice";
-const PASSWORD: &str = "s3cret-Pa55";
-
-/// A running `docker-registry serve` (killed by PID on drop, data removed).
-struct Distribution {
-    _child: ChildGuard,
-    host: String,
-    dir: tempfile::TempDir,
-}
-
-impl Distribution {
-    fn start(htpasswd: bool) -> Distribution {
-        need("docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        let out = run_cmd(
-            Command::new(berth_bin()).args([
-                "cert",
-                "init",
-                "--out",
-                &p(&certs),
-                "--host",
-                "localhost",
-                "--ip",
-                "127.0.0.1",
-            ]),
-            Duration::from_secs(60),
-        );
-        out.ok();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-secret\n  tls:\n    certificate: {crt}\n    key: {key}\n",
-            data = p(&dir.path().join("data")),
-            crt = p(&certs.join("server.crt")),
-            key = p(&certs.join("server.key")),
-        );
-        if htpasswd {
-            let hash = bcrypt::hash(PASSWORD, 5).unwrap();
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, format!("{USER}:{hash}\n")).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
-                p(&file)
-            ));
-        }
-        let cfg_path = dir.path().join("config.yml");
-        std::fs::write(&cfg_path, config).unwrap();
-        let mut guard = ChildGuard::spawn(
-            "docker-registry",
-            Command::new("docker-registry")
-                .arg("serve")
-                .arg(&cfg_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(guard.running(), "docker-registry exited at start");
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Distribution {
-            _child: guard,
-            host: format!("127.0.0.1:{port}"),
-            dir,
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("certs").join("ca.crt")
-    }
-
-    fn cert_dir(&self) -> PathBuf {
-        let d = self.dir.path().join("skopeo-certs");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::copy(self.ca(), d.join("ca.crt")).unwrap();
-        d
-    }
-}
+use common::distribution::{Distribution, PASSWORD, USER};
+use common::{ADMIN_PASSWORD, ADMIN_USER, Berth, CmdOutput, berth_bin, need, run_cmd};
 
 fn p(path: &Path) -> String {
     path.display().to_string()

@@ -11,102 +11,19 @@
 mod common;
 mod fixtures;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::containerd::Containerd;
-use common::{Berth, ChildGuard, CmdOutput, berth_bin, need, run_cmd, sha256_digest};
+use common::distribution::{Distribution, PASSWORD, USER};
+use common::{Berth, CmdOutput, berth_bin, need, run_cmd, sha256_digest};
 
-const USER: &str = "alice";
-const PASSWORD: &str = "s3cret-Pa55";
 const TIMEOUT: Duration = Duration::from_secs(180);
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// `docker-registry serve` with TLS (a `berth cert init` CA), htpasswd, and its access log
-/// in `access.log`; killed by PID on drop.
-struct Distribution {
-    child: Option<ChildGuard>,
-    host: String,
-    dir: tempfile::TempDir,
-}
-
+/// What these tests ask of the upstream beyond [`Distribution`]'s own methods.
 impl Distribution {
-    fn start() -> Distribution {
-        need("docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        run_cmd(
-            Command::new(berth_bin()).args([
-                "cert",
-                "init",
-                "--out",
-                &p(&certs),
-                "--host",
-                "localhost",
-                "--ip",
-                "127.0.0.1",
-            ]),
-            Duration::from_secs(60),
-        )
-        .ok();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let hash = bcrypt::hash(PASSWORD, 5).unwrap();
-        let htpasswd = dir.path().join("htpasswd");
-        std::fs::write(&htpasswd, format!("{USER}:{hash}\n")).unwrap();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-secret\n  tls:\n    certificate: {crt}\n    key: {key}\nauth:\n  htpasswd:\n    realm: berth-test\n    path: {htpasswd}\n",
-            data = p(&dir.path().join("data")),
-            crt = p(&certs.join("server.crt")),
-            key = p(&certs.join("server.key")),
-            htpasswd = p(&htpasswd),
-        );
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(&cfg, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("access.log")).unwrap();
-        let mut guard = ChildGuard::spawn(
-            "docker-registry",
-            Command::new("docker-registry")
-                .arg("serve")
-                .arg(&cfg)
-                .env_remove("AWS_CA_BUNDLE")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(guard.running(), "docker-registry exited at start");
-            assert!(Instant::now() < deadline, "docker-registry did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Distribution {
-            child: Some(guard),
-            host: format!("127.0.0.1:{port}"),
-            dir,
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("certs").join("ca.crt")
-    }
-
-    fn cert_dir(&self) -> PathBuf {
-        let d = self.dir.path().join("client-certs");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::copy(self.ca(), d.join("ca.crt")).unwrap();
-        d
-    }
-
-    fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
-    }
-
     /// How many `GET`s of blob `digest` of `repo` the upstream answered.
     fn blob_gets(&self, repo: &str, digest: &str) -> usize {
         let needle = format!("\"GET /v2/{repo}/blobs/{digest} ");
@@ -136,10 +53,6 @@ impl Distribution {
             &format!("docker://{}/{repo_tag}", self.host),
         ])
         .ok();
-    }
-
-    fn stop(&mut self) {
-        self.child.take();
     }
 }
 
@@ -313,7 +226,7 @@ fn ctr_pull(ctd: &Containerd, hosts: &Path, image: &str) -> CmdOutput {
 fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
     let rt = runtime();
     let tmp = tempfile::tempdir().unwrap();
-    let mut dist = Distribution::start();
+    let mut dist = Distribution::start(true);
 
     // The upstream: a real image (for podman and ctr) as library/img:v1 and :latest, and
     // single-layer images no other test shares.
@@ -807,7 +720,7 @@ impl Drop for Dockerd {
 fn docker_engine_pulls_through_proxy_project_and_from_cache_with_upstream_down() {
     let rt = runtime();
     let tmp = tempfile::tempdir().unwrap();
-    let mut dist = Distribution::start();
+    let mut dist = Distribution::start(true);
     let img = fixtures::image_layout(&tmp.path().join("img"), "v1");
     dist.push(&img.oci_ref(), "library/img:v1");
     let config_digest = img.images[0].config.digest.clone();

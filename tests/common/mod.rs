@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod distribution;
 pub mod garage;
 pub mod receiver;
 pub mod webdriver;
