@@ -20,94 +20,51 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Berth, ChildGuard, berth_bin, need, run_cmd, sha256_digest};
+use common::distribution::{Distribution, PASSWORD, USER};
+use common::{Berth, berth_bin, run_cmd, sha256_digest};
 use serde_json::{Value, json};
 
-const USER: &str = "alice";
-const PASSWORD: &str = "s3cret-Pa55";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// This test binary's Distribution (TLS with its own CA, htpasswd), killed by a watchdog
-/// by PID when the test process exits.
-struct Distribution {
+/// This test binary's Distribution (TLS with its own CA, htpasswd), shared by its tests
+/// and killed by a watchdog by PID when the test process exits.
+struct Upstream {
     host: String,
     ca_pem: Vec<u8>,
     _watchdog: std::process::Child,
 }
 
-fn dist() -> &'static Distribution {
-    static SHARED: OnceLock<Distribution> = OnceLock::new();
+fn dist() -> &'static Upstream {
+    static SHARED: OnceLock<Upstream> = OnceLock::new();
     SHARED.get_or_init(|| {
-        need("docker-registry");
-        let dir = tempfile::tempdir().unwrap().keep();
-        let certs = dir.join("certs");
-        run_cmd(
-            Command::new(berth_bin()).args([
-                "cert", "init", "--out", &p(&certs), "--host", "localhost", "--ip", "127.0.0.1",
-            ]),
-            Duration::from_secs(60),
-        )
-        .ok();
-        let port = free_port();
-        let hash = bcrypt::hash(PASSWORD, 5).unwrap();
-        std::fs::write(dir.join("htpasswd"), format!("{USER}:{hash}\n")).unwrap();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-secret\n  tls:\n    certificate: {crt}\n    key: {key}\nauth:\n  htpasswd:\n    realm: berth-test\n    path: {ht}\n",
-            data = p(&dir.join("data")),
-            crt = p(&certs.join("server.crt")),
-            key = p(&certs.join("server.key")),
-            ht = p(&dir.join("htpasswd")),
-        );
-        std::fs::write(dir.join("config.yml"), config).unwrap();
-        let mut guard = ChildGuard::spawn(
-            "docker-registry",
-            Command::new("docker-registry")
-                .arg("serve")
-                .arg(dir.join("config.yml"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(guard.running(), "docker-registry exited at start");
-            assert!(Instant::now() < deadline, "docker-registry did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let d = Distribution::start(true);
         // Statics are never dropped: a watchdog kills it by PID once this process exits.
         let watchdog = Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 {pid}; rm -rf '{dir}'",
                 parent = std::process::id(),
-                pid = guard.pid(),
-                dir = dir.display()
+                pid = d.pid(),
+                dir = d.dir.path().display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn the Distribution watchdog");
-        std::mem::forget(guard);
-        Distribution {
-            host: format!("127.0.0.1:{port}"),
-            ca_pem: std::fs::read(certs.join("ca.crt")).unwrap(),
+        let upstream = Upstream {
+            host: d.host.clone(),
+            ca_pem: std::fs::read(d.ca()).unwrap(),
             _watchdog: watchdog,
-        }
+        };
+        std::mem::forget(d);
+        upstream
     })
 }
 
 fn p(path: &Path) -> String {
     path.display().to_string()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A plain registry client for the checks: Basic credentials, one CA.

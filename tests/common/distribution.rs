@@ -107,6 +107,11 @@ impl Distribution {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, ChildGuard::pid)
+    }
+
     /// Kill it now (its data stays until drop).
     pub fn stop(&mut self) {
         self.child.take();
