@@ -380,6 +380,7 @@ async fn soak_pushes_deletes_mounts_with_continuous_gc() {
         "filesystem + SQLite",
         &[Reg::new(&srv)],
         &Stored::Fs(srv.data.path()),
+        None,
     )
     .await;
 }
@@ -403,10 +404,16 @@ async fn soak_on_s3_and_postgres_with_two_replicas() {
     };
     let (a, b) = (start(), start());
     let regs = [Reg::new(&a), Reg::new(&b)];
+    let diag = berth_storage::postgres::PgMetadata::open(&berth_storage::postgres::PgOptions::new(
+        url.clone(),
+    ))
+    .await
+    .expect("open the database for diagnostics");
     soak(
         "S3 (Garage) + PostgreSQL, two replicas",
         &regs,
         &Stored::S3(store),
+        Some(&diag),
     )
     .await;
 
@@ -511,7 +518,35 @@ async fn s3_config(prefix: &str) -> (String, berth_storage::s3::S3BlobStore) {
 
 /// Run the soak against `regs` (replicas of one registry), then check that the blobs
 /// `stored` holds are exactly those the remaining tags reference.
-async fn soak(name: &str, regs: &[Reg], stored: &Stored<'_>) {
+/// What the metadata says about blobs left on disk that no tag references (for the
+/// failure message): who references them, tombstones, open uploads.
+async fn explain_leftovers(
+    meta: &dyn berth_storage::LifecycleStore,
+    leftovers: &BTreeSet<String>,
+) -> String {
+    let mut out = String::new();
+    for d in leftovers {
+        let digest: berth_proto::Digest = d.parse().expect("digest");
+        let refs = meta.blob_references(&digest, 10).await;
+        out.push_str(&format!("\n{d}: referenced by {refs:?}"));
+    }
+    out.push_str(&format!(
+        "\ntombstones: {:?}\nopen uploads: {:?}\ncandidates: {:?}",
+        meta.tombstones().await,
+        meta.stale_uploads(i64::MAX, 50)
+            .await
+            .map(|u| u.into_iter().map(|u| u.id).collect::<Vec<_>>()),
+        meta.gc_backlog().await,
+    ));
+    out
+}
+
+async fn soak(
+    name: &str,
+    regs: &[Reg],
+    stored: &Stored<'_>,
+    diag: Option<&berth_storage::postgres::PgMetadata>,
+) {
     const WORKERS: u64 = 6;
     const OPS: u64 = 90;
     let reg = regs[0].clone();
@@ -708,14 +743,23 @@ async fn soak(name: &str, regs: &[Reg], stored: &Stored<'_>) {
         c.retries.load(Ordering::Relaxed),
         c.failures.load(Ordering::Relaxed),
     );
-    let errors = errors.lock().unwrap();
-    assert!(errors.is_empty(), "{} failures: {errors:#?}", errors.len());
+    {
+        let errors = errors.lock().unwrap();
+        assert!(errors.is_empty(), "{} failures: {errors:#?}", errors.len());
+    }
     assert_eq!(ops, WORKERS * OPS);
     assert!(cycles >= 3, "GC ran only {cycles} times during the soak");
     assert!(remaining > 0, "the soak left no tags to check");
+    let explain = match diag {
+        Some(meta) if on_disk != referenced => {
+            let leftovers: BTreeSet<String> = on_disk.difference(&referenced).cloned().collect();
+            explain_leftovers(meta, &leftovers).await
+        }
+        _ => String::new(),
+    };
     assert_eq!(
         on_disk, referenced,
-        "blobs on disk must be exactly those the remaining tags reference (last run: {last})"
+        "blobs on disk must be exactly those the remaining tags reference (last run: {last}){explain}"
     );
 }
 
