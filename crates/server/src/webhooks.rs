@@ -464,6 +464,12 @@ impl Webhooks {
     /// Queue `event` for the endpoints of its project. Never waits: when the queue is
     /// full the event is dropped and counted.
     pub fn publish(&self, event: Event) {
+        // Most projects have no endpoint for most events (every manifest GET is a pull
+        // event): when the remembered list says nobody listens, the event goes no further
+        // than here, instead of through the queue to the dispatcher, which would drop it.
+        if !self.inner.may_want(&event.project, event.kind) {
+            return;
+        }
         match self.tx.try_send(event) {
             Ok(()) => {
                 self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
@@ -730,6 +736,18 @@ fn not_found_or(e: StorageError, project: &str, name: &str) -> crate::error::Api
 }
 
 impl Inner {
+    /// False only when `project`'s endpoint list is remembered and fresh and no enabled
+    /// endpoint in it wants `kind`; otherwise the dispatcher decides (and refreshes it).
+    fn may_want(&self, project: &str, kind: WebhookEvent) -> bool {
+        let ttl = Duration::from_millis(self.config.cache_ms);
+        match self.cache.lock().expect("cache lock").get(project) {
+            Some((at, hooks)) if at.elapsed() < ttl => {
+                hooks.iter().any(|h| h.enabled && h.events.contains(&kind))
+            }
+            _ => true,
+        }
+    }
+
     async fn public(&self, project: &str) -> bool {
         matches!(self.accounts.project(project).await, Ok(Some(p)) if p.public)
     }
