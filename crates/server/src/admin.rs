@@ -293,6 +293,16 @@ pub fn parse_role(s: &str) -> ApiResult<Role> {
 // ---------------------------------------------------------------------------------------
 
 /// A project name: one repository path component.
+/// The names of registries, replication rules and webhooks: 1 to 64 of `a-z 0-9 . _ -`,
+/// starting with a letter or digit.
+pub fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && b"._-".contains(&b))
+        })
+}
+
 pub fn validate_project_name(name: &str) -> ApiResult<()> {
     if name.contains('/') || berth_proto::name::validate_repository(name).is_err() {
         return Err(ApiError::new(

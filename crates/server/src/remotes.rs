@@ -249,14 +249,7 @@ pub fn parse_url(url: &str) -> ApiResult<(String, bool)> {
 }
 
 pub fn validate_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_lowercase()
-                || b.is_ascii_digit()
-                || (i > 0 && matches!(b, b'.' | b'_' | b'-'))
-        });
-    if ok {
+    if crate::admin::is_object_name(name) {
         Ok(())
     } else {
         Err(bad_request(format!(

@@ -1028,14 +1028,7 @@ fn parse_events(events: &[String]) -> ApiResult<Vec<WebhookEvent>> {
 
 /// Names, URL, sizes, CA and secret presence of an endpoint, checked before it is stored.
 fn validate(hook: &Webhook) -> ApiResult<()> {
-    let name_ok = !hook.name.is_empty()
-        && hook.name.len() <= 64
-        && hook
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        && hook.name.as_bytes()[0].is_ascii_alphanumeric();
-    if !name_ok {
+    if !crate::admin::is_object_name(&hook.name) {
         return Err(bad_request(format!(
             "invalid webhook name {:?}: use 1 to 64 of a-z 0-9 . _ -, starting with a letter or digit",
             hook.name

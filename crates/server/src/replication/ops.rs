@@ -165,14 +165,7 @@ fn glob_ok(what: &str, g: &str) -> ApiResult<()> {
 
 /// Check a spec and turn it into a rule.
 pub fn to_rule(spec: &RuleSpec, created_at: i64) -> ApiResult<ReplicationRule> {
-    let name_ok = !spec.name.is_empty()
-        && spec.name.len() <= 64
-        && spec.name.as_bytes()[0].is_ascii_alphanumeric()
-        && spec
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    if !name_ok {
+    if !crate::admin::is_object_name(&spec.name) {
         return Err(bad_request(format!(
             "rule name {:?}: 1-64 lowercase letters, digits and . _ - (starting with a letter or digit)",
             spec.name
