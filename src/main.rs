@@ -122,6 +122,14 @@ struct ServeArgs {
     /// Keep at most this many audit events.
     #[arg(long, env = "BERTH_AUDIT_KEEP_ENTRIES")]
     audit_keep_entries: Option<u64>,
+    /// Proxy-cache projects: seconds a tag checked upstream is served without asking
+    /// again (0: every pull by tag asks) [default: 3].
+    #[arg(long, env = "BERTH_PROXY_REVALIDATE_SECS")]
+    proxy_revalidate_secs: Option<u64>,
+    /// Proxy-cache projects: seconds to wait for the upstream before serving the cache
+    /// [default: 15].
+    #[arg(long, env = "BERTH_PROXY_UPSTREAM_TIMEOUT_SECS")]
+    proxy_upstream_timeout_secs: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -256,6 +264,11 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         .unwrap_or(lc.retention_interval_secs);
     lc.audit_keep_days = args.audit_keep_days.or(lc.audit_keep_days);
     lc.audit_keep_entries = args.audit_keep_entries.or(lc.audit_keep_entries);
+    let px = &mut config.proxy;
+    px.revalidate_secs = args.proxy_revalidate_secs.unwrap_or(px.revalidate_secs);
+    px.upstream_timeout_secs = args
+        .proxy_upstream_timeout_secs
+        .unwrap_or(px.upstream_timeout_secs);
     config
         .storage
         .apply_env(|k| std::env::var(k).ok())

@@ -5,18 +5,21 @@
 //! make one upstream GET per blob (counted in Distribution's access log); a tag moved
 //! upstream is seen after revalidation; corrupt upstream bytes never become a blob; pushes
 //! are refused; and with the upstream stopped the same pulls succeed from the cache.
-//! A second test has the Docker engine (a private dockerd) pull through `hub`, then
-//! `docker rmi` and pull again from the cache with the upstream stopped.
+//! A second test has the Docker engine (a private dockerd, tests/common/docker.rs) pull
+//! through `hub` over TLS it verifies (Berth in a network namespace on a non-loopback
+//! address, its CA in dockerd's certs.d), then `docker rmi` and pull again from the cache
+//! with the upstream stopped.
 
 mod common;
 mod fixtures;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::containerd::Containerd;
 use common::distribution::{Distribution, PASSWORD, USER};
+use common::docker::{Dockerd, NetNs, NsBerth, require_tools, text};
 use common::{Berth, CmdOutput, berth_bin, need, run_cmd, sha256_digest};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -240,7 +243,9 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
     let bad = common::one_layer_oci_layout(&tmp.path().join("bad"), "v1", &bad_layer);
     dist.push(&bad, "library/bad:v1");
 
-    let berth = Berth::start();
+    // A one-second revalidation window (`[proxy] revalidate_secs`, default 3): the moved
+    // tag below is seen after a two-second wait only because the setting is honoured.
+    let berth = Berth::start_with(&["--proxy-revalidate-secs", "1"]);
     let admin = berth.client();
     rt.block_on(async {
         let ca = std::fs::read_to_string(dist.ca()).unwrap();
@@ -388,7 +393,7 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
         &format!("docker://{}/library/img:latest", dist.host),
     ])
     .ok();
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         served_digest(&rt, &berth, "hub/library/img", "latest"),
         multi.manifest_digest()
@@ -469,7 +474,7 @@ fn proxy_project_caches_pulls_and_serves_them_with_the_upstream_down() {
     // The upstream goes away: the same pulls are served from the cache (after the tag's
     // revalidation window, so the proxy does try the upstream first).
     dist.stop();
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(2));
     skopeo_pull(&berth, "hub/library/img:v1", &tmp.path().join("img-2")).ok();
     skopeo_pull(&berth, "hub/library/twin:v1", &tmp.path().join("twin-c")).ok();
     podman.run(&["rmi", "-a", "-f"]).ok();
@@ -548,184 +553,30 @@ fn get_ok(
 }
 
 // ---------------------------------------------------------------------------------------
-// The Docker engine through the proxy project (a private dockerd, as in interop_docker.rs)
+// The Docker engine through the proxy project, over TLS it verifies
 // ---------------------------------------------------------------------------------------
 
-/// A private `dockerd` in its own mount namespace with a temporary directory bind-mounted
-/// over `/etc/docker` (so no host `daemon.json` or certs.d applies), its data, exec root and
-/// socket in a temporary directory. Berth listens on 127.0.0.1, which Docker treats as an
-/// insecure registry (HTTPS without verification), so no certs.d entry is needed here; the
-/// CA trust path is tested in tests/interop_docker.rs. Stopped by PID on drop (SIGTERM,
-/// then SIGKILL, and the containerd it started if it had to be killed).
-struct Dockerd {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    log: PathBuf,
-    created_etc_docker: bool,
-    created_run_docker: bool,
-}
-
-impl Dockerd {
-    fn start() -> Dockerd {
-        for tool in ["dockerd", "docker", "unshare", "mount"] {
-            need(tool);
-        }
-        // Short path: the socket path must fit in sockaddr_un (108 bytes).
-        let dir = tempfile::Builder::new()
-            .prefix("bpdk")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let etc_docker = dir.path().join("etc-docker");
-        std::fs::create_dir_all(etc_docker.join("certs.d")).unwrap();
-        for d in ["data", "exec", "config"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        let sock = dir.path().join("d.sock");
-        let log = dir.path().join("dockerd.log");
-        let created_etc_docker = !Path::new("/etc/docker").exists();
-        if created_etc_docker {
-            std::fs::create_dir_all("/etc/docker").expect("mkdir /etc/docker");
-        }
-        let created_run_docker = !Path::new("/run/docker").exists();
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("set -e\nmount --bind \"$1\" /etc/docker\nshift\nexec \"$@\"")
-            .arg("sh")
-            .arg(&etc_docker)
-            .arg("dockerd")
-            .arg("--data-root")
-            .arg(dir.path().join("data"))
-            .arg("--exec-root")
-            .arg(dir.path().join("exec"))
-            .arg("-H")
-            .arg(format!("unix://{}", sock.display()))
-            .arg("--pidfile")
-            .arg(dir.path().join("dockerd.pid"))
-            .args([
-                "--storage-driver=vfs",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-            ])
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .expect("cannot start unshare … dockerd (run scripts/install-test-deps)");
-        let mut d = Dockerd {
-            child,
-            dir,
-            sock,
-            log,
-            created_etc_docker,
-            created_run_docker,
-        };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("dockerd exited early ({st}):\n{}", d.log_tail());
-            }
-            let o = run_cmd(
-                d.docker()
-                    .args(["version", "--format", "{{.Server.Version}}"]),
-                Duration::from_secs(20),
-            );
-            if o.success() {
-                break d;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not answer on {} within 90 s:\n{}\n--- dockerd log ---\n{}",
-                d.sock.display(),
-                o.stderr,
-                d.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    /// A `docker` CLI command aimed at this daemon, with a private client config dir.
-    fn docker(&self) -> Command {
-        let mut c = Command::new("docker");
-        c.env("DOCKER_CONFIG", self.dir.path().join("config"))
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
-            .env_remove("DOCKER_TLS_VERIFY")
-            .env_remove("DOCKER_CERT_PATH")
-            .arg("-H")
-            .arg(format!("unix://{}", self.sock.display()));
-        c
-    }
-
-    /// `docker ARGS…`, which must succeed (else the dockerd log is shown).
-    fn must(&self, args: &[&str]) -> String {
-        let o = run_cmd(self.docker().args(args), TIMEOUT);
-        assert!(
-            o.success(),
-            "docker {args:?} failed ({}):\n{}\n{}\n--- dockerd log ---\n{}",
-            o.status,
-            o.stdout,
-            o.stderr,
-            self.log_tail()
-        );
-        o.stdout
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let v: Vec<&str> = s.lines().collect();
-        v[v.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // If dockerd had to be SIGKILLed, its managed containerd is still running: stop it
-        // by the PID it recorded under our exec root (checking the PID still names it).
-        let ctr_pid = self.dir.path().join("exec/containerd/containerd.pid");
-        if let Some(pid) = std::fs::read_to_string(&ctr_pid)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&*self.dir.path().to_string_lossy()) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-        }
-        if self.created_run_docker {
-            let _ = std::fs::remove_dir("/run/docker/plugins");
-            let _ = std::fs::remove_dir("/run/docker");
-        }
-        if self.created_etc_docker {
-            let _ = std::fs::remove_dir("/etc/docker");
-        }
-    }
-}
-
+/// Docker pulls through the proxy project as it runs in tests/interop_docker.rs: Berth
+/// inside a network namespace on a non-loopback address (so Docker checks its certificate;
+/// no insecure-registry setting anywhere), its CA trusted through the private dockerd's
+/// `certs.d`. The upstream Distribution listens on the host side of the veth pair, where
+/// Berth reaches it across the namespace boundary. Before the CA is trusted the pull fails
+/// on the certificate; once trusted it succeeds with one upstream fetch per layer; then the
+/// upstream is stopped and, after `docker rmi`, the same pull succeeds from the cache.
 #[test]
 fn docker_engine_pulls_through_proxy_project_and_from_cache_with_upstream_down() {
+    require_tools();
     let rt = runtime();
     let tmp = tempfile::tempdir().unwrap();
-    let mut dist = Distribution::start(true);
+    // Drop order is the reverse of declaration: dockerd, Berth, the upstream, the ns.
+    let ns = NetNs::create();
+    let mut dist = Distribution::start_on(true, &ns.host_ip.to_string());
     let img = fixtures::image_layout(&tmp.path().join("img"), "v1");
     dist.push(&img.oci_ref(), "library/img:v1");
     let config_digest = img.images[0].config.digest.clone();
 
-    let berth = Berth::start();
+    // A revalidation window of one second (`[proxy] revalidate_secs`, here by flag).
+    let berth = NsBerth::start(&ns, 5443, &["--proxy-revalidate-secs", "1"]);
     rt.block_on(async {
         let admin = berth.client();
         let r = admin
@@ -753,7 +604,15 @@ fn docker_engine_pulls_through_proxy_project_and_from_cache_with_upstream_down()
     });
 
     let dockerd = Dockerd::start();
-    let image = format!("{}/hub/library/img:v1", berth.host());
+    let image = format!("{}/hub/library/img:v1", berth.host);
+    // Not trusted yet: Docker verifies Berth's certificate and refuses it.
+    let o = dockerd.run(&["pull", &image]);
+    let msg = text(&o);
+    assert!(
+        !o.status.success() && msg.contains("x509: certificate signed by unknown authority"),
+        "docker pull before trusting the CA:\n{msg}"
+    );
+    dockerd.trust(&berth.host, &berth.ca_path());
     let inspect_id = || {
         dockerd
             .must(&["image", "inspect", &image, "--format", "{{.Id}}"])
@@ -769,10 +628,13 @@ fn docker_engine_pulls_through_proxy_project_and_from_cache_with_upstream_down()
     // The upstream goes away; past the tag's revalidation window the proxy tries it, fails,
     // and serves the cached manifest and blobs.
     dist.stop();
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(2));
     dockerd.must(&["rmi", &image]);
-    let gone = run_cmd(dockerd.docker().args(["image", "inspect", &image]), TIMEOUT);
-    assert!(!gone.success(), "{image} still present after docker rmi");
+    let gone = dockerd.run(&["image", "inspect", &image]);
+    assert!(
+        !gone.status.success(),
+        "{image} still present after docker rmi"
+    );
     dockerd.must(&["pull", &image]);
     assert_eq!(inspect_id(), config_digest);
 }

@@ -7,7 +7,13 @@
 //! - a scheduled pull rule brings only the filtered tags from Distribution;
 //! - deleting a tag is replicated by a rule with `replicate_deletions`, and the local
 //!   project's webhook hears the execution's end (Harbor `REPLICATION` event);
-//! - a connection cut in the middle of a blob is retried and the execution succeeds.
+//! - a connection cut in the middle of a blob is retried and the execution succeeds; to a
+//!   second Berth the upload continues from the offset it acknowledged (bytes counted
+//!   through the cutting proxy);
+//! - a pull rule naming its repositories needs no `/v2/_catalog` (through a front that
+//!   refuses it, as Docker Hub does); a pattern there fails saying what to do;
+//! - a labels filter replicates only the labelled tags;
+//! - a repository deleted at the source since the last run loses its tags at the destination.
 
 mod common;
 
@@ -426,6 +432,63 @@ async fn wait_execution(b: &Berth, rule: &str, secs: u64, done: impl Fn(&Value) 
     }
 }
 
+/// Wait until an execution of `rule` with a task for `reference` has finished; returns
+/// it with its tasks.
+async fn wait_task_execution(b: &Berth, rule: &str, reference: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (s, list) = api(
+            b,
+            reqwest::Method::GET,
+            &format!("/api/v1/replication/executions?rule={rule}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{list}");
+        for e in list.as_array().unwrap().iter().filter(|e| finished(e)) {
+            let (_, detail) = api(
+                b,
+                reqwest::Method::GET,
+                &format!("/api/v1/replication/executions/{}", e["id"]),
+                None,
+            )
+            .await;
+            let tasks = detail["task_list"].as_array().unwrap();
+            if tasks.iter().any(|t| t["reference"] == reference) {
+                return detail;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no finished execution of {rule} copying {reference} within {secs} s: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every execution of `rule` so far finished and succeeded (waits for running ones).
+async fn assert_all_succeeded(b: &Berth, rule: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, list) = api(
+            b,
+            reqwest::Method::GET,
+            &format!("/api/v1/replication/executions?rule={rule}"),
+            None,
+        )
+        .await;
+        let list = list.as_array().unwrap().clone();
+        if list.iter().all(finished) {
+            for e in &list {
+                assert_eq!(e["status"], "succeeded", "{rule}: {e}");
+            }
+            return;
+        }
+        assert!(Instant::now() < deadline, "{rule} still running: {list:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn finished(e: &Value) -> bool {
     !matches!(e["status"].as_str(), Some("running" | "pending"))
 }
@@ -477,7 +540,9 @@ async fn push_rule_on_push_replicates_an_index_with_its_referrer_to_distribution
     let img = push_image(&ra, "library/app", "v1", 300_000, 1).await;
 
     for rule in ["to-dist", "to-b"] {
-        let e = wait_execution(&a, rule, 120, finished).await;
+        // The execution that copied tag v1 (the referrer, pushed by digest just before the
+        // tag, is gathered into the same execution and not copied on its own).
+        let e = wait_task_execution(&a, rule, "v1", 120).await;
         assert_eq!(e["status"], "succeeded", "{rule}: {e}");
         assert_eq!(e["trigger"], "on-push");
         let tasks = e["task_list"].as_array().unwrap();
@@ -485,6 +550,8 @@ async fn push_rule_on_push_replicates_an_index_with_its_referrer_to_distribution
         assert_eq!(tasks[0]["status"], "succeeded");
         assert_eq!(tasks[0]["digest"], img.index.as_str());
         assert!(tasks[0]["bytes"].as_u64().unwrap() > 300_000, "{e}");
+        // No execution of the rule failed (before: one per PUT, racing each other).
+        assert_all_succeeded(&a, rule).await;
     }
     let rd = Reg::dist();
     assert_replicated(&ra, "library/app", &rd, "library/app", "v1", &img).await;
@@ -729,11 +796,18 @@ async fn deletions_are_replicated_when_the_rule_says_so() {
 
 /// A TCP proxy that cuts, once, the first connection to carry more than `cut_after` bytes
 /// from the client (in the middle of a blob upload), and waits `delay` per 16 KiB read.
-fn cutting_proxy(target: String, cut_after: u64, delay: Duration) -> (u16, Arc<AtomicU32>) {
+/// Returns its port, the cuts made and the bytes it forwarded from clients to `target`.
+fn cutting_proxy(
+    target: String,
+    cut_after: u64,
+    delay: Duration,
+) -> (u16, Arc<AtomicU32>, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let cuts = Arc::new(AtomicU32::new(0));
     let c = cuts.clone();
+    let up = Arc::new(AtomicU64::new(0));
+    let forwarded = up.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { return };
@@ -744,6 +818,7 @@ fn cutting_proxy(target: String, cut_after: u64, delay: Duration) -> (u16, Arc<A
             let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             let (mut s_in, mut c_out) = (server, client);
             let cuts = c.clone();
+            let forwarded = forwarded.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 16384];
                 while let Ok(k) = c_in.read(&mut buf) {
@@ -761,6 +836,7 @@ fn cutting_proxy(target: String, cut_after: u64, delay: Duration) -> (u16, Arc<A
                     if s_out.write_all(&buf[..k]).is_err() {
                         break;
                     }
+                    forwarded.fetch_add(k as u64, Ordering::Relaxed);
                 }
                 let _ = c_in.shutdown(std::net::Shutdown::Both);
                 let _ = s_out.shutdown(std::net::Shutdown::Both);
@@ -771,13 +847,13 @@ fn cutting_proxy(target: String, cut_after: u64, delay: Duration) -> (u16, Arc<A
             });
         }
     });
-    (port, cuts)
+    (port, cuts, up)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_mid_blob_is_resumed_and_the_execution_succeeds() {
     let d = dist();
-    let (port, cuts) = cutting_proxy(d.host.clone(), 3 << 20, Duration::ZERO);
+    let (port, cuts, _) = cutting_proxy(d.host.clone(), 3 << 20, Duration::ZERO);
     let a = Berth::start();
     register(
         &a,
@@ -817,6 +893,70 @@ async fn a_connection_cut_mid_blob_is_resumed_and_the_execution_succeeds() {
         "the proxy cut one connection"
     );
     assert_replicated(&ra, "library/big", &Reg::dist(), "library/big", "v1", &img).await;
+}
+
+/// The same cut on the way to a second Berth, which keeps the chunks it acknowledged: the
+/// blob continues from there instead of from its first byte (bytes counted through the
+/// proxy). Distribution cannot show this: it cancels an upload session cut mid-chunk, so
+/// to it the upload starts again (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_upload_cut_midway_continues_from_the_acknowledged_offset() {
+    let b = Berth::start();
+    let (port, cuts, up) = cutting_proxy(b.host(), 5 << 20, Duration::ZERO);
+    let a = Berth::start();
+    register(
+        &a,
+        "b-cut",
+        &format!("127.0.0.1:{port}"),
+        common::ADMIN_USER,
+        common::ADMIN_PASSWORD,
+        &b.ca_pem(),
+    );
+    rule_add(
+        &a,
+        &[
+            "cut-b",
+            "--direction",
+            "push",
+            "--registry",
+            "b-cut",
+            "--repositories",
+            "library/big",
+        ],
+    );
+    let ra = Reg::berth(&a);
+    let img = push_image(&ra, "library/big", "v1", 8 << 20, 41).await;
+    let (s, v) = api(
+        &a,
+        reqwest::Method::POST,
+        "/api/v1/replication/rules/cut-b/run",
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let e = wait_execution(&a, "cut-b", 120, finished).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(
+        cuts.load(Ordering::Relaxed),
+        1,
+        "the proxy cut one connection"
+    );
+    assert_replicated(
+        &ra,
+        "library/big",
+        &Reg::berth(&b),
+        "library/big",
+        "v1",
+        &img,
+    )
+    .await;
+    // The 8 MiB layer crossed once, plus at most the 2 MiB chunk the cut interrupted (and
+    // TLS, HTTP and the small blobs); starting over would have sent 5 MiB more.
+    let sent = up.load(Ordering::Relaxed);
+    assert!(
+        (8 << 20..(10 << 20) + (512 << 10)).contains(&sent),
+        "{sent} bytes went to the destination for an 8 MiB layer cut after 5 MiB"
+    );
 }
 
 /// The CLI on a data directory with no server running: a run is queued, `stop` ends it
@@ -932,7 +1072,7 @@ fn cli_queues_a_run_and_stops_it_and_checks_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_execution_can_be_stopped() {
     let d = dist();
-    let (port, _) = cutting_proxy(d.host.clone(), u64::MAX, Duration::from_millis(20));
+    let (port, _, _) = cutting_proxy(d.host.clone(), u64::MAX, Duration::from_millis(20));
     let a = Berth::start();
     register(
         &a,
@@ -1038,4 +1178,346 @@ async fn a_running_execution_can_be_stopped() {
         html.contains("library/slow") && html.contains("id=\"replication-tasks\""),
         "{html}"
     );
+}
+
+/// Push a one-platform image with config labels and manifest annotations; its digest.
+async fn push_labelled(
+    reg: &Reg,
+    repo: &str,
+    tag: &str,
+    labels: Value,
+    annotations: Value,
+) -> String {
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Labels": labels},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }))
+    .unwrap();
+    reg.push_blob(repo, &config).await;
+    let layer = format!("layer of {repo}:{tag}").into_bytes();
+    reg.push_blob(repo, &layer).await;
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256_digest(&layer), "size": layer.len()}],
+        "annotations": annotations,
+    }))
+    .unwrap();
+    reg.put_manifest(repo, tag, OCI_MANIFEST, &m).await;
+    sha256_digest(&m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labels_filter_replicates_only_the_labelled_tags() {
+    let d = dist();
+    let a = Berth::start();
+    register(&a, "dist", &d.host, USER, PASSWORD, &d.ca_pem);
+    rule_add(
+        &a,
+        &[
+            "labelled",
+            "--direction",
+            "push",
+            "--registry",
+            "dist",
+            "--repositories",
+            "library/lab",
+            "--labels",
+            "tier=prod, team",
+        ],
+    );
+    let ra = Reg::berth(&a);
+    // In the config's labels; in the manifest's annotations; half of it; none.
+    push_labelled(
+        &ra,
+        "library/lab",
+        "v1",
+        json!({"tier": "prod", "team": "a"}),
+        json!({}),
+    )
+    .await;
+    push_labelled(
+        &ra,
+        "library/lab",
+        "v2",
+        json!({"team": "b"}),
+        json!({"tier": "prod"}),
+    )
+    .await;
+    push_labelled(
+        &ra,
+        "library/lab",
+        "v3",
+        json!({"tier": "dev", "team": "a"}),
+        json!({}),
+    )
+    .await;
+    push_labelled(&ra, "library/lab", "v4", json!({}), json!({})).await;
+    // An index matches when one of its platforms does (none here).
+    push_image(&ra, "library/lab", "v5", 10, 60).await;
+    let (s, v) = api(
+        &a,
+        reqwest::Method::POST,
+        "/api/v1/replication/rules/labelled/run",
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    let e = wait_execution(&a, "labelled", 60, |e| e["id"] == id && finished(e)).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(Reg::dist().tags("library/lab").await, ["v1", "v2"]);
+    // The API and the CLI show the filter.
+    let (_, rule) = api(
+        &a,
+        reqwest::Method::GET,
+        "/api/v1/replication/rules/labelled",
+        None,
+    )
+    .await;
+    assert_eq!(rule["labels"], "tier=prod, team", "{rule}");
+    let out = run_cmd(
+        Command::new(berth_bin()).args([
+            "replication",
+            "rule",
+            "list",
+            "--data",
+            &p(a.data.path()),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.stdout.contains("tier=prod, team"), "{}", out.stdout);
+}
+
+/// A plain-HTTP front for Distribution that refuses `/v2/_catalog` (404 UNSUPPORTED, as
+/// Docker Hub and many registries do) and forwards every other request over TLS, one
+/// request per connection. Returns its port; runs until the test's runtime ends.
+async fn catalog_refusing_front(target: String, ca_pem: Vec<u8>) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let (tls, target) = (tls.clone(), target.clone());
+            tokio::spawn(async move {
+                // The request head (and whatever of the body came with it).
+                let mut head = Vec::new();
+                let mut buf = [0u8; 8192];
+                let end = loop {
+                    let Ok(n) = client.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 || head.len() > 64 << 10 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let text = String::from_utf8_lossy(&head[..end]).to_string();
+                let path = text.split(' ').nth(1).unwrap_or("");
+                if path.starts_with("/v2/_catalog") {
+                    let body = r#"{"errors":[{"code":"UNSUPPORTED","message":"the catalog is not available"}]}"#;
+                    let resp = format!(
+                        "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(resp.as_bytes()).await;
+                    return;
+                }
+                let mut lines: Vec<&str> = text.trim_end().split("\r\n").collect();
+                lines.retain(|l| !l.to_ascii_lowercase().starts_with("connection:"));
+                let mut out = lines.join("\r\n");
+                out.push_str("\r\nConnection: close\r\nX-Forwarded-Proto: http\r\n\r\n");
+                let Ok(tcp) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let name = rustls::pki_types::ServerName::IpAddress(
+                    std::net::IpAddr::from([127, 0, 0, 1]).into(),
+                );
+                let Ok(mut server) = tls.connect(name, tcp).await else {
+                    return;
+                };
+                if server.write_all(out.as_bytes()).await.is_err()
+                    || server.write_all(&head[end..]).await.is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_rule_naming_its_repositories_needs_no_catalog() {
+    let d = dist();
+    let rd = Reg::dist();
+    let one = push_image(&rd, "named/one", "v1", 1000, 70).await;
+    let two = push_image(&rd, "named/two", "v1", 1000, 71).await;
+    push_image(&rd, "named/three", "v1", 100, 72).await;
+    let port = catalog_refusing_front(d.host.clone(), d.ca_pem.clone()).await;
+    let a = Berth::start();
+    let mut child = Command::new(berth_bin())
+        .args([
+            "registry",
+            "add",
+            "hub-like",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .args(["--username", USER, "--password-stdin", "--insecure", "true"])
+        .args(["--data", &p(a.data.path())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(PASSWORD.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Named repositories (a list, and a brace group): no catalog needed.
+    rule_add(
+        &a,
+        &[
+            "named",
+            "--direction",
+            "pull",
+            "--registry",
+            "hub-like",
+            "--repositories",
+            "named/one, named/{two}",
+        ],
+    );
+    // A pattern needs the catalog, which this registry refuses.
+    rule_add(
+        &a,
+        &[
+            "pattern",
+            "--direction",
+            "pull",
+            "--registry",
+            "hub-like",
+            "--repositories",
+            "named/*",
+        ],
+    );
+    for rule in ["named", "pattern"] {
+        let (s, v) = api(
+            &a,
+            reqwest::Method::POST,
+            &format!("/api/v1/replication/rules/{rule}/run"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let e = wait_execution(&a, "named", 60, finished).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let ra = Reg::berth(&a);
+    assert_replicated(&rd, "named/one", &ra, "named/one", "v1", &one).await;
+    assert_replicated(&rd, "named/two", &ra, "named/two", "v1", &two).await;
+    assert!(ra.tags("named/three").await.is_empty());
+    let e = wait_execution(&a, "pattern", 60, finished).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("does not list its repositories") && msg.contains("name the repositories"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_deleted_at_the_source_loses_its_tags_at_the_destination() {
+    let d = dist();
+    let a = Berth::start();
+    register(&a, "dist", &d.host, USER, PASSWORD, &d.ca_pem);
+    rule_add(
+        &a,
+        &[
+            "gone",
+            "--direction",
+            "push",
+            "--registry",
+            "dist",
+            "--repositories",
+            "doomed/*",
+            "--replicate-deletions",
+        ],
+    );
+    let ra = Reg::berth(&a);
+    let rd = Reg::dist();
+    let (s, _) = api(
+        &a,
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        Some(json!({"name": "doomed"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    push_labelled(&ra, "doomed/app", "v1", json!({}), json!({})).await;
+    push_labelled(&ra, "doomed/app", "v2", json!({}), json!({})).await;
+    let run = || async {
+        let (s, v) = api(
+            &a,
+            reqwest::Method::POST,
+            "/api/v1/replication/rules/gone/run",
+            None,
+        )
+        .await;
+        assert_eq!(s, 202, "{v}");
+        let id = v["id"].as_i64().unwrap();
+        wait_execution(&a, "gone", 60, |e| e["id"] == id && finished(e)).await
+    };
+    let e = run().await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(rd.tags("doomed/app").await, ["v1", "v2"]);
+    // The whole project goes here (no tag DELETE reaches the rule): the next run
+    // deletes the tags the earlier run copied.
+    let (s, v) = api(
+        &a,
+        reqwest::Method::POST,
+        "/api/v1/projects/doomed/purge",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let e = run().await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let ops: Vec<&str> = e["task_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["delete", "delete"], "{e}");
+    assert!(rd.tags("doomed/app").await.is_empty());
 }

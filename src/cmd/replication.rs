@@ -52,6 +52,10 @@ pub struct RuleArgs {
     /// Tags to replicate: a glob.
     #[arg(long, default_value = "*")]
     tags: String,
+    /// Only artifacts with these labels (all of them): KEY=VALUE or KEY, comma-separated;
+    /// image config labels and OCI annotations at the source.
+    #[arg(long, default_value = "")]
+    labels: String,
     /// Destination names: keep, flatten:N (drop N leading components) or replace:FROM=TO.
     #[arg(long, default_value = "keep")]
     mapping: String,
@@ -130,6 +134,7 @@ fn spec(a: &RuleArgs) -> RuleSpec {
         registry: a.registry.clone(),
         repositories: a.repositories.clone(),
         tags: a.tags.clone(),
+        labels: a.labels.clone(),
         mapping: a.mapping.clone(),
         trigger: a.trigger.clone(),
         replicate_deletions: a.replicate_deletions,
@@ -146,6 +151,7 @@ fn rule_rows(rules: &[RuleSpec]) -> String {
             "REGISTRY",
             "REPOSITORIES",
             "TAGS",
+            "LABELS",
             "MAPPING",
             "TRIGGER",
             "DELETIONS",
@@ -160,6 +166,7 @@ fn rule_rows(rules: &[RuleSpec]) -> String {
                     r.registry.clone(),
                     r.repositories.clone(),
                     r.tags.clone(),
+                    r.labels.clone(),
                     r.mapping.clone(),
                     r.trigger.clone(),
                     r.replicate_deletions.to_string(),

@@ -15,38 +15,48 @@ pub const PASSWORD: &str = "s3cret-Pa55";
 
 pub struct Distribution {
     child: Option<ChildGuard>,
-    /// `127.0.0.1:PORT`
+    /// `IP:PORT` (`127.0.0.1:PORT` unless started with [`Distribution::start_on`])
     pub host: String,
     pub dir: tempfile::TempDir,
 }
 
 impl Distribution {
     pub fn start(htpasswd: bool) -> Distribution {
+        Distribution::start_on(htpasswd, "127.0.0.1")
+    }
+
+    /// Listening on `ip` (e.g. the host side of a test network namespace, so a registry
+    /// inside it can reach this one), with `ip` in its certificate too.
+    pub fn start_on(htpasswd: bool, ip: &str) -> Distribution {
         need("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         let s = |p: PathBuf| p.display().to_string();
+        let mut args = vec![
+            "cert".to_owned(),
+            "init".to_owned(),
+            "--out".to_owned(),
+            s(certs.clone()),
+            "--host".to_owned(),
+            "localhost".to_owned(),
+            "--ip".to_owned(),
+            "127.0.0.1".to_owned(),
+        ];
+        if ip != "127.0.0.1" {
+            args.extend(["--ip".to_owned(), ip.to_owned()]);
+        }
         run_cmd(
-            Command::new(berth_bin()).args([
-                "cert",
-                "init",
-                "--out",
-                &s(certs.clone()),
-                "--host",
-                "localhost",
-                "--ip",
-                "127.0.0.1",
-            ]),
+            Command::new(berth_bin()).args(&args),
             Duration::from_secs(60),
         )
         .ok();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let port = std::net::TcpListener::bind((ip, 0))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: berth-test-secret\n  tls:\n    certificate: {crt}\n    key: {key}\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n  secret: berth-test-secret\n  tls:\n    certificate: {crt}\n    key: {key}\n",
             data = s(dir.path().join("data")),
             crt = s(certs.join("server.crt")),
             key = s(certs.join("server.key")),
@@ -74,7 +84,7 @@ impl Distribution {
                 .stderr(log),
         );
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((ip, port)).is_err() {
             assert!(guard.running(), "docker-registry exited at start");
             assert!(
                 Instant::now() < deadline,
@@ -84,7 +94,7 @@ impl Distribution {
         }
         Distribution {
             child: Some(guard),
-            host: format!("127.0.0.1:{port}"),
+            host: format!("{ip}:{port}"),
             dir,
         }
     }

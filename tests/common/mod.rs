@@ -4,6 +4,7 @@
 
 pub mod containerd;
 pub mod distribution;
+pub mod docker;
 pub mod garage;
 pub mod receiver;
 pub mod webdriver;

@@ -65,6 +65,6 @@ pub use image::{Descriptor, FetchedManifest, Platform};
 pub use layout::OciLayout;
 pub use reference::ImageRef;
 pub use registry::{
-    BlobDownload, ByteStream, ClientOptions, DownloadObserver, RegistryClient, Resolved,
+    BlobDownload, BlobPush, ByteStream, ClientOptions, DownloadObserver, RegistryClient, Resolved,
 };
 pub use trust::TrustOptions;

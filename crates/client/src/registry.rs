@@ -23,7 +23,10 @@ use crate::reference::{ImageRef, split_host_port};
 use crate::trust::{CertFailure, Endpoint, TrustOptions, cert_info};
 
 mod referrers;
+mod resume;
+
 pub use referrers::fallback_tag;
+pub use resume::BlobPush;
 
 /// A stream of blob bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;

@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub webhooks: crate::webhooks::WebhookConfig,
     /// The key that seals remote registries' secrets at rest.
     pub secrets: SecretsConfig,
+    /// Proxy-cache projects: tag revalidation and upstream timeout (`[proxy]`).
+    pub proxy: crate::proxy::ProxyConfig,
 }
 
 /// `[secrets]`: the key sealing stored secrets (remote registries' passwords).
@@ -229,6 +231,14 @@ impl StorageConfig {
                 .parse()
                 .map_err(|_| format!("BERTH_S3_PRESIGN_TTL_SECS={v:?}: use a number of seconds"))?;
         }
+        if let Some(v) = var("BERTH_S3_CACHE_DIR") {
+            s3.cache_dir = (!v.is_empty()).then(|| v.into());
+        }
+        if let Some(v) = var("BERTH_S3_CACHE_MAX_BYTES") {
+            s3.cache_max_bytes = v
+                .parse()
+                .map_err(|_| format!("BERTH_S3_CACHE_MAX_BYTES={v:?}: use a number of bytes"))?;
+        }
         Ok(())
     }
 }
@@ -380,6 +390,7 @@ impl Default for ServerConfig {
             storage: StorageConfig::default(),
             webhooks: Default::default(),
             secrets: SecretsConfig::default(),
+            proxy: Default::default(),
         }
     }
 }
@@ -464,12 +475,23 @@ mod tests {
             "BERTH_S3_BUCKET" => Some("other".to_owned()),
             "BERTH_S3_REDIRECT" => Some("false".to_owned()),
             "BERTH_S3_PRESIGN_TTL_SECS" => Some("60".to_owned()),
+            "BERTH_S3_CACHE_DIR" => Some("/var/cache/berth".to_owned()),
+            "BERTH_S3_CACHE_MAX_BYTES" => Some("1048576".to_owned()),
             _ => None,
         };
         config.storage.apply_env(env).unwrap();
         assert_eq!(config.storage.s3.bucket, "other");
         assert!(!config.storage.s3.redirect);
         assert_eq!(config.storage.s3.presign_ttl_secs, 60);
+        assert_eq!(
+            config.storage.s3.cache_dir.as_deref(),
+            Some(std::path::Path::new("/var/cache/berth"))
+        );
+        assert_eq!(config.storage.s3.cache_max_bytes, 1 << 20);
+        assert_eq!(ServerConfig::default().storage.s3.cache_dir, None);
+        let bad = |k: &str| (k == "BERTH_S3_CACHE_MAX_BYTES").then(|| "10G".to_owned());
+        let err = config.storage.apply_env(bad).unwrap_err();
+        assert!(err.contains("BERTH_S3_CACHE_MAX_BYTES"), "{err}");
         let bad = |k: &str| (k == "BERTH_STORAGE_BACKEND").then(|| "nfs".to_owned());
         let err = config.storage.apply_env(bad).unwrap_err();
         assert!(err.contains("BERTH_STORAGE_BACKEND"), "{err}");

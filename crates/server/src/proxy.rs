@@ -4,9 +4,11 @@
 //! trust, credentials, token dance and verified downloads).
 //!
 //! - **Manifests by tag** are revalidated with a `HEAD` upstream (at most once per
-//!   [`FRESH`] per tag); a `GET` (by digest, so the bytes are verified) happens only when
-//!   the digest changed or is not cached. When the upstream cannot be reached, answers an
-//!   error, or does not answer within [`UPSTREAM_TIMEOUT`], the cached manifest is served.
+//!   `[proxy] revalidate_secs` per tag, [`FRESH`] by default); a `GET` (by digest, so the
+//!   bytes are verified) happens only when the digest changed or is not cached. When the
+//!   upstream cannot be reached, answers an error, or does not answer within
+//!   `[proxy] upstream_timeout_secs` ([`UPSTREAM_TIMEOUT`] by default), the cached
+//!   manifest is served.
 //!   **By digest** a cached manifest is served without asking the upstream.
 //! - **Blobs** missing locally are fetched once per repository and digest however many
 //!   clients ask ([`Fetch`], single flight): the download goes to a staging file that every
@@ -47,6 +49,7 @@ use berth_proto::range::parse_range;
 use berth_storage::{NewManifest, StorageError, UploadSession};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::blobs::digest_header;
@@ -55,12 +58,36 @@ use crate::remotes::RemoteClient;
 use crate::routes::Ctx;
 use crate::state::AppState;
 
-/// A tag checked upstream this recently is served without asking again (a client's
-/// `HEAD` then `GET` of one manifest costs one upstream request).
+/// By default, a tag checked upstream this recently is served without asking again (a
+/// client's `HEAD` then `GET` of one manifest costs one upstream request).
 pub const FRESH: Duration = Duration::from_secs(3);
-/// Longest wait for an upstream manifest or blob `HEAD`/manifest `GET` before cached
-/// content is served instead.
+/// By default, the longest wait for an upstream manifest or blob `HEAD`/manifest `GET`
+/// before cached content is served instead.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `[proxy]`: how proxy-cache projects talk to their upstreams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Seconds a tag checked upstream is served without asking again (0: a `HEAD`
+    /// upstream on every pull by tag; larger: fewer upstream requests, a moved tag is seen
+    /// later). Also `--proxy-revalidate-secs` / `BERTH_PROXY_REVALIDATE_SECS`.
+    pub revalidate_secs: u64,
+    /// Seconds to wait for an upstream manifest `HEAD`/`GET` or blob `HEAD` before cached
+    /// content is served instead (or, with nothing cached, the pull fails with 502); 0 is
+    /// taken as 1. Also `--proxy-upstream-timeout-secs` /
+    /// `BERTH_PROXY_UPSTREAM_TIMEOUT_SECS`.
+    pub upstream_timeout_secs: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            revalidate_secs: FRESH.as_secs(),
+            upstream_timeout_secs: UPSTREAM_TIMEOUT.as_secs(),
+        }
+    }
+}
 /// How long which registry a project proxies is remembered (a change applies within this).
 const PROJECT_TTL: Duration = Duration::from_secs(2);
 /// Most bytes of manifests held in memory before their content is complete.
@@ -89,6 +116,10 @@ pub struct Proxy {
     pending_dir: PathBuf,
     fetches: Mutex<HashMap<(String, Digest), Arc<Fetch>>>,
     checked: Mutex<HashMap<(String, String), Instant>>,
+    /// A tag checked this recently is not asked about again (`[proxy] revalidate_secs`).
+    fresh: Duration,
+    /// Bound of one upstream call (`[proxy] upstream_timeout_secs`).
+    upstream_timeout: Duration,
 }
 
 /// Manifests fetched from upstreams whose content is not all local yet.
@@ -183,16 +214,19 @@ fn unreachable(up: &Upstream, what: &str, e: &dyn std::fmt::Display) -> ApiError
     .with_status(StatusCode::BAD_GATEWAY)
 }
 
-/// Bound an upstream call; a timeout reads like an unreachable upstream.
+/// Bound an upstream call by `[proxy] upstream_timeout_secs`; a timeout reads like an
+/// unreachable upstream.
 async fn bounded<T>(
+    state: &AppState,
     what: &str,
     f: impl std::future::Future<Output = Result<T, ClientError>>,
 ) -> Result<T, ClientError> {
-    match tokio::time::timeout(UPSTREAM_TIMEOUT, f).await {
+    let limit = state.proxy.upstream_timeout;
+    match tokio::time::timeout(limit, f).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Connect(format!(
-            "{what}: no answer within {}s",
-            UPSTREAM_TIMEOUT.as_secs()
+            "{what}: no answer within {}s (raise [proxy] upstream_timeout_secs for a slow upstream)",
+            limit.as_secs()
         ))),
     }
 }
@@ -226,7 +260,16 @@ impl Proxy {
             pending_dir,
             fetches: Mutex::default(),
             checked: Mutex::default(),
+            fresh: FRESH,
+            upstream_timeout: UPSTREAM_TIMEOUT,
         }
+    }
+
+    /// The same engine with `[proxy]`'s revalidation window and upstream timeout.
+    pub fn with_config(mut self, config: &ProxyConfig) -> Proxy {
+        self.fresh = Duration::from_secs(config.revalidate_secs);
+        self.upstream_timeout = Duration::from_secs(config.upstream_timeout_secs.max(1));
+        self
     }
 
     /// Forget what is remembered about `project` (after it was made or unmade a proxy).
@@ -385,13 +428,13 @@ impl Proxy {
             .lock()
             .unwrap()
             .get(&(name.to_owned(), tag.to_owned()))
-            .is_some_and(|at| at.elapsed() < FRESH)
+            .is_some_and(|at| at.elapsed() < self.fresh)
     }
 
     fn mark_fresh(&self, name: &str, tag: &str) {
         let mut c = self.checked.lock().unwrap();
         if c.len() > 100_000 {
-            c.retain(|_, at| at.elapsed() < FRESH);
+            c.retain(|_, at| at.elapsed() < self.fresh);
         }
         c.insert((name.to_owned(), tag.to_owned()), Instant::now());
     }
@@ -607,7 +650,7 @@ pub(crate) async fn manifest(
 }
 
 /// The manifest `name:tag` should serve, asking the upstream with a `HEAD` unless the tag
-/// was checked within [`FRESH`].
+/// was checked within `[proxy] revalidate_secs`.
 async fn revalidate(state: &AppState, up: &Upstream, name: &str, tag: &str) -> ApiResult<Served> {
     let local = local_by_tag(state, name, tag).await?;
     if let Some(s) = &local
@@ -623,6 +666,7 @@ async fn revalidate(state: &AppState, up: &Upstream, name: &str, tag: &str) -> A
     let image = state.proxy.image(up, name, tag)?;
     let reference = image.reference();
     let head = bounded(
+        state,
         &format!("HEAD {image}"),
         up.remote.client.head_manifest(&image, &reference),
     )
@@ -690,6 +734,7 @@ async fn fetch_manifest(
 ) -> ApiResult<Served> {
     let image = state.proxy.image(up, name, &digest.to_string())?;
     let fetched = bounded(
+        state,
         &format!("GET {image}"),
         up.remote
             .client
@@ -973,6 +1018,7 @@ async fn upstream_size(
 ) -> ApiResult<Option<u64>> {
     let image = state.proxy.image(up, name, &digest.to_string())?;
     let size = match bounded(
+        state,
         &format!("HEAD blob {digest}"),
         up.remote.client.blob_size(&image, digest),
     )
@@ -1366,6 +1412,31 @@ pub fn containerd_server(upstream_url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_section_reaches_the_engine() {
+        let c = crate::ServerConfig::from_toml(
+            "[proxy]\nrevalidate_secs = 0\nupstream_timeout_secs = 40\n",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = Proxy::new(dir.path().to_owned()).with_config(&c.proxy);
+        assert_eq!(p.fresh, Duration::ZERO);
+        assert_eq!(p.upstream_timeout, Duration::from_secs(40));
+        // Revalidating every time: a tag just checked is not fresh.
+        p.mark_fresh("hub/library/x", "latest");
+        assert!(!p.is_fresh("hub/library/x", "latest"));
+        let d =
+            Proxy::new(dir.path().to_owned()).with_config(&crate::ServerConfig::default().proxy);
+        assert_eq!((d.fresh, d.upstream_timeout), (FRESH, UPSTREAM_TIMEOUT));
+        d.mark_fresh("hub/library/x", "latest");
+        assert!(d.is_fresh("hub/library/x", "latest"));
+        // A zero timeout would refuse every upstream: it is taken as one second.
+        let z = crate::ServerConfig::from_toml("[proxy]\nupstream_timeout_secs = 0\n").unwrap();
+        let z = Proxy::new(dir.path().to_owned()).with_config(&z.proxy);
+        assert_eq!(z.upstream_timeout, Duration::from_secs(1));
+        assert!(crate::ServerConfig::from_toml("[proxy]\nrevalidate = 1\n").is_err());
+    }
 
     #[test]
     fn pending_manifests_survive_a_restart_until_released() {

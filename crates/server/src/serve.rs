@@ -188,7 +188,9 @@ pub async fn open_state(config: &ServerConfig) -> Result<AppState, ServeError> {
         refusals: Default::default(),
         space: crate::limits::DiskSpace::new(config.data.clone(), config.limits.clone()),
         webhooks,
-        proxy: Arc::new(crate::proxy::Proxy::new(config.data.join("proxy"))),
+        proxy: Arc::new(
+            crate::proxy::Proxy::new(config.data.join("proxy")).with_config(&config.proxy),
+        ),
         remotes: Arc::new(crate::remotes::Remotes::new(stores.remotes.clone(), sealer)),
         replication: Arc::new(
             crate::replication::Replication::new(stores.replication.clone())

@@ -2568,6 +2568,7 @@ where
         registry: "prod".into(),
         repositories: "library/**".into(),
         tags: "v*".into(),
+        labels: "tier=prod".into(),
         mapping: NameMapping::Replace {
             from: "library".into(),
             to: "mirror".into(),
@@ -2616,6 +2617,7 @@ where
     let mut changed = rule.clone();
     changed.enabled = false;
     changed.tags = "**".into();
+    changed.labels = "signed".into();
     changed.updated_at = 20;
     store.update_rule(&changed).await.expect("update");
     assert_eq!(store.rule("to-prod").await.unwrap(), Some(changed.clone()));
@@ -2696,6 +2698,17 @@ where
     assert_eq!(tasks[1].error, "connection reset");
     assert_eq!(tasks[2].reference, "v3");
     assert_eq!(store.tasks(e1, 1).await.unwrap().len(), 1);
+    assert_eq!(
+        store.copied_sources("to-prod", 10).await.unwrap(),
+        ["library/a"]
+    );
+    assert!(
+        store
+            .copied_sources("from-prod", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     assert!(store.request_stop(e1).await.unwrap());
     let e = store.execution(e1).await.unwrap().expect("execution");

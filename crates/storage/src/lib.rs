@@ -53,6 +53,7 @@ pub mod postgres_webhooks;
 pub mod remotes;
 pub mod replication;
 pub mod s3;
+pub mod s3_cache;
 pub mod sqlite;
 pub mod sqlite_accounts;
 pub mod sqlite_lifecycle;

@@ -20,8 +20,13 @@
 //!   the blob; or the writer sees the tombstone and refuses (`BlobUnknown`/`Conflict`/a
 //!   fresh upload).
 //! - the **repository lock** (`lock_repository`): [`LifecycleStore::collect_manifest`] and
-//!   every manifest PUT or delete of that repository, so "untagged, no index lists it, no
-//!   referrer names it" cannot change between the check and the delete.
+//!   every manifest PUT, manifest delete or tag delete of that repository, so "untagged,
+//!   no index lists it, no referrer names it" cannot change between the check and the
+//!   delete.
+//! - the **candidate row** (`SELECT … FOR UPDATE`): a decision locks its candidate before
+//!   it reads anything, because writers that release a reference (a manifest delete
+//!   releasing blobs, an upload releasing its pin) touch that row without the blob lock;
+//!   "still referenced, drop the candidate" then never drops a touch made after the look.
 //! - a **quota lock** per project, taken by a manifest PUT checked against a quota or a
 //!   repository limit, so two pushes into one project cannot both fit in the last bytes.
 //! - a **GC lock** (session-level, on a dedicated connection) held for a whole cycle by
@@ -256,6 +261,22 @@ struct GcLease {
     _conn: sqlx::PgConnection,
 }
 
+/// Forget a candidate decided on in `tx` (kind `m` in `repository`, or `b` with "").
+async fn drop_candidate(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: &str,
+    repository: &str,
+    digest: &str,
+) -> StorageResult<()> {
+    sqlx::query("DELETE FROM gc_candidates WHERE kind = $1 AND repository = $2 AND digest = $3")
+        .bind(kind)
+        .bind(repository)
+        .bind(digest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl PgMetadata {
     async fn collect_manifest_once(
         &self,
@@ -267,6 +288,16 @@ impl PgMetadata {
         let d = digest.to_string();
         let mut tx = self.pool.begin().await?;
         lock_repository(&mut tx, repository).await?;
+        // The candidate row locked before anything is read (as in `tombstone_blob_once`):
+        // a touch committed after the reads below could otherwise be dropped with it.
+        let since = sqlx::query_scalar::<_, i64>(
+            "SELECT since FROM gc_candidates WHERE kind = 'm' AND repository = $1 AND digest = $2
+             FOR UPDATE",
+        )
+        .bind(repository)
+        .bind(&d)
+        .fetch_optional(&mut *tx)
+        .await?;
         let row = sqlx::query_as::<_, (i64, Option<String>)>(
             "SELECT size, subject FROM manifests WHERE repository = $1 AND digest = $2",
         )
@@ -293,23 +324,12 @@ impl PgMetadata {
             }
         };
         let Some(size) = size else {
-            sqlx::query(
-                "DELETE FROM gc_candidates WHERE kind = 'm' AND repository = $1 AND digest = $2",
-            )
-            .bind(repository)
-            .bind(&d)
-            .execute(&mut *tx)
-            .await?;
+            if since.is_some() {
+                drop_candidate(&mut tx, "m", repository, &d).await?;
+            }
             tx.commit().await?;
             return Ok(ManifestVerdict::Kept);
         };
-        let since = sqlx::query_scalar::<_, i64>(
-            "SELECT since FROM gc_candidates WHERE kind = 'm' AND repository = $1 AND digest = $2",
-        )
-        .bind(repository)
-        .bind(&d)
-        .fetch_optional(&mut *tx)
-        .await?;
         // Without a candidate row the change is unknown: treat it as just made.
         if since.is_none_or(|s| s > untagged_before) {
             if since.is_none() {
@@ -336,13 +356,7 @@ impl PgMetadata {
             .bind(&d)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "DELETE FROM gc_candidates WHERE kind = 'm' AND repository = $1 AND digest = $2",
-        )
-        .bind(repository)
-        .bind(&d)
-        .execute(&mut *tx)
-        .await?;
+        drop_candidate(&mut tx, "m", repository, &d).await?;
         tx.commit().await?;
         Ok(ManifestVerdict::Removed(to_u64(size)?))
     }
@@ -358,22 +372,32 @@ impl PgMetadata {
         // Exclusive: every transaction that would reference, link, mount or pin this blob
         // has committed (and is seen below) or waits and then sees the tombstone.
         lock_blobs(&mut tx, std::slice::from_ref(&d), false).await?;
-        let (referenced, since, dead) = sqlx::query_as::<_, (bool, Option<i64>, bool)>(
+        // The candidate row first, locked: a writer that does not take the blob lock (a
+        // manifest delete releasing its references, an upload releasing its pin) touches
+        // this row in its transaction, so it has either committed before this lock (and
+        // the reads below see its change) or waits until this transaction ends (and then
+        // re-creates the row this one may drop). Reading first and deleting after would
+        // drop a touch committed in between, leaking the blob.
+        let since = sqlx::query_scalar::<_, i64>(
+            "SELECT since FROM gc_candidates WHERE kind = 'b' AND repository = '' AND digest = $1
+             FOR UPDATE",
+        )
+        .bind(&d)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (referenced, dead) = sqlx::query_as::<_, (bool, bool)>(
             "SELECT EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = $1)
                  OR EXISTS(SELECT 1 FROM upload_pins WHERE digest = $1),
-                 (SELECT since FROM gc_candidates WHERE kind = 'b' AND repository = '' AND digest = $1),
                  EXISTS(SELECT 1 FROM blob_tombstones WHERE digest = $1)",
         )
         .bind(&d)
         .fetch_one(&mut *tx)
         .await?;
-        let drop_candidate =
-            "DELETE FROM gc_candidates WHERE kind = 'b' AND repository = '' AND digest = $1";
         if referenced || dead {
-            sqlx::query(drop_candidate)
-                .bind(&d)
-                .execute(&mut *tx)
-                .await?;
+            // Only the row locked above: one created since belongs to a later change.
+            if since.is_some() {
+                drop_candidate(&mut tx, "b", "", &d).await?;
+            }
             tx.commit().await?;
             return Ok(BlobVerdict::Kept);
         }
@@ -403,10 +427,7 @@ impl PgMetadata {
             .bind(now())
             .execute(&mut *tx)
             .await?;
-        sqlx::query(drop_candidate)
-            .bind(&d)
-            .execute(&mut *tx)
-            .await?;
+        drop_candidate(&mut tx, "b", "", &d).await?;
         tx.commit().await?;
         Ok(BlobVerdict::Tombstoned)
     }

@@ -176,6 +176,9 @@ pub struct ReplicationRule {
     pub repositories: String,
     /// Source tags, a glob; `**`/`*` = every tag.
     pub tags: String,
+    /// Labels the source artifact must have (`key=value` or `key`, comma-separated; ""
+    /// = no filter): image config labels and OCI annotations.
+    pub labels: String,
     pub mapping: NameMapping,
     pub trigger: RuleTrigger,
     /// Delete at the destination what was deleted at the source (by the same rule).
@@ -346,6 +349,10 @@ pub trait ReplicationStore: Send + Sync + 'static {
     ) -> StorageResult<()>;
     /// In id order, at most `limit`.
     async fn tasks(&self, execution: i64, limit: u32) -> StorageResult<Vec<Task>>;
+    /// The source repositories earlier executions of `rule` copied from (a `copy` task that
+    /// succeeded or was skipped), sorted, at most `limit`: how a run with deletions finds
+    /// repositories deleted at the source since.
+    async fn copied_sources(&self, rule: &str, limit: u32) -> StorageResult<Vec<String>>;
 }
 
 pub(crate) type RuleRow = (
@@ -361,6 +368,7 @@ pub(crate) type RuleRow = (
     String,
     i64,
     i64,
+    String,
 );
 
 pub(crate) fn rule_from_row(r: RuleRow) -> StorageResult<ReplicationRule> {
@@ -377,6 +385,7 @@ pub(crate) fn rule_from_row(r: RuleRow) -> StorageResult<ReplicationRule> {
         description: r.9.clone(),
         created_at: r.10,
         updated_at: r.11,
+        labels: r.12,
         name: r.0,
     })
 }
@@ -461,6 +470,14 @@ pub(crate) fn map_rule_write(e: sqlx::Error, r: &ReplicationRule) -> StorageErro
     }
 }
 
+/// The columns of `replication_rules`, in [`RuleRow`]'s order (one list for every query).
+macro_rules! rule_columns {
+    () => {
+        "name, direction, registry, repositories, tags, mapping, trigger_spec, replicate_deletions, enabled, description, created_at, updated_at, labels"
+    };
+}
+pub(crate) use rule_columns;
+
 /// The one implementation of [`ReplicationStore`] for a backend: `$ty` the store, `$db`
 /// its sqlx database, `$writer`/`$reader` the fields holding its pools.
 macro_rules! impl_replication_store {
@@ -498,7 +515,7 @@ macro_rules! impl_replication_store {
                 &self,
                 r: &$crate::replication::ReplicationRule,
             ) -> $crate::StorageResult<()> {
-                let sql = concat!("INSERT INTO replication_rules (", "name, direction, registry, repositories, tags, mapping, trigger_spec, replicate_deletions, enabled, description, created_at, updated_at", ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)");
+                let sql = concat!("INSERT INTO replication_rules (", $crate::replication::rule_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)");
                 sqlx::query::<$db>(sql)
                     .bind(&r.name)
                     .bind(r.direction.as_str())
@@ -512,6 +529,7 @@ macro_rules! impl_replication_store {
                     .bind(&r.description)
                     .bind(r.created_at)
                     .bind(r.updated_at)
+                    .bind(&r.labels)
                     .execute(&self.$writer)
                     .await
                     .map_err(|e| $crate::replication::map_rule_write(e, r))?;
@@ -522,7 +540,7 @@ macro_rules! impl_replication_store {
                 &self,
                 name: &str,
             ) -> $crate::StorageResult<Option<$crate::replication::ReplicationRule>> {
-                let sql = concat!("SELECT ", "name, direction, registry, repositories, tags, mapping, trigger_spec, replicate_deletions, enabled, description, created_at, updated_at", " FROM replication_rules WHERE name = $1");
+                let sql = concat!("SELECT ", $crate::replication::rule_columns!(), " FROM replication_rules WHERE name = $1");
                 let row: Option<$crate::replication::RuleRow> = sqlx::query_as::<$db, _>(sql)
                     .bind(name)
                     .fetch_optional(&self.$reader)
@@ -533,7 +551,7 @@ macro_rules! impl_replication_store {
             async fn list_rules(
                 &self,
             ) -> $crate::StorageResult<Vec<$crate::replication::ReplicationRule>> {
-                let sql = concat!("SELECT ", "name, direction, registry, repositories, tags, mapping, trigger_spec, replicate_deletions, enabled, description, created_at, updated_at", " FROM replication_rules ORDER BY name");
+                let sql = concat!("SELECT ", $crate::replication::rule_columns!(), " FROM replication_rules ORDER BY name");
                 let rows: Vec<$crate::replication::RuleRow> = sqlx::query_as::<$db, _>(sql)
                     .fetch_all(&self.$reader)
                     .await?;
@@ -549,7 +567,7 @@ macro_rules! impl_replication_store {
                 let done = sqlx::query::<$db>(
                     "UPDATE replication_rules SET direction = $1, registry = $2, repositories = $3, \
                      tags = $4, mapping = $5, trigger_spec = $6, replicate_deletions = $7, enabled = $8, \
-                     description = $9, updated_at = $10 WHERE name = $11",
+                     description = $9, updated_at = $10, labels = $11 WHERE name = $12",
                 )
                 .bind(r.direction.as_str())
                 .bind(&r.registry)
@@ -561,6 +579,7 @@ macro_rules! impl_replication_store {
                 .bind(r.enabled)
                 .bind(&r.description)
                 .bind(r.updated_at)
+                .bind(&r.labels)
                 .bind(&r.name)
                 .execute(&self.$writer)
                 .await
@@ -849,6 +868,23 @@ macro_rules! impl_replication_store {
                     )));
                 }
                 Ok(())
+            }
+
+            async fn copied_sources(
+                &self,
+                rule: &str,
+                limit: u32,
+            ) -> $crate::StorageResult<Vec<String>> {
+                Ok(sqlx::query_scalar::<$db, String>(
+                    "SELECT DISTINCT t.source FROM replication_tasks t \
+                     JOIN replication_executions e ON e.id = t.execution \
+                     WHERE e.rule = $1 AND t.operation = 'copy' \
+                     AND t.status IN ('succeeded', 'skipped') ORDER BY t.source LIMIT $2",
+                )
+                .bind(rule)
+                .bind(i64::from(limit))
+                .fetch_all(&self.$reader)
+                .await?)
             }
 
             async fn tasks(

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use sha2::digest::common::hazmat::SerializableState;
 
 use crate::blob::{BlobChunks, BlobReader, BlobStore, ByteStream, UploadId, UploadState};
+use crate::s3_cache::BlobCache;
 use crate::{StorageError, StorageResult};
 
 /// Size of the parts a PATCH is cut into while it streams.
@@ -85,6 +87,11 @@ pub struct S3Config {
     pub presign_ttl_secs: u64,
     /// Bound on one request to the bucket (uploads of a part, small reads), seconds.
     pub request_timeout_secs: u64,
+    /// Directory of this replica's local read-through cache of whole blobs (see
+    /// [`crate::s3_cache`]); a directory of its own per replica. Unset: no cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes kept in `cache_dir` (least recently used blobs are evicted).
+    pub cache_max_bytes: u64,
 }
 
 impl Default for S3Config {
@@ -102,6 +109,8 @@ impl Default for S3Config {
             redirect: false,
             presign_ttl_secs: 300,
             request_timeout_secs: 30,
+            cache_dir: None,
+            cache_max_bytes: 10 << 30,
         }
     }
 }
@@ -183,6 +192,10 @@ pub struct S3BlobStore {
     http: reqwest::Client,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pointers: Mutex<HashMap<Digest, Pointer>>,
+    /// This replica's local copies of blobs it served whole (`cache_dir`).
+    cache: Option<Arc<BlobCache>>,
+    /// Blob data reads sent to the bucket (each may be several ranged GETs).
+    bucket_reads: AtomicU64,
 }
 
 impl std::fmt::Debug for S3BlobStore {
@@ -359,6 +372,21 @@ impl S3BlobStore {
             endpoint.as_deref().unwrap_or("(AWS)"),
             config.bucket
         );
+        let cache = match &config.cache_dir {
+            Some(dir) if !dir.as_os_str().is_empty() => {
+                if config.cache_max_bytes == 0 {
+                    return Err(config_error(
+                        "[storage.s3] cache_max_bytes is 0: give the blob cache a size \
+                         (e.g. 10737418240), or unset cache_dir"
+                            .into(),
+                    ));
+                }
+                Some(Arc::new(
+                    BlobCache::open(dir, config.cache_max_bytes).map_err(StorageError::Io)?,
+                ))
+            }
+            _ => None,
+        };
         Ok(S3BlobStore {
             store: Arc::new(store),
             reader: Arc::new(reader),
@@ -372,7 +400,19 @@ impl S3BlobStore {
                 .then(|| Duration::from_secs(config.presign_ttl_secs.clamp(10, 7 * 24 * 3600))),
             locks: Mutex::new(HashMap::new()),
             pointers: Mutex::new(HashMap::new()),
+            cache,
+            bucket_reads: AtomicU64::new(0),
         })
+    }
+
+    /// This replica's blob cache, when `cache_dir` is set.
+    pub fn cache(&self) -> Option<&Arc<BlobCache>> {
+        self.cache.as_ref()
+    }
+
+    /// How many blob reads went to the bucket so far (tests show a cached read sends none).
+    pub fn bucket_reads(&self) -> u64 {
+        self.bucket_reads.load(Ordering::Relaxed)
     }
 
     /// Whether the bucket answers (a one-key listing): for start-up and readiness checks.
@@ -531,12 +571,37 @@ impl S3BlobStore {
         Ok(Some(pointer))
     }
 
-    /// The bytes of `range` of a committed blob as a stream, with the blob's size.
+    /// The bytes of `range` of a committed blob as a stream, with the blob's size: from
+    /// the local cache when it holds the blob, else from the bucket (a whole-blob read then
+    /// fills the cache on its way to the client).
+    ///
+    /// A cached copy is served without asking the bucket whether the blob still exists:
+    /// the server only reads blobs the metadata links, and a digest names one content.
     async fn read(
         &self,
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> StorageResult<(ByteStream, u64, u64)> {
+        let Some(cache) = &self.cache else {
+            return self.read_bucket(digest, range).await;
+        };
+        if let Some(hit) = cache.read(digest, range).await {
+            return Ok(hit);
+        }
+        let (stream, len, total) = self.read_bucket(digest, range).await?;
+        if len != total {
+            return Ok((stream, len, total));
+        }
+        Ok((cache.fill(digest, total, stream), len, total))
+    }
+
+    /// [`read`](Self::read) from the bucket.
+    async fn read_bucket(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> StorageResult<(ByteStream, u64, u64)> {
+        self.bucket_reads.fetch_add(1, Ordering::Relaxed);
         let mut cached = true;
         loop {
             let pointer = self
@@ -1266,6 +1331,9 @@ impl BlobStore for S3BlobStore {
             .ok_or_else(|| StorageError::BlobUnknown(digest.clone()))?;
         self.delete_quietly(&self.blob_path(digest)).await?;
         self.pointers.lock().unwrap().remove(digest);
+        if let Some(cache) = &self.cache {
+            cache.remove(digest);
+        }
         self.delete_quietly(&self.path(&pointer.object)).await
     }
 
@@ -1476,6 +1544,211 @@ mod tests {
         assert_eq!(store.stat(&Digest::sha256(&other)).await.unwrap(), None);
         store.cancel_upload(&id).await.unwrap();
         assert!(store.upload_artifacts().await.unwrap().is_empty());
+    }
+
+    /// A store on the shared Garage with a local blob cache in `dir`.
+    async fn cached_store(prefix: &str, dir: &std::path::Path, max: u64) -> S3BlobStore {
+        let mut cfg = config(Garage::shared(), prefix);
+        cfg.cache_dir = Some(dir.to_owned());
+        cfg.cache_max_bytes = max;
+        let store = S3BlobStore::connect(&cfg).unwrap();
+        wait_ready(&store).await;
+        store
+    }
+
+    async fn push(store: &S3BlobStore, blob: &[u8]) -> Digest {
+        let digest = Digest::sha256(blob);
+        let id = store.start_upload().await.unwrap();
+        store
+            .append(&id, None, body(vec![blob.to_vec()]), u64::MAX)
+            .await
+            .unwrap();
+        store.finish_upload(&id, &digest).await.unwrap();
+        digest
+    }
+
+    /// The fill is written by a thread of its own after the last byte reached the client.
+    async fn wait_cached(store: &S3BlobStore, digest: &Digest) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !store.cache().unwrap().contains(digest) {
+            assert!(Instant::now() < deadline, "{digest} was never cached");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every chunk of a read, or the first error.
+    async fn try_read_all(store: &S3BlobStore, digest: &Digest) -> std::io::Result<Vec<u8>> {
+        let mut chunks = store.open_chunks(digest, None).await.unwrap().chunks;
+        let mut out = Vec::new();
+        while let Some(c) = chunks.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    fn cache_files(dir: &std::path::Path) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| {
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A whole read fills the cache; the next whole and ranged reads send no GET to the
+    /// bucket and are exact; a truncated file is discarded and refetched; a file corrupted
+    /// while the replica was stopped is not served whole; deleting drops the cached copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cache_serves_repeated_reads_without_the_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = cached_store("cache-hit", dir.path(), 256 << 20).await;
+        let seg = READ_SEGMENT as usize;
+        let real = data(2 * seg + 777_777, 11);
+        let digest = push(&store, &real).await;
+        // A range before the blob is cached comes from the bucket and fills nothing.
+        let (s, e) = (seg as u64 - 5, seg as u64 + 99);
+        assert!(read_all(&store, &digest, Some((s, e))).await == real[s as usize..=e as usize]);
+        assert!(!store.cache().unwrap().contains(&digest));
+        assert!(read_all(&store, &digest, None).await == real, "cold read");
+        wait_cached(&store, &digest).await;
+        let gets = store.bucket_reads();
+        assert!(read_all(&store, &digest, None).await == real, "cached read");
+        for (s, e) in [(0, 0), (s, e), (3, real.len() as u64 - 1)] {
+            let got = read_all(&store, &digest, Some((s, e))).await;
+            assert!(got == real[s as usize..=e as usize], "cached range {s}-{e}");
+        }
+        assert_eq!(
+            store.bucket_reads(),
+            gets,
+            "a cached read went to the bucket"
+        );
+        let name = format!("sha256-{}-{}", digest.hex(), real.len());
+        assert_eq!(cache_files(dir.path()), [(name.clone(), real.len() as u64)]);
+
+        // Truncated under the running replica: discarded, served from the bucket, refilled.
+        let file = dir.path().join(&name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+        assert!(
+            read_all(&store, &digest, None).await == real,
+            "after truncation"
+        );
+        assert_eq!(store.bucket_reads(), gets + 1);
+        wait_cached(&store, &digest).await;
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), real.len() as u64);
+
+        // Corrupted (same length) while stopped, plus a fill cut short: a restarted replica
+        // removes the temporary file and refuses to finish serving the corrupt copy.
+        drop(store);
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[seg + 3] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        std::fs::write(dir.path().join("tmp/stale"), b"half a blob").unwrap();
+        let store = cached_store("cache-hit", dir.path(), 256 << 20).await;
+        assert!(
+            std::fs::read_dir(dir.path().join("tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+        let err = try_read_all(&store, &digest).await.unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        assert!(!file.exists(), "the corrupt file was kept");
+        assert!(
+            read_all(&store, &digest, None).await == real,
+            "after corruption"
+        );
+        wait_cached(&store, &digest).await;
+        // The refilled copy serves the whole blob and ranges without the bucket.
+        let gets = store.bucket_reads();
+        assert!(read_all(&store, &digest, None).await == real);
+        assert!(read_all(&store, &digest, Some((s, e))).await == real[s as usize..=e as usize]);
+        assert_eq!(store.bucket_reads(), gets);
+
+        // Two concurrent cold reads of another blob: both exact, one file.
+        let other = data(3 * 1024 * 1024 + 5, 12);
+        let other_digest = push(&store, &other).await;
+        let (a, b) = tokio::join!(
+            read_all(&store, &other_digest, None),
+            read_all(&store, &other_digest, None)
+        );
+        assert!(a == other && b == other);
+        wait_cached(&store, &other_digest).await;
+
+        store.delete(&digest).await.unwrap();
+        assert!(!file.exists(), "a deleted blob stayed in the cache");
+        assert!(matches!(
+            store.open(&digest, None).await.map(|r| r.len),
+            Err(StorageError::BlobUnknown(_))
+        ));
+        assert_eq!(cache_files(dir.path()).len(), 1);
+    }
+
+    /// Least recently used blobs leave so that the files never exceed `cache_max_bytes`;
+    /// a blob larger than the whole cache is served but not kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cache_evicts_least_recently_used_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 3 * 1024 * 1024 + 100;
+        let store = cached_store("cache-evict", dir.path(), max).await;
+        let blobs: Vec<Vec<u8>> = (0..4).map(|i| data(1024 * 1024, 20 + i)).collect();
+        let mut digests = Vec::new();
+        for blob in &blobs {
+            digests.push(push(&store, blob).await);
+        }
+        for (digest, blob) in digests.iter().zip(&blobs).take(3) {
+            assert!(read_all(&store, digest, None).await == *blob);
+            wait_cached(&store, digest).await;
+        }
+        // Use the first again: the second is now the least recently used.
+        assert!(read_all(&store, &digests[0], None).await == blobs[0]);
+        assert!(read_all(&store, &digests[3], None).await == blobs[3]);
+        wait_cached(&store, &digests[3]).await;
+        let cache = store.cache().unwrap();
+        assert!(!cache.contains(&digests[1]), "the LRU blob was kept");
+        for i in [0, 2, 3] {
+            assert!(cache.contains(&digests[i]), "blob {i} was evicted");
+        }
+        let on_disk: u64 = cache_files(dir.path()).iter().map(|(_, n)| n).sum();
+        assert!(
+            on_disk <= max && cache.used_bytes() <= max,
+            "{on_disk} > {max}"
+        );
+        let big = data(max as usize + 1, 30);
+        let big_digest = push(&store, &big).await;
+        assert!(read_all(&store, &big_digest, None).await == big);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!cache.contains(&big_digest));
+        let on_disk: u64 = cache_files(dir.path()).iter().map(|(_, n)| n).sum();
+        assert!(on_disk <= max, "{on_disk} > {max}");
+        // A restart with a smaller bound evicts down to it, oldest first.
+        drop(store);
+        let store = cached_store("cache-evict", dir.path(), 2 * 1024 * 1024).await;
+        assert_eq!(cache_files(dir.path()).len(), 2);
+        assert!(store.cache().unwrap().used_bytes() <= 2 * 1024 * 1024);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_suite_with_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = cached_store("conformance-cache", dir.path(), 64 << 20).await;
+        let handle = tokio::runtime::Handle::current();
+        let leftovers = || {
+            tokio::task::block_in_place(|| handle.block_on(store.upload_artifacts()))
+                .expect("list upload artifacts")
+        };
+        conformance::blob_store_suite(&store, &leftovers).await;
     }
 
     #[test]

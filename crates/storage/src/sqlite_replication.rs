@@ -67,5 +67,16 @@ pub(crate) async fn migrate(pool: &sqlx::SqlitePool) -> crate::StorageResult<()>
         .execute(pool)
         .await?;
     }
+    // `labels`: a rule's labels filter.
+    let has_labels: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pragma_table_info('replication_rules') WHERE name = 'labels'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if has_labels == 0 {
+        sqlx::raw_sql("ALTER TABLE replication_rules ADD COLUMN labels TEXT NOT NULL DEFAULT ''")
+            .execute(pool)
+            .await?;
+    }
     Ok(())
 }

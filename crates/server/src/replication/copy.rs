@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use berth_client::{ClientError, Descriptor, FetchedManifest, ImageRef, RegistryClient};
 use berth_proto::{Digest, Reference};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
 /// One registry as the engine sees it: a client set up with its trust and credentials,
@@ -41,6 +41,10 @@ impl Side {
 const MAX_REFERRER_DEPTH: u32 = 3;
 /// Most referrers copied per subject.
 const MAX_REFERRERS: usize = 256;
+/// Attempts per blob upload, each continuing where the destination's upload got to.
+const RESUMES: u32 = 5;
+/// Attempts to put one manifest whose blobs or children the destination says it lacks.
+const PUT_ATTEMPTS: u32 = 4;
 
 /// The copier of one execution: shared by its concurrent tasks.
 pub struct Copier<'a> {
@@ -53,6 +57,9 @@ pub struct Copier<'a> {
     mounts: Mutex<HashMap<Digest, String>>,
     /// Destination repository → whether it offers the referrers API.
     dst_api: Mutex<HashMap<String, bool>>,
+    /// One lock per blob digest: concurrent tasks needing the same blob (a base layer
+    /// shared by several images) send it once; the others then find it or mount it.
+    blob_locks: Mutex<HashMap<Digest, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What copying one artifact did.
@@ -83,6 +90,7 @@ impl<'a> Copier<'a> {
             transfers,
             mounts: Mutex::default(),
             dst_api: Mutex::default(),
+            blob_locks: Mutex::default(),
         }
     }
 
@@ -150,59 +158,90 @@ impl<'a> Copier<'a> {
         bytes: &'b AtomicU64,
     ) -> futures_util::future::BoxFuture<'b, berth_client::Result<()>> {
         Box::pin(async move {
-            self.check_stop()?;
-            let shape = m.shape()?;
-            if m.is_index() {
-                for child in &shape.manifests {
-                    let r = Reference::Digest(child.digest.clone());
-                    if self
-                        .dst
-                        .client
-                        .head_manifest(&self.dst.image(dst_repo, &r), &r)
-                        .await?
-                        .is_some()
-                    {
-                        continue;
-                    }
-                    let cm = self
-                        .src
-                        .client
-                        .get_manifest(&self.src.image(src_repo, &r), &r)
-                        .await?;
-                    self.copy_tree(src_repo, dst_repo, &cm, None, bytes).await?;
-                }
-            } else {
-                let mut blobs: Vec<Descriptor> = Vec::new();
-                for d in shape.config.iter().chain(shape.layers.iter()) {
-                    let foreign = d.urls.as_ref().is_some_and(|u| !u.is_empty())
-                        && (d.media_type.contains("nondistributable")
-                            || d.media_type.contains("foreign"));
-                    if !foreign && !blobs.iter().any(|b| b.digest == d.digest) {
-                        blobs.push(d.clone());
-                    }
-                }
-                let parallel = self.src.client.options().parallel.max(1);
-                let futs: Vec<_> = blobs
-                    .iter()
-                    .map(|d| self.copy_blob(src_repo, dst_repo, d, bytes))
-                    .collect();
-                futures_util::stream::iter(futs)
-                    .buffer_unordered(parallel)
-                    .try_collect::<Vec<()>>()
-                    .await?;
-            }
             let reference = match tag {
                 Some(t) => Reference::Tag(t.to_string()),
                 None => Reference::Digest(m.digest.clone()),
             };
-            self.check_stop()?;
-            self.dst
-                .client
-                .put_manifest(&self.dst.image(dst_repo, &reference), &reference, m)
-                .await?;
+            let dst_img = self.dst.image(dst_repo, &reference);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                self.copy_content(src_repo, dst_repo, m, bytes).await?;
+                self.check_stop()?;
+                match self.dst.client.put_manifest(&dst_img, &reference, m).await {
+                    Ok(_) => break,
+                    // Another writer of the same content at the destination (a second
+                    // rule, a person pushing) can make a blob or child we saw there
+                    // briefly unknown (Distribution rewrites its links in place): check
+                    // and copy what is missing again, then put the manifest again.
+                    Err(e) if content_unknown(&e) && attempt < PUT_ATTEMPTS => {
+                        tracing::info!(manifest = %m.digest, attempt, error = %e, "replication: the destination lacks content of a manifest; copying it again");
+                        tokio::time::sleep(std::time::Duration::from_millis(250 << attempt)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             bytes.fetch_add(m.bytes.len() as u64, Ordering::Relaxed);
             Ok(())
         })
+    }
+
+    /// What a manifest needs at the destination before it can be put: for an index every
+    /// child not there yet (with its blobs), for an image its blobs.
+    async fn copy_content(
+        &self,
+        src_repo: &str,
+        dst_repo: &str,
+        m: &FetchedManifest,
+        bytes: &AtomicU64,
+    ) -> berth_client::Result<()> {
+        self.check_stop()?;
+        let shape = m.shape()?;
+        if m.is_index() {
+            for child in &shape.manifests {
+                let r = Reference::Digest(child.digest.clone());
+                if self
+                    .dst
+                    .client
+                    .head_manifest(&self.dst.image(dst_repo, &r), &r)
+                    .await?
+                    .is_some()
+                {
+                    continue;
+                }
+                let cm = self
+                    .src
+                    .client
+                    .get_manifest(&self.src.image(src_repo, &r), &r)
+                    .await?;
+                self.copy_tree(src_repo, dst_repo, &cm, None, bytes).await?;
+            }
+        } else {
+            let mut blobs: Vec<Descriptor> = Vec::new();
+            for d in shape.config.iter().chain(shape.layers.iter()) {
+                let foreign = d.urls.as_ref().is_some_and(|u| !u.is_empty())
+                    && (d.media_type.contains("nondistributable")
+                        || d.media_type.contains("foreign"));
+                if !foreign && !blobs.iter().any(|b| b.digest == d.digest) {
+                    blobs.push(d.clone());
+                }
+            }
+            let parallel = self.src.client.options().parallel.max(1);
+            let futs: Vec<_> = blobs
+                .iter()
+                .map(|d| self.copy_blob(src_repo, dst_repo, d, bytes))
+                .collect();
+            // Every blob runs to its end even when another fails (a cut connection), so
+            // one failure does not throw away the others' transfers in flight.
+            let results: Vec<berth_client::Result<()>> = futures_util::stream::iter(futs)
+                .buffer_unordered(parallel)
+                .collect()
+                .await;
+            results
+                .into_iter()
+                .collect::<berth_client::Result<Vec<()>>>()?;
+        }
+        Ok(())
     }
 
     async fn copy_blob(
@@ -213,6 +252,14 @@ impl<'a> Copier<'a> {
         bytes: &AtomicU64,
     ) -> berth_client::Result<()> {
         self.check_stop()?;
+        let lock = self
+            .blob_locks
+            .lock()
+            .unwrap()
+            .entry(desc.digest.clone())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
         let dst_img = self
             .dst
             .image(dst_repo, &Reference::Digest(desc.digest.clone()));
@@ -241,14 +288,31 @@ impl<'a> Copier<'a> {
         let src_img = self
             .src
             .image(src_repo, &Reference::Digest(desc.digest.clone()));
-        let stream = self.src.client.blob_stream(&src_img, desc).await?;
-        self.dst
+        // A cut connection continues from the offset the destination acknowledged, the
+        // source read from there with a `Range` request.
+        let open = |offset: u64| {
+            let src_img = &src_img;
+            async move {
+                if offset == 0 {
+                    return self.src.client.blob_stream(src_img, desc).await;
+                }
+                let (s, ranged) = self
+                    .src
+                    .client
+                    .blob_stream_from(src_img, &desc.digest, offset)
+                    .await?;
+                Ok(if ranged { s } else { skip(s, offset) })
+            }
+        };
+        let pushed = self
+            .dst
             .client
-            .push_blob(&dst_img, desc, stream, mount_from.as_deref())
+            .push_blob_resumable(&dst_img, desc, mount_from.as_deref(), RESUMES, open)
             .await?;
-        if mount_from.is_none() {
-            bytes.fetch_add(desc.size, Ordering::Relaxed);
+        if pushed.resumed > 0 {
+            tracing::info!(digest = %desc.digest, resumed = pushed.resumed, sent = pushed.sent, size = desc.size, "replication: blob upload resumed after a cut");
         }
+        bytes.fetch_add(pushed.sent, Ordering::Relaxed);
         self.remember(desc, dst_repo);
         Ok(())
     }
@@ -329,14 +393,98 @@ impl<'a> Copier<'a> {
     }
 }
 
+/// `s` without its first `n` bytes (a source that ignored a `Range` request).
+fn skip(s: berth_client::ByteStream, n: u64) -> berth_client::ByteStream {
+    let mut left = n;
+    Box::pin(s.filter_map(move |chunk| {
+        let out = match chunk {
+            Ok(b) if left >= b.len() as u64 => {
+                left -= b.len() as u64;
+                None
+            }
+            Ok(b) => {
+                let start = left as usize;
+                left = 0;
+                Some(Ok(b.slice(start..)))
+            }
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(out)
+    }))
+}
+
+/// Whether a manifest PUT was refused because the destination does not know a blob or a
+/// child manifest it references (`MANIFEST_BLOB_UNKNOWN`, `BLOB_UNKNOWN`, or a child
+/// `MANIFEST_UNKNOWN` for an index).
+pub fn content_unknown(e: &ClientError) -> bool {
+    let m = e.to_string();
+    m.contains("MANIFEST_BLOB_UNKNOWN")
+        || m.contains("BLOB_UNKNOWN")
+        || m.contains("MANIFEST_UNKNOWN")
+}
+
 /// Whether an error may go away by trying again (a cut connection, a 5xx, a truncated
 /// stream), as opposed to one that will not (missing, refused, misconfigured).
 pub fn transient(e: &ClientError) -> bool {
     match e {
         ClientError::Connect(_) | ClientError::Io { .. } | ClientError::Integrity(_) => true,
-        ClientError::Registry(m) => !m.contains(" 4"),
+        ClientError::Registry(m) => !m.contains(" 4") || content_unknown(e),
         _ => false,
     }
+}
+
+/// A rule's filter: one glob, or several separated by commas (outside `{…}`); matches when
+/// any of them does.
+pub fn filter_match(filter: &str, text: &str) -> bool {
+    split_top(filter).iter().any(|g| glob_match(g, text))
+}
+
+/// The names a filter lists when it has no wildcard (`a/b`, `a/b,c/d`, `a/{b,c}`): the
+/// repositories a pull rule can use without listing the source's catalog. `None` when a
+/// glob needs the catalog.
+pub fn literal_names(filter: &str) -> Option<Vec<String>> {
+    if filter.contains(['*', '?']) {
+        return None;
+    }
+    fn expand(p: &str, out: &mut Vec<String>) {
+        if let Some(open) = p.find('{')
+            && let Some(close) = p[open..].find('}')
+        {
+            let close = open + close;
+            for alt in p[open + 1..close].split(',') {
+                expand(&format!("{}{alt}{}", &p[..open], &p[close + 1..]), out);
+            }
+        } else {
+            out.push(p.to_string());
+        }
+    }
+    let mut out = Vec::new();
+    for part in split_top(filter) {
+        expand(part.trim(), &mut out);
+    }
+    out.retain(|n| !n.is_empty());
+    out.sort();
+    out.dedup();
+    (!out.is_empty()).then_some(out)
+}
+
+/// Split at commas outside `{…}`.
+fn split_top(filter: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in filter.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth <= 0 => {
+                out.push(filter[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(filter[start..].trim());
+    out
 }
 
 /// `*` within one path component, `**` across components, `?` one character, `{a,b}`
@@ -394,5 +542,16 @@ mod tests {
         assert!(glob_match("{v1,v2}.?", "v2.0"));
         assert!(!glob_match("{v1,v2}.?", "v3.0"));
         assert!(glob_match("*", "latest"));
+        assert!(filter_match("library/a,team/*", "team/x"));
+        assert!(filter_match("library/a, team/*", "library/a"));
+        assert!(!filter_match("library/a,team/*", "library/b"));
+        assert!(filter_match("{v1,v2}.*,dev", "dev"));
+        assert_eq!(literal_names("library/*"), None);
+        assert_eq!(literal_names("**"), None);
+        assert_eq!(
+            literal_names("library/{a,b}, team/c").unwrap(),
+            ["library/a", "library/b", "team/c"]
+        );
+        assert_eq!(literal_names("library/nginx").unwrap(), ["library/nginx"]);
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod copy;
+pub mod labels;
 pub mod ops;
 
 use std::net::SocketAddr;
@@ -41,12 +42,12 @@ use tokio::sync::{Notify, Semaphore};
 use crate::auth::{Auth, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, TlsInfo};
-use copy::{Copier, Side, glob_match, transient};
+use copy::{Copier, Side, filter_match, literal_names, transient};
 
 /// Blob transfers at once across every execution of this server.
 pub const MAX_TRANSFERS: usize = 8;
 /// Artifacts copied at once by one execution.
-const ARTIFACTS_AT_ONCE: usize = 4;
+const ARTIFACTS_AT_ONCE: usize = 16;
 /// Attempts per artifact (backoff 1 s, 2 s, 4 s …).
 const ATTEMPTS: u32 = 4;
 /// Most artifacts one execution plans (a larger source is cut with an error message).
@@ -59,6 +60,11 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The error of an execution whose replica died.
 const DEAD_REPLICA: &str = "the replica running it stopped; run the rule again";
+/// How long on-push triggers of one rule and repository are gathered into one execution
+/// (an index, its children and referrers are pushed within milliseconds of each other).
+const COALESCE: Duration = Duration::from_millis(750);
+/// Most references one gathered on-push execution takes (more wait for the next one).
+const MAX_GATHERED: usize = 1000;
 
 /// The replication engine of one server process.
 pub struct Replication {
@@ -66,6 +72,9 @@ pub struct Replication {
     local: OnceLock<Side>,
     transfers: Semaphore,
     wake: Notify,
+    /// On-push triggers waiting, per (rule, repository): the references pushed. An entry
+    /// exists while its worker runs; see [`Replication::gather`].
+    pushed: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<String>>>,
     /// The database is shared with other replicas (PostgreSQL): executions found running
     /// at start may be theirs.
     shared: bool,
@@ -78,6 +87,7 @@ impl Replication {
             local: OnceLock::new(),
             transfers: Semaphore::new(MAX_TRANSFERS),
             wake: Notify::new(),
+            pushed: std::sync::Mutex::default(),
             shared: false,
         }
     }
@@ -166,10 +176,11 @@ pub enum Scope {
     /// Every matching repository and tag of the source (and, with deletions, every tag at
     /// the destination the source no longer has).
     All,
-    /// One pushed artifact.
+    /// Artifacts pushed to one repository (tags, or digests of referrers' subjects),
+    /// gathered over [`COALESCE`].
     Pushed {
         repository: String,
-        reference: String,
+        references: Vec<String>,
     },
     /// One deleted artifact.
     Deleted {
@@ -321,8 +332,8 @@ fn spawn_event(state: &AppState, repository: &str, reference: String, deleted: b
         for rule in rules {
             let wanted = rule.enabled
                 && rule.direction == Direction::Push
-                && glob_match(&rule.repositories, &repository)
-                && (is_digest || glob_match(&rule.tags, &reference))
+                && filter_match(&rule.repositories, &repository)
+                && (is_digest || filter_match(&rule.tags, &reference))
                 && if deleted {
                     rule.replicate_deletions
                 } else {
@@ -331,11 +342,14 @@ fn spawn_event(state: &AppState, repository: &str, reference: String, deleted: b
             if !wanted {
                 continue;
             }
-            let kind = if deleted { "deletion" } else { "on-push" };
+            if !deleted {
+                gather(&st, &rule.name, &repository, &reference);
+                continue;
+            }
             let id = match st
                 .replication
                 .store
-                .start_execution(&rule.name, kind, now())
+                .start_execution(&rule.name, "deletion", now())
                 .await
             {
                 Ok(id) => id,
@@ -344,19 +358,80 @@ fn spawn_event(state: &AppState, repository: &str, reference: String, deleted: b
                     continue;
                 }
             };
-            let scope = if deleted {
-                Scope::Deleted {
-                    repository: repository.clone(),
-                    reference: reference.clone(),
-                }
-            } else {
-                Scope::Pushed {
-                    repository: repository.clone(),
-                    reference: reference.clone(),
-                }
+            let scope = Scope::Deleted {
+                repository: repository.clone(),
+                reference: reference.clone(),
             };
             let st2 = st.clone();
             tokio::spawn(async move { execute(&st2, id, &rule, scope).await });
+        }
+    });
+}
+
+/// Add a pushed `reference` to the on-push batch of `rule` and `repository`. The first
+/// reference starts the batch's worker: it waits [`COALESCE`] for more, runs one execution
+/// with all of them, and, if more were pushed meanwhile, another one after it — so one
+/// rule never copies into one repository twice at once (an index pushed with its
+/// children and referrers becomes one execution; two writers of the same manifest at
+/// the destination are what made Distribution answer `MANIFEST_BLOB_UNKNOWN`).
+fn gather(state: &AppState, rule: &str, repository: &str, reference: &str) {
+    let key = (rule.to_string(), repository.to_string());
+    {
+        let mut pushed = state.replication.pushed.lock().unwrap();
+        if let Some(refs) = pushed.get_mut(&key) {
+            if !refs.iter().any(|r| r == reference) {
+                refs.push(reference.to_string());
+            }
+            return;
+        }
+        pushed.insert(key.clone(), vec![reference.to_string()]);
+    }
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(COALESCE).await;
+            let references = {
+                let mut pushed = st.replication.pushed.lock().unwrap();
+                let refs = pushed.get_mut(&key).map(std::mem::take).unwrap_or_default();
+                if refs.is_empty() {
+                    pushed.remove(&key);
+                    return;
+                }
+                let mut refs = refs;
+                if refs.len() > MAX_GATHERED {
+                    let rest = refs.split_off(MAX_GATHERED);
+                    if let Some(r) = pushed.get_mut(&key) {
+                        r.extend(rest);
+                    }
+                }
+                refs
+            };
+            // The rule as it is now (it may have been changed or disabled meanwhile).
+            let rule = match st.replication.store.rule(&key.0).await {
+                Ok(Some(r)) if r.enabled && r.trigger == RuleTrigger::OnPush => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(rule = %key.0, error = %e, "replication: cannot read the rule");
+                    continue;
+                }
+            };
+            let id = match st
+                .replication
+                .store
+                .start_execution(&rule.name, "on-push", now())
+                .await
+            {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(rule = %rule.name, error = %e, "replication: cannot start");
+                    continue;
+                }
+            };
+            let scope = Scope::Pushed {
+                repository: key.1.clone(),
+                references,
+            };
+            execute(&st, id, &rule, scope).await;
         }
     });
 }
@@ -502,7 +577,18 @@ async fn run(
         Direction::Push => (local, remote),
         Direction::Pull => (remote, local),
     };
-    let plan = plan(rule, &scope, &src, &dst).await.map_err(client_err)?;
+    let copied = if rule.replicate_deletions && matches!(scope, Scope::All) {
+        state
+            .replication
+            .store
+            .copied_sources(&rule.name, MAX_TASKS as u32)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let plan = plan(rule, &scope, &src, &dst, &copied)
+        .await
+        .map_err(client_err)?;
     if rule.direction == Direction::Pull {
         ensure_projects(state, rule, &plan).await?;
     }
@@ -647,12 +733,14 @@ fn is_fallback_tag(tag: &str) -> bool {
     })
 }
 
-/// What to copy (and delete) for `scope`.
+/// What to copy (and delete) for `scope`; `gone` are the source repositories earlier runs
+/// copied from (see [`ReplicationStore::copied_sources`]).
 async fn plan(
     rule: &ReplicationRule,
     scope: &Scope,
     src: &Side,
     dst: &Side,
+    gone: &[String],
 ) -> berth_client::Result<Vec<Planned>> {
     let planned = |op: &'static str, repo: &str, reference: &str| Planned {
         op,
@@ -663,16 +751,25 @@ async fn plan(
     match scope {
         Scope::Pushed {
             repository,
-            reference,
-        } => Ok(vec![planned("copy", repository, reference)]),
+            references,
+        } => {
+            let wanted = covered_once(src, repository, references).await?;
+            let mut out = Vec::new();
+            for r in &wanted {
+                if has_labels(rule, src, repository, r).await? {
+                    out.push(planned("copy", repository, r));
+                }
+            }
+            Ok(out)
+        }
         Scope::Deleted {
             repository,
             reference,
         } => Ok(vec![planned("delete", repository, reference)]),
         Scope::All => {
             let mut out = Vec::new();
-            let repos = src.client.catalog(&src.host).await?;
-            for repo in repos.iter().filter(|r| glob_match(&rule.repositories, r)) {
+            let repos = source_repositories(rule, src).await?;
+            for repo in repos.iter().filter(|r| filter_match(&rule.repositories, r)) {
                 let img = src.image(repo, &Reference::Tag("latest".into()));
                 let tags = match src.client.list_tags(&img).await {
                     Ok(t) => t,
@@ -681,10 +778,12 @@ async fn plan(
                 };
                 let tags: Vec<String> = tags
                     .into_iter()
-                    .filter(|t| !is_fallback_tag(t) && glob_match(&rule.tags, t))
+                    .filter(|t| !is_fallback_tag(t) && filter_match(&rule.tags, t))
                     .collect();
                 for t in &tags {
-                    out.push(planned("copy", repo, t));
+                    if has_labels(rule, src, repo, t).await? {
+                        out.push(planned("copy", repo, t));
+                    }
                 }
                 if rule.replicate_deletions {
                     let dst_repo = rule.mapping.apply(repo);
@@ -695,7 +794,7 @@ async fn plan(
                         Err(e) => return Err(e),
                     };
                     for t in there.iter().filter(|t| {
-                        !is_fallback_tag(t) && glob_match(&rule.tags, t) && !tags.contains(t)
+                        !is_fallback_tag(t) && filter_match(&rule.tags, t) && !tags.contains(t)
                     }) {
                         out.push(planned("delete", repo, t));
                     }
@@ -707,9 +806,132 @@ async fn plan(
                     )));
                 }
             }
+            // Repositories an earlier run copied that the source no longer has: their
+            // tags at the destination go too.
+            if rule.replicate_deletions {
+                for repo in gone
+                    .iter()
+                    .filter(|r| !repos.contains(*r) && filter_match(&rule.repositories, r))
+                {
+                    let dimg =
+                        dst.image(&rule.mapping.apply(repo), &Reference::Tag("latest".into()));
+                    let there = match dst.client.list_tags(&dimg).await {
+                        Ok(t) => t,
+                        Err(e) if e.is_not_found() => Vec::new(),
+                        Err(e) => return Err(e),
+                    };
+                    for t in there
+                        .iter()
+                        .filter(|t| !is_fallback_tag(t) && filter_match(&rule.tags, t))
+                        .take(MAX_TASKS)
+                    {
+                        out.push(planned("delete", repo, t));
+                    }
+                }
+            }
             Ok(out)
         }
     }
+}
+
+/// Whether `repo:reference` at the source has the rule's labels (always without a labels
+/// filter).
+async fn has_labels(
+    rule: &ReplicationRule,
+    src: &Side,
+    repo: &str,
+    reference: &str,
+) -> berth_client::Result<bool> {
+    let wanted = labels::parse(&rule.labels).map_err(berth_client::ClientError::Config)?;
+    if wanted.is_empty() {
+        return Ok(true);
+    }
+    let r = Reference::from_str(reference)
+        .map_err(|e| berth_client::ClientError::Config(format!("reference {reference:?}: {e}")))?;
+    labels::matches(src, repo, &r, &wanted).await
+}
+
+/// The source repositories a full run looks at: the names the rule's repository filter
+/// lists when it has no wildcard (no catalog needed: Docker Hub and many registries refuse
+/// `/v2/_catalog`), else the source's catalog — whose refusal is explained.
+async fn source_repositories(
+    rule: &ReplicationRule,
+    src: &Side,
+) -> berth_client::Result<Vec<String>> {
+    if let Some(names) = literal_names(&rule.repositories) {
+        return Ok(names);
+    }
+    match src.client.catalog(&src.host).await {
+        Ok(r) => Ok(r),
+        Err(e) if catalog_refused(&e) => Err(berth_client::ClientError::Config(format!(
+            "{} does not list its repositories (GET /v2/_catalog: {e}); rule {} filters \
+             repositories with the pattern {:?}, which needs that list: name the repositories \
+             instead, e.g. --repositories library/nginx,library/alpine (or library/{{nginx,alpine}})",
+            src.host, rule.name, rule.repositories
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a catalog request was refused (as opposed to failing on the way).
+fn catalog_refused(e: &berth_client::ClientError) -> bool {
+    use berth_client::ClientError as E;
+    match e {
+        E::Auth { .. } | E::NotFound(_) => true,
+        E::Registry(m) => [
+            "UNSUPPORTED",
+            "DENIED",
+            "UNAUTHORIZED",
+            " 401",
+            " 403",
+            " 404",
+            " 405",
+        ]
+        .iter()
+        .any(|k| m.contains(k)),
+        _ => false,
+    }
+}
+
+/// The references of an on-push batch worth copying: every tag, and each digest that no
+/// tag of the batch already brings (the tag's manifest, an index's children — a digest
+/// reference stands for the referrers of its subject, and copying a tag copies the
+/// referrers of its manifest and of every child).
+async fn covered_once(
+    src: &Side,
+    repository: &str,
+    references: &[String],
+) -> berth_client::Result<Vec<String>> {
+    let (tags, digests): (Vec<&String>, Vec<&String>) =
+        references.iter().partition(|r| !r.contains(':'));
+    let mut covered = std::collections::BTreeSet::new();
+    if !digests.is_empty() {
+        for t in &tags {
+            let r = Reference::Tag((*t).clone());
+            let m = match src
+                .client
+                .get_manifest(&src.image(repository, &r), &r)
+                .await
+            {
+                Ok(m) => m,
+                // Deleted since: its copy task will say so.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            covered.insert(m.digest.to_string());
+            if m.is_index() {
+                covered.extend(m.shape()?.manifests.iter().map(|d| d.digest.to_string()));
+            }
+        }
+    }
+    let mut out: Vec<String> = tags.into_iter().cloned().collect();
+    out.extend(
+        digests
+            .into_iter()
+            .filter(|d| !covered.contains(*d))
+            .cloned(),
+    );
+    Ok(out)
 }
 
 /// A pull rule writes into projects of this Berth: create the missing ones (private).

@@ -21,12 +21,17 @@ pub struct RuleSpec {
     pub direction: String,
     /// A remote registry registered with `berth registry add`.
     pub registry: String,
-    /// Repository glob (`*` one component, `**` any, `?`, `{a,b}`); default `**`.
+    /// Repository glob (`*` one component, `**` any, `?`, `{a,b}`), or several separated
+    /// by commas; default `**`. Names without wildcards need no `/v2/_catalog` at the source.
     #[serde(default = "all")]
     pub repositories: String,
     /// Tag glob; default `*`.
     #[serde(default = "star")]
     pub tags: String,
+    /// Labels the source artifact must have: `key=value` or `key`, comma-separated (image
+    /// config labels and OCI annotations); "" = no filter.
+    #[serde(default)]
+    pub labels: String,
     /// `keep`, `flatten:N` or `replace:FROM=TO`.
     #[serde(default = "keep")]
     pub mapping: String,
@@ -65,6 +70,7 @@ impl From<&ReplicationRule> for RuleSpec {
             registry: r.registry.clone(),
             repositories: r.repositories.clone(),
             tags: r.tags.clone(),
+            labels: r.labels.clone(),
             mapping: r.mapping.to_string(),
             trigger: r.trigger.to_string(),
             replicate_deletions: r.replicate_deletions,
@@ -184,12 +190,14 @@ pub fn to_rule(spec: &RuleSpec, created_at: i64) -> ApiResult<ReplicationRule> {
     }
     glob_ok("repository", &spec.repositories)?;
     glob_ok("tag", &spec.tags)?;
+    super::labels::parse(&spec.labels).map_err(bad_request)?;
     Ok(ReplicationRule {
         name: spec.name.clone(),
         direction,
         registry: spec.registry.clone(),
         repositories: spec.repositories.clone(),
         tags: spec.tags.clone(),
+        labels: spec.labels.trim().to_string(),
         mapping,
         trigger,
         replicate_deletions: spec.replicate_deletions,
