@@ -83,33 +83,19 @@ impl Srv {
             .stderr(err_file)
             .spawn()
             .expect("spawn berth serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let addr: SocketAddr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("berth listening on https://") {
-                        break url.trim().parse().expect("listen address");
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "berth serve did not report its address within 60 s:\n{}",
-                        fs::read_to_string(&stderr).unwrap_or_default()
-                    );
-                }
-            }
+        let Some(url) = common::listening_url(&mut child) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "berth serve did not report its address within 60 s:\n{}",
+                fs::read_to_string(&stderr).unwrap_or_default()
+            );
         };
+        let addr: SocketAddr = url
+            .strip_prefix("https://")
+            .expect("https")
+            .parse()
+            .expect("listen address");
         let ca = fs::read(data.path().join("tls/ca.crt")).expect("ca.crt");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))

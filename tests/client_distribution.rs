@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::distribution::{Distribution, PASSWORD, USER};
+use common::docker::{run_timeout_stdin, text};
 use common::{ADMIN_PASSWORD, ADMIN_USER, Berth, CmdOutput, berth_bin, need, run_cmd};
 
 fn p(path: &Path) -> String {
@@ -293,29 +294,13 @@ fn seed_story_against_distribution_with_htpasswd() {
     );
 
     // The kubelet credential provider answers from the stored login.
-    let mut child = Command::new(berth_bin())
-        .args(["credential-provider"])
-        .env("DOCKER_CONFIG", &cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let req = format!(
         r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"{target}"}}"#
     );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new(berth_bin());
+    cmd.arg("credential-provider").env("DOCKER_CONFIG", &cfg);
+    let out = run_timeout_stdin(&mut cmd, req.as_bytes(), Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out));
     let resp: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(resp["kind"], "CredentialProviderResponse");
     assert_eq!(resp["apiVersion"], "credentialprovider.kubelet.k8s.io/v1");

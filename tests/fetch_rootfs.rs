@@ -57,23 +57,9 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(fs::File::create(&log).unwrap()));
         let mut proc = ChildGuard::spawn("berth serve", &mut cmd);
-        let stdout = proc.child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("berth serve reports its address within 60 s");
-            if let Some(url) = line.strip_prefix("berth listening on ") {
-                let (_, addr) = url.split_once("://").unwrap();
-                break addr.trim().to_string();
-            }
-        };
+        let url = common::listening_url(&mut proc.child)
+            .expect("berth serve reports its address within 60 s");
+        let addr = url.split_once("://").unwrap().1.to_string();
         Server {
             _proc: proc,
             addr,

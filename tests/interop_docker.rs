@@ -44,15 +44,13 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::docker::{
-    Dockerd, NetNs, must, require_tools, run_timeout, run_timeout_stdin, stop_child, text,
+    Dockerd, NetNs, NsBerth, must, require_tools, run_timeout, run_timeout_stdin, stop_child, text,
 };
 
 use sha2::{Digest, Sha256};
@@ -69,33 +67,49 @@ fn sha256_hex(data: &[u8]) -> String {
 // The registry under test, inside the namespace
 // ---------------------------------------------------------------------------------------
 
+/// The registry under test, in the namespace on `NS_IP:PORT`: Berth ([`NsBerth`]), or CNCF
+/// Distribution when `BERTH_INTEROP_REGISTRY=distribution`.
 struct Registry {
-    child: Child,
-    /// Directory holding ca.crt (and server.crt/key) plus the data directory.
-    dir: tempfile::TempDir,
+    server: Server,
     /// host:port as clients name it.
     host: String,
     kind: &'static str,
 }
 
+enum Server {
+    Berth(NsBerth),
+    Distribution(DistributionServer),
+}
+
+/// `docker-registry serve` in the namespace; stopped by PID on drop.
+struct DistributionServer {
+    child: Child,
+    /// `certs/` (ca.crt, server.crt, server.key), `data/` and config.yml.
+    dir: tempfile::TempDir,
+}
+
+impl Drop for DistributionServer {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
 impl Registry {
     fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("certs").join("ca.crt")
+        match &self.server {
+            Server::Berth(b) => b.ca_path(),
+            Server::Distribution(d) => d.dir.path().join("certs").join("ca.crt"),
+        }
     }
 
     fn start(ns: &NetNs) -> Registry {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let certs = dir.path().join("certs");
-        let data = dir.path().join("data");
-        fs::create_dir_all(&data).unwrap();
-        let host = format!("{}:{PORT}", ns.ns_ip);
         let use_distribution = std::env::var("BERTH_INTEROP_REGISTRY")
             .map(|v| v == "distribution")
             .unwrap_or(false);
         if use_distribution {
-            Self::start_distribution(ns, dir, certs, data, host)
+            Self::start_distribution(ns)
         } else {
-            Self::start_berth(ns, dir, certs, data, host, &[])
+            Self::berth(NsBerth::start(ns, PORT, &[]))
         }
     }
 
@@ -103,106 +117,30 @@ impl Registry {
     /// reserve is the whole filesystem, so every new upload is refused up front with 507,
     /// as on a disk below its reserve.
     fn start_full(ns: &NetNs) -> Registry {
+        let config = tempfile::NamedTempFile::new().expect("temp file");
+        fs::write(
+            config.path(),
+            "[limits]\nmin_free_percent = 100.0\nmin_free_bytes = 18446744073709551615\n",
+        )
+        .unwrap();
+        let path = config.path().to_str().unwrap().to_string();
+        Self::berth(NsBerth::start(ns, PORT + 1, &["--config", &path]))
+    }
+
+    fn berth(b: NsBerth) -> Registry {
+        Registry {
+            host: b.host.clone(),
+            server: Server::Berth(b),
+            kind: "berth",
+        }
+    }
+
+    fn start_distribution(ns: &NetNs) -> Registry {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         let data = dir.path().join("data");
         fs::create_dir_all(&data).unwrap();
-        let config = dir.path().join("full.toml");
-        fs::write(
-            &config,
-            "[limits]\nmin_free_percent = 100.0\nmin_free_bytes = 18446744073709551615\n",
-        )
-        .unwrap();
-        let host = format!("{}:{}", ns.ns_ip, PORT + 1);
-        let config = config.to_str().unwrap().to_string();
-        Self::start_berth(ns, dir, certs, data, host, &["--config", &config])
-    }
-
-    fn start_berth(
-        ns: &NetNs,
-        dir: tempfile::TempDir,
-        certs: PathBuf,
-        data: PathBuf,
-        host: String,
-        extra: &[&str],
-    ) -> Registry {
-        let bin = common::berth_bin();
-        must(
-            Command::new(bin)
-                .arg("cert")
-                .arg("init")
-                .arg("--out")
-                .arg(&certs)
-                .arg("--ip")
-                .arg(ns.ns_ip.to_string()),
-            Duration::from_secs(60),
-        );
-        for f in ["ca.crt", "ca.key", "server.crt", "server.key"] {
-            assert!(certs.join(f).is_file(), "berth cert init did not write {f}");
-        }
-        let mut child = ns
-            .command(bin)
-            .arg("serve")
-            .arg("--listen")
-            .arg(&host)
-            .arg("--data")
-            .arg(&data)
-            .arg("--tls-cert")
-            .arg(certs.join("server.crt"))
-            .arg("--tls-key")
-            .arg(certs.join("server.key"))
-            .args(extra)
-            .env("RUST_LOG", "berth=info,warn")
-            .env("BERTH_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
-            .env("BERTH_AUTO_CREATE_PROJECTS", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn berth serve in the namespace");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut reg = Registry {
-            child,
-            dir,
-            host: host.clone(),
-            kind: "berth",
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("berth listening on ") {
-                        assert_eq!(url.trim(), format!("https://{host}"), "listen line");
-                        break;
-                    }
-                }
-                Err(_) => {
-                    stop_child(&mut reg.child, Duration::from_secs(2));
-                    panic!(
-                        "berth serve (in netns {}) did not report listening within 60 s",
-                        ns.name
-                    );
-                }
-            }
-        }
-        reg
-    }
-
-    fn start_distribution(
-        ns: &NetNs,
-        dir: tempfile::TempDir,
-        certs: PathBuf,
-        data: PathBuf,
-        host: String,
-    ) -> Registry {
+        let host = format!("{}:{PORT}", ns.ns_ip);
         fs::create_dir_all(&certs).unwrap();
         let ossl = |args: &[&str]| {
             must(
@@ -280,28 +218,21 @@ impl Registry {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn docker-registry in the namespace");
-        let mut reg = Registry {
-            child,
-            dir,
-            host,
-            kind: "distribution",
-        };
+        let mut server = DistributionServer { child, dir };
         let sa = SocketAddrV4::new(ns.ns_ip, PORT).into();
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect_timeout(&sa, Duration::from_secs(1)).is_err() {
             if Instant::now() > deadline {
-                stop_child(&mut reg.child, Duration::from_secs(2));
+                stop_child(&mut server.child, Duration::from_secs(2));
                 panic!("docker-registry did not listen on {sa} within 30 s");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        reg
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, Duration::from_secs(5));
+        Registry {
+            server: Server::Distribution(server),
+            host,
+            kind: "distribution",
+        }
     }
 }
 

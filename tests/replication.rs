@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::distribution::{Distribution, PASSWORD, USER};
+use common::docker::{run_timeout_stdin, text};
 use common::{Berth, berth_bin, run_cmd, sha256_digest};
 use serde_json::{Value, json};
 
@@ -358,39 +359,26 @@ async fn api(b: &Berth, method: reqwest::Method, path: &str, body: Option<Value>
 fn register(b: &Berth, name: &str, host: &str, user: &str, password: &str, ca_pem: &[u8]) {
     let ca = b.data.path().join(format!("{name}-ca.pem"));
     std::fs::write(&ca, ca_pem).unwrap();
-    let mut child = Command::new(berth_bin())
-        .args([
-            "registry",
-            "add",
-            name,
-            &format!("https://{host}"),
-            "--username",
-            user,
-        ])
-        .args([
-            "--password-stdin",
-            "--ca-file",
-            &p(&ca),
-            "--data",
-            &p(b.data.path()),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "berth registry add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("https://{host}");
+    registry_add(b, name, &url, user, password, &["--ca-file", &p(&ca)]);
+}
+
+/// `berth registry add NAME URL --username USER --password-stdin EXTRA… --data DIR`.
+fn registry_add(b: &Berth, name: &str, url: &str, user: &str, password: &str, extra: &[&str]) {
+    let mut cmd = Command::new(berth_bin());
+    cmd.args([
+        "registry",
+        "add",
+        name,
+        url,
+        "--username",
+        user,
+        "--password-stdin",
+    ])
+    .args(extra)
+    .args(["--data", &p(b.data.path())]);
+    let out = run_timeout_stdin(&mut cmd, password.as_bytes(), Duration::from_secs(60));
+    assert!(out.status.success(), "berth registry add: {}", text(&out));
 }
 
 fn rule_add(b: &Berth, args: &[&str]) {
@@ -487,6 +475,25 @@ async fn assert_all_succeeded(b: &Berth, rule: &str) {
         assert!(Instant::now() < deadline, "{rule} still running: {list:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Start a manual run of `rule` in `b`: the new execution's id.
+async fn start_run(b: &Berth, rule: &str) -> i64 {
+    let (s, v) = api(
+        b,
+        reqwest::Method::POST,
+        &format!("/api/v1/replication/rules/{rule}/run"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 202, "run {rule}: {v}");
+    v["id"].as_i64().unwrap()
+}
+
+/// Run `rule` by hand and wait up to `secs` for that execution to finish: its detail.
+async fn run_rule(b: &Berth, rule: &str, secs: u64) -> Value {
+    let id = start_run(b, rule).await;
+    wait_execution(b, rule, secs, |e| e["id"] == id && finished(e)).await
 }
 
 fn finished(e: &Value) -> bool {
@@ -621,16 +628,7 @@ async fn push_rule_on_push_replicates_an_index_with_its_referrer_to_distribution
     }
 
     // A manual run finds nothing to do: every artifact is skipped.
-    let (s, v) = api(
-        &a,
-        reqwest::Method::POST,
-        "/api/v1/replication/rules/to-dist/run",
-        None,
-    )
-    .await;
-    assert_eq!(s, 202, "{v}");
-    let id = v["id"].as_i64().unwrap();
-    let e = wait_execution(&a, "to-dist", 60, |e| e["id"] == id && finished(e)).await;
+    let e = run_rule(&a, "to-dist", 60).await;
     assert_eq!(e["status"], "succeeded", "{e}");
     assert_eq!(e["skipped"], 1, "{e}");
     assert_eq!(e["bytes"], 0, "{e}");
@@ -877,15 +875,7 @@ async fn a_connection_cut_mid_blob_is_resumed_and_the_execution_succeeds() {
     );
     let ra = Reg::berth(&a);
     let img = push_image(&ra, "library/big", "v1", 8 << 20, 40).await;
-    let (s, v) = api(
-        &a,
-        reqwest::Method::POST,
-        "/api/v1/replication/rules/cut/run",
-        None,
-    )
-    .await;
-    assert_eq!(s, 202, "{v}");
-    let e = wait_execution(&a, "cut", 120, finished).await;
+    let e = run_rule(&a, "cut", 120).await;
     assert_eq!(e["status"], "succeeded", "{e}");
     assert_eq!(
         cuts.load(Ordering::Relaxed),
@@ -926,15 +916,7 @@ async fn a_blob_upload_cut_midway_continues_from_the_acknowledged_offset() {
     );
     let ra = Reg::berth(&a);
     let img = push_image(&ra, "library/big", "v1", 8 << 20, 41).await;
-    let (s, v) = api(
-        &a,
-        reqwest::Method::POST,
-        "/api/v1/replication/rules/cut-b/run",
-        None,
-    )
-    .await;
-    assert_eq!(s, 202, "{v}");
-    let e = wait_execution(&a, "cut-b", 120, finished).await;
+    let e = run_rule(&a, "cut-b", 120).await;
     assert_eq!(e["status"], "succeeded", "{e}");
     assert_eq!(
         cuts.load(Ordering::Relaxed),
@@ -1096,15 +1078,7 @@ async fn a_running_execution_can_be_stopped() {
     );
     let ra = Reg::berth(&a);
     push_image(&ra, "library/slow", "v1", 8 << 20, 50).await;
-    let (s, v) = api(
-        &a,
-        reqwest::Method::POST,
-        "/api/v1/replication/rules/slow/run",
-        None,
-    )
-    .await;
-    assert_eq!(s, 202, "{v}");
-    let id = v["id"].as_i64().unwrap();
+    let id = start_run(&a, "slow").await;
     wait_execution(&a, "slow", 30, |e| {
         e["id"] == id && e["status"] == "running"
     })
@@ -1257,16 +1231,7 @@ async fn a_labels_filter_replicates_only_the_labelled_tags() {
     push_labelled(&ra, "library/lab", "v4", json!({}), json!({})).await;
     // An index matches when one of its platforms does (none here).
     push_image(&ra, "library/lab", "v5", 10, 60).await;
-    let (s, v) = api(
-        &a,
-        reqwest::Method::POST,
-        "/api/v1/replication/rules/labelled/run",
-        None,
-    )
-    .await;
-    assert_eq!(s, 202, "{v}");
-    let id = v["id"].as_i64().unwrap();
-    let e = wait_execution(&a, "labelled", 60, |e| e["id"] == id && finished(e)).await;
+    let e = run_rule(&a, "labelled", 60).await;
     assert_eq!(e["status"], "succeeded", "{e}");
     assert_eq!(Reg::dist().tags("library/lab").await, ["v1", "v2"]);
     // The API and the CLI show the filter.
@@ -1378,31 +1343,14 @@ async fn a_pull_rule_naming_its_repositories_needs_no_catalog() {
     push_image(&rd, "named/three", "v1", 100, 72).await;
     let port = catalog_refusing_front(d.host.clone(), d.ca_pem.clone()).await;
     let a = Berth::start();
-    let mut child = Command::new(berth_bin())
-        .args([
-            "registry",
-            "add",
-            "hub-like",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .args(["--username", USER, "--password-stdin", "--insecure", "true"])
-        .args(["--data", &p(a.data.path())])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(PASSWORD.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let url = format!("http://127.0.0.1:{port}");
+    registry_add(
+        &a,
+        "hub-like",
+        &url,
+        USER,
+        PASSWORD,
+        &["--insecure", "true"],
     );
     // Named repositories (a list, and a brace group): no catalog needed.
     rule_add(
@@ -1431,14 +1379,7 @@ async fn a_pull_rule_naming_its_repositories_needs_no_catalog() {
         ],
     );
     for rule in ["named", "pattern"] {
-        let (s, v) = api(
-            &a,
-            reqwest::Method::POST,
-            &format!("/api/v1/replication/rules/{rule}/run"),
-            None,
-        )
-        .await;
-        assert_eq!(s, 202, "{v}");
+        start_run(&a, rule).await;
     }
     let e = wait_execution(&a, "named", 60, finished).await;
     assert_eq!(e["status"], "succeeded", "{e}");
@@ -1485,18 +1426,7 @@ async fn a_repository_deleted_at_the_source_loses_its_tags_at_the_destination() 
     assert_eq!(s, 201);
     push_labelled(&ra, "doomed/app", "v1", json!({}), json!({})).await;
     push_labelled(&ra, "doomed/app", "v2", json!({}), json!({})).await;
-    let run = || async {
-        let (s, v) = api(
-            &a,
-            reqwest::Method::POST,
-            "/api/v1/replication/rules/gone/run",
-            None,
-        )
-        .await;
-        assert_eq!(s, 202, "{v}");
-        let id = v["id"].as_i64().unwrap();
-        wait_execution(&a, "gone", 60, |e| e["id"] == id && finished(e)).await
-    };
+    let run = || run_rule(&a, "gone", 60);
     let e = run().await;
     assert_eq!(e["status"], "succeeded", "{e}");
     assert_eq!(rd.tags("doomed/app").await, ["v1", "v2"]);

@@ -55,27 +55,16 @@ impl Replica {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut guard = ChildGuard::spawn("berth serve", &mut cmd);
-        let stdout = guard.child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("berth serve did not report its address within 60 s");
-            if let Some(url) = line.strip_prefix("berth listening on https://") {
-                return Replica {
-                    _guard: guard,
-                    addr: url.trim().parse().expect("address"),
-                    data: data.to_path_buf(),
-                };
-            }
+        let url = common::listening_url(&mut guard.child)
+            .expect("berth serve did not report its address within 60 s");
+        Replica {
+            _guard: guard,
+            addr: url
+                .strip_prefix("https://")
+                .expect("https")
+                .parse()
+                .expect("address"),
+            data: data.to_path_buf(),
         }
     }
 

@@ -28,58 +28,35 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Run a command to completion with a deadline; the child is killed (by PID) on timeout.
 pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + timeout;
-    let status: ExitStatus = loop {
-        match child.try_wait().expect("try_wait") {
-            Some(s) => break s,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("timed out after {timeout:?}: {desc}");
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    Output {
-        status,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    }
+    run(cmd, None, timeout)
 }
 
 /// Like [`run_timeout`], but writes `input` to the child's stdin (then closes it).
 pub fn run_timeout_stdin(cmd: &mut Command, input: &[u8], timeout: Duration) -> Output {
+    run(cmd, Some(input), timeout)
+}
+
+fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     use std::io::Write as _;
     let desc = format!("{cmd:?}");
     let mut child = cmd
-        .stdin(Stdio::piped())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let t_in = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
+    // Writer and readers on threads of their own: a child that fills one pipe while we
+    // block on another would otherwise deadlock.
+    let t_in = input.map(|input| {
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        })
     });
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
@@ -105,7 +82,9 @@ pub fn run_timeout_stdin(cmd: &mut Command, input: &[u8], timeout: Duration) -> 
             None => std::thread::sleep(Duration::from_millis(50)),
         }
     };
-    let _ = t_in.join();
+    if let Some(t) = t_in {
+        let _ = t.join();
+    }
     Output {
         status,
         stdout: t_out.join().unwrap(),
@@ -501,6 +480,9 @@ impl NsBerth {
                 .args(["--ip", &ns.ns_ip.to_string()]),
             Duration::from_secs(60),
         );
+        for f in ["ca.crt", "ca.key", "server.crt", "server.key"] {
+            assert!(certs.join(f).is_file(), "berth cert init did not write {f}");
+        }
         let mut child = ns
             .command(bin)
             .args(["serve", "--listen", &host, "--data"])
@@ -518,30 +500,16 @@ impl NsBerth {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn berth serve in the namespace");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
         let mut berth = NsBerth { child, dir, host };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("berth listening on ") => break berth,
-                Ok(_) => {}
-                Err(_) => {
-                    stop_child(&mut berth.child, Duration::from_secs(2));
-                    panic!(
-                        "berth serve (in netns {}) did not report listening within 60 s",
-                        ns.name
-                    );
-                }
-            }
-        }
+        let Some(url) = super::listening_url(&mut berth.child) else {
+            stop_child(&mut berth.child, Duration::from_secs(2));
+            panic!(
+                "berth serve (in netns {}) did not report listening within 60 s",
+                ns.name
+            );
+        };
+        assert_eq!(url, format!("https://{}", berth.host), "listen line");
+        berth
     }
 
     /// The CA that signed its certificate.

@@ -192,36 +192,39 @@ impl Berth {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn server");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("berth listening on ") {
-                        let (scheme, addr) = url.split_once("://").expect("url");
-                        let scheme = if scheme == "https" { "https" } else { "http" };
-                        return Berth {
-                            child,
-                            addr: addr.trim().parse().expect("listen address"),
-                            data,
-                            scheme,
-                        };
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("berth serve did not report its address within 60 s");
-                }
-            }
+        let Some(url) = listening_url(&mut child) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("berth serve did not report its address within 60 s");
+        };
+        let (scheme, addr) = url.split_once("://").expect("url");
+        let scheme = if scheme == "https" { "https" } else { "http" };
+        Berth {
+            child,
+            addr: addr.trim().parse().expect("listen address"),
+            data,
+            scheme,
+        }
+    }
+}
+
+/// Wait for `berth serve`'s `berth listening on SCHEME://ADDR` line on `child`'s piped
+/// stdout (read by a thread that goes on draining it): the URL, or `None` after 60 s.
+pub fn listening_url(child: &mut Child) -> Option<String> {
+    let stdout = child.stdout.take().expect("berth serve's stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).ok()?;
+        if let Some(url) = line.strip_prefix("berth listening on ") {
+            return Some(url.trim().to_string());
         }
     }
 }

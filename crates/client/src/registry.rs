@@ -1211,6 +1211,7 @@ impl RegistryClient {
     /// [`fetch_blob_to_file`](Self::fetch_blob_to_file), telling `observer` how far `dest`
     /// has been written (so a reader can consume the file while it grows), and reporting
     /// how many bytes were reused from an earlier partial file or interrupted attempt.
+    /// The file is synced to disk before the download counts as done.
     pub async fn fetch_blob_to_file_observed(
         &self,
         image: &ImageRef,
@@ -1218,13 +1219,38 @@ impl RegistryClient {
         dest: &Path,
         observer: Option<&dyn DownloadObserver>,
     ) -> Result<BlobDownload> {
+        self.fetch_blob_to(image, desc, dest, observer, true).await
+    }
+
+    /// [`fetch_blob_to_file_observed`](Self::fetch_blob_to_file_observed) into a scratch
+    /// file that the caller copies elsewhere (durably) once it is verified: not synced, so
+    /// the verdict on the last byte does not wait for the device (the proxy cache's
+    /// followers are sent that byte only then).
+    pub async fn fetch_blob_to_scratch_observed(
+        &self,
+        image: &ImageRef,
+        desc: &Descriptor,
+        dest: &Path,
+        observer: Option<&dyn DownloadObserver>,
+    ) -> Result<BlobDownload> {
+        self.fetch_blob_to(image, desc, dest, observer, false).await
+    }
+
+    async fn fetch_blob_to(
+        &self,
+        image: &ImageRef,
+        desc: &Descriptor,
+        dest: &Path,
+        observer: Option<&dyn DownloadObserver>,
+        sync: bool,
+    ) -> Result<BlobDownload> {
         let what = format!("blob {} from {}", desc.digest, image.name());
         let mut attempt = 0;
         let mut report = BlobDownload::default();
         loop {
             attempt += 1;
             match self
-                .fetch_attempt(image, desc, dest, &what, observer, &mut report)
+                .fetch_attempt(image, desc, dest, observer, sync, &mut report)
                 .await
             {
                 Ok(()) => {
@@ -1256,10 +1282,11 @@ impl RegistryClient {
         image: &ImageRef,
         desc: &Descriptor,
         dest: &Path,
-        what: &str,
         observer: Option<&dyn DownloadObserver>,
+        sync: bool,
         report: &mut BlobDownload,
     ) -> Result<()> {
+        let what = format!("blob {} from {}", desc.digest, image.name());
         use std::io::Write as _;
         let io = |ctx: &str, e| ClientError::io(format!("{ctx} {}", dest.display()), e);
         let mut hasher = Hasher::new(desc.digest.algorithm());
@@ -1383,11 +1410,13 @@ impl RegistryClient {
                     .await
                     .map_err(|e| io("writing", e))?;
             }
-            let f = file.clone();
-            tokio::task::spawn_blocking(move || f.sync_all())
-                .await
-                .map_err(|e| io("syncing", std::io::Error::other(e)))?
-                .map_err(|e| io("syncing", e))?;
+            if sync {
+                let f = file.clone();
+                tokio::task::spawn_blocking(move || f.sync_all())
+                    .await
+                    .map_err(|e| io("syncing", std::io::Error::other(e)))?
+                    .map_err(|e| io("syncing", e))?;
+            }
         }
         if have != desc.size {
             return Err(ClientError::Connect(format!(
@@ -1404,6 +1433,20 @@ impl RegistryClient {
             )));
         }
         Ok(())
+    }
+
+    /// Mount blob `digest` into `image`'s repository from repository `from` of the same
+    /// registry (`POST …/blobs/uploads/?mount=…&from=…`): `true` when the registry mounted
+    /// it (nothing to send), `false` when it started an upload instead (the blob is not in
+    /// `from`, or the registry does not mount), whose session is then cancelled.
+    pub async fn mount_blob(&self, image: &ImageRef, digest: &Digest, from: &str) -> Result<bool> {
+        let Some((loc, ep)) = self.start_upload(image, digest, Some(from)).await? else {
+            return Ok(true);
+        };
+        // Best effort: a registry purges abandoned sessions itself anyway.
+        let t = self.push_target(image, None);
+        let _ = self.send_once(&t, &ep, ep.client.delete(loc)).await;
+        Ok(false)
     }
 
     /// Start an upload session (or mount). Returns `None` when the blob was mounted.

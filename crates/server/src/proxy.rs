@@ -1175,7 +1175,7 @@ fn start_fetch(
         let got = up
             .remote
             .client
-            .fetch_blob_to_file_observed(&image, &desc, &path, Some(&observer))
+            .fetch_blob_to_scratch_observed(&image, &desc, &path, Some(&observer))
             .await;
         match got {
             Ok(_) => {

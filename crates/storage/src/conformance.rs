@@ -2663,18 +2663,29 @@ where
         started_at: 100,
         ended_at: None,
     };
-    let t1 = store
-        .add_task(&task("v1", RunStatus::Running, 0))
+    let ids = store
+        .add_tasks(&[
+            task("v1", RunStatus::Running, 0),
+            task("v2", RunStatus::Pending, 0),
+            task("v3", RunStatus::Skipped, 0),
+        ])
         .await
         .unwrap();
-    let t2 = store
-        .add_task(&task("v2", RunStatus::Pending, 0))
-        .await
-        .unwrap();
-    store
-        .add_task(&task("v3", RunStatus::Skipped, 0))
-        .await
-        .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids[0] < ids[1] && ids[1] < ids[2], "ids in order: {ids:?}");
+    let (t1, t2) = (ids[0], ids[1]);
+    assert!(store.add_tasks(&[]).await.unwrap().is_empty());
+    // A task of a missing execution: nothing of the batch is kept.
+    let orphan = Task {
+        execution: e2 + 1000,
+        ..task("v9", RunStatus::Pending, 0)
+    };
+    assert!(matches!(
+        store
+            .add_tasks(&[task("v4", RunStatus::Pending, 0), orphan])
+            .await,
+        Err(StorageError::NotFound(_))
+    ));
     store
         .update_task(t1, RunStatus::Succeeded, "sha256:aa", 1000, "", 110)
         .await

@@ -56,6 +56,8 @@ const ALIGN: usize = 4096;
 const HASH_BUFFER: usize = 1 << 20;
 /// Bytes of a blob mapped at a time when sending it (see `open_chunks`).
 const MAP_WINDOW: u64 = 2 << 20;
+/// Bytes of a blob asked of the device ahead of the window being sent.
+const READ_AHEAD: u64 = 4 * MAP_WINDOW;
 /// Below this, a window is read with `pread` rather than mapped.
 const MIN_MAP: u64 = 256 << 10;
 /// Longest accepted upload id.
@@ -320,9 +322,20 @@ impl BlobStore for FsBlobStore {
                     return Ok(None);
                 }
                 let n = (end - pos).min(MAP_WINDOW);
-                let chunk = tokio::task::spawn_blocking(move || read_window(&file, pos, n))
-                    .await
-                    .map_err(std::io::Error::other)??;
+                let chunk = tokio::task::spawn_blocking(move || {
+                    // Keep the device busy READ_AHEAD bytes beyond this window: a blob not
+                    // (or no longer) in the page cache, such as a fresh push whose read-back
+                    // lagged, is then read in large asynchronous requests instead of one
+                    // synchronous fault per page of each window. Resident pages cost a
+                    // page-cache look-up.
+                    let next = pos + n;
+                    if next < end {
+                        read_back_soon(&file, next, (end - next).min(READ_AHEAD) as usize);
+                    }
+                    read_window(&file, pos, n)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
                 Ok(Some((chunk, pos + n)))
             }
         });
@@ -630,8 +643,8 @@ impl SessionWriter {
     }
 }
 
-/// Ask the kernel to read a range just written with direct I/O back into the page cache,
-/// asynchronously. Direct writes skip the page cache (its copy was half the push CPU), so
+/// Ask the kernel to read a range into the page cache, asynchronously: a range just written
+/// with direct I/O, and the range ahead of a pull (see `open_chunks`). Direct writes skip the page cache (its copy was half the push CPU), so
 /// the first pull of a fresh push — the seed's "push, then the cluster pulls" — would
 /// otherwise fault every page in from the device through the memory maps, at a third of
 /// the speed of a warm pull. The read-back runs in the background while the client is
@@ -964,9 +977,10 @@ fn valid_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// Run blocking filesystem work off the async threads.
-/// `n` bytes of a committed blob from offset `pos`, without copying when `n` is large.
-fn read_window(file: &std::fs::File, pos: u64, n: u64) -> std::io::Result<Bytes> {
+/// `n` bytes of an immutable file from offset `pos`, without copying when `n` is large.
+/// Callers guarantee the file is never written again (see the SAFETY note below; the S3
+/// read-through cache keeps its files to the same rule).
+pub(crate) fn read_window(file: &std::fs::File, pos: u64, n: u64) -> std::io::Result<Bytes> {
     let len = usize::try_from(n).map_err(std::io::Error::other)?;
     if n < MIN_MAP {
         let mut buf = vec![0; len];
@@ -987,6 +1001,7 @@ fn read_window(file: &std::fs::File, pos: u64, n: u64) -> std::io::Result<Bytes>
     Ok(Bytes::from_owner(map))
 }
 
+/// Run blocking filesystem work off the async threads.
 async fn blocking<T, F>(f: F) -> StorageResult<T>
 where
     T: Send + 'static,

@@ -6,11 +6,14 @@
 //! come from local disk as with the embedded default.
 //!
 //! - Files are named by content: `DIR/<alg>-<hex>-<size>`. A file is put there (renamed
-//!   from `DIR/tmp/`) only after its bytes were hashed to the digest and counted to the
-//!   size while they streamed to a client, so whatever a file holds is the blob or is
-//!   detectably wrong: a file whose length differs from its name is discarded before a
-//!   byte is sent, and a file found at start-up is hashed again the first time it is read
-//!   whole (a mismatch ends that response with an error and discards the file).
+//!   from `DIR/tmp/`) only after its bytes were counted to the size while they streamed to
+//!   a client. A file is served only as the blob or detectably wrong: a file whose length
+//!   differs from its name is discarded before a byte is sent, and a file not yet hashed
+//!   by this process (a fill, or a file found at start-up) serves no partial range and is
+//!   hashed the first time it is read whole (a mismatch ends that response with an error
+//!   and discards the file). The fill itself does not hash: on a cold pull it shares the
+//!   CPU with the object store and the client, and the object's bytes were verified when
+//!   they were pushed; the first pull from the file pays the hash instead.
 //! - A miss is filled by the client's own read (no second GET): each chunk sent to the
 //!   client is handed to a writer thread; when the writer falls more than [`FILL_BUFFER`]
 //!   bytes behind, the fill is abandoned rather than slowing the client. One fill per
@@ -22,7 +25,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,8 +41,6 @@ pub const FILL_BUFFER: usize = 16 << 20;
 pub const MAX_FILLS: usize = 8;
 /// Bytes read (mapped) from a cached file per chunk sent.
 const WINDOW: u64 = 2 << 20;
-/// Below this, a window is read with `pread` rather than mapped.
-const MIN_MAP: u64 = 256 << 10;
 
 struct Entry {
     size: u64,
@@ -291,7 +291,10 @@ impl BlobCache {
                 }
                 let n = (end + 1 - pos).min(WINDOW);
                 let (chunk, check) = tokio::task::spawn_blocking(move || {
-                    let chunk = read_window(&file, pos, n)?;
+                    // SAFETY of the mapping: files in the cache directory are Berth's own and
+                    // immutable (written under `tmp/`, renamed into place once complete, never
+                    // opened for writing again; eviction unlinks them).
+                    let chunk = crate::fs::read_window(&file, pos, n)?;
                     let check = check.map(|mut h| {
                         h.update(&chunk);
                         h
@@ -343,27 +346,6 @@ impl BlobCache {
             pending,
         })
     }
-}
-
-fn read_window(file: &std::fs::File, pos: u64, n: u64) -> std::io::Result<Bytes> {
-    let len = usize::try_from(n).map_err(std::io::Error::other)?;
-    if n < MIN_MAP {
-        let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, pos)?;
-        return Ok(Bytes::from(buf));
-    }
-    // SAFETY: files in the cache directory are Berth's own and immutable: written under
-    // `tmp/`, renamed into place once complete and never opened for writing again
-    // (eviction and deletion unlink them, which keeps an open mapping valid). The mapping
-    // is read-only and owned by the returned `Bytes`.
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(pos)
-            .len(len)
-            .populate()
-            .map(file)?
-    };
-    Ok(Bytes::from_owner(map))
 }
 
 enum Msg {
@@ -448,7 +430,7 @@ impl Writer {
                             Entry {
                                 size: self.size,
                                 tick,
-                                verified: true,
+                                verified: false,
                             },
                         );
                         return;
@@ -467,14 +449,14 @@ impl Writer {
         let _ = std::fs::remove_file(&tmp);
     }
 
-    /// Write the fill; `Ok(true)` when the whole blob arrived and matched.
+    /// Write the fill; `Ok(true)` when the whole blob arrived (its size; the hash is checked
+    /// by the first read of the file, see the module docs).
     fn write(
         &self,
         tmp: &Path,
         rx: &mut tokio::sync::mpsc::UnboundedReceiver<Msg>,
     ) -> std::io::Result<bool> {
         let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
-        let mut hasher = Hasher::new(self.digest.algorithm());
         let mut written = 0u64;
         while let Some(msg) = rx.blocking_recv() {
             match msg {
@@ -483,17 +465,16 @@ impl Writer {
                     if written > self.size {
                         return Ok(false);
                     }
-                    hasher.update(&chunk);
                     file.write_all(&chunk)?;
                     self.pending.fetch_sub(chunk.len(), Ordering::AcqRel);
                 }
                 Msg::End => {
                     file.flush()?;
-                    let matched = written == self.size && hasher.finish() == self.digest;
-                    if !matched {
-                        tracing::warn!(digest = %self.digest, written, size = self.size, "bytes read from the bucket do not match the blob; not cached");
+                    let complete = written == self.size;
+                    if !complete {
+                        tracing::warn!(digest = %self.digest, written, size = self.size, "bytes read from the bucket are not the blob's size; not cached");
                     }
-                    return Ok(matched);
+                    return Ok(complete);
                 }
             }
         }

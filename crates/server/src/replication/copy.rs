@@ -252,6 +252,30 @@ impl<'a> Copier<'a> {
         bytes: &AtomicU64,
     ) -> berth_client::Result<()> {
         self.check_stop()?;
+        let dst_img = self
+            .dst
+            .image(dst_repo, &Reference::Digest(desc.digest.clone()));
+        // A blob this execution already saw at the destination (a base layer shared by many
+        // images) is mounted from there at once: a mount sends nothing and may run
+        // alongside other mounts, so it takes neither the blob's lock nor a transfer slot.
+        // Holding the lock for these would copy a base layer's images one at a time.
+        if let Some(from) = self.known_at_destination(&desc.digest, dst_repo) {
+            match self
+                .dst
+                .client
+                .mount_blob(&dst_img, &desc.digest, &from)
+                .await
+            {
+                Ok(true) => {
+                    self.remember(desc, dst_repo);
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(digest = %desc.digest, from, error = %e, "replication: mount failed; sending the blob");
+                }
+            }
+        }
         let lock = self
             .blob_locks
             .lock()
@@ -260,25 +284,8 @@ impl<'a> Copier<'a> {
             .or_default()
             .clone();
         let _one_at_a_time = lock.lock().await;
-        let dst_img = self
-            .dst
-            .image(dst_repo, &Reference::Digest(desc.digest.clone()));
-        if self
-            .dst
-            .client
-            .blob_exists(&dst_img, &desc.digest, true)
-            .await?
-        {
-            self.remember(desc, dst_repo);
-            return Ok(());
-        }
-        let mount_from = self
-            .mounts
-            .lock()
-            .unwrap()
-            .get(&desc.digest)
-            .filter(|r| r.as_str() != dst_repo)
-            .cloned();
+        // Sent (or found) by the task that held the lock before: mounted below.
+        let mount_from = self.known_at_destination(&desc.digest, dst_repo);
         let _permit = self
             .transfers
             .acquire()
@@ -315,6 +322,16 @@ impl<'a> Copier<'a> {
         bytes.fetch_add(pushed.sent, Ordering::Relaxed);
         self.remember(desc, dst_repo);
         Ok(())
+    }
+
+    /// A destination repository other than `dst_repo` known to hold `digest`.
+    fn known_at_destination(&self, digest: &Digest, dst_repo: &str) -> Option<String> {
+        self.mounts
+            .lock()
+            .unwrap()
+            .get(digest)
+            .filter(|r| r.as_str() != dst_repo)
+            .cloned()
     }
 
     fn remember(&self, desc: &Descriptor, dst_repo: &str) {

@@ -48,6 +48,8 @@ use copy::{Copier, Side, filter_match, literal_names, transient};
 pub const MAX_TRANSFERS: usize = 8;
 /// Artifacts copied at once by one execution.
 const ARTIFACTS_AT_ONCE: usize = 16;
+/// Repositories whose tags are listed at once while an execution is planned.
+const REPOSITORIES_AT_ONCE: usize = 16;
 /// Attempts per artifact (backoff 1 s, 2 s, 4 s …).
 const ATTEMPTS: u32 = 4;
 /// Most artifacts one execution plans (a larger source is cut with an error message).
@@ -593,9 +595,9 @@ async fn run(
         ensure_projects(state, rule, &plan).await?;
     }
     let store = &state.replication.store;
-    let mut tasks = Vec::with_capacity(plan.len());
-    for p in plan {
-        let t = Task {
+    let mut tasks: Vec<Task> = plan
+        .into_iter()
+        .map(|p| Task {
             id: 0,
             execution: id,
             operation: p.op.to_string(),
@@ -608,9 +610,11 @@ async fn run(
             error: String::new(),
             started_at: now(),
             ended_at: None,
-        };
-        let tid = store.add_task(&t).await?;
-        tasks.push(Task { id: tid, ..t });
+        })
+        .collect();
+    let ids = store.add_tasks(&tasks).await?;
+    for (t, tid) in tasks.iter_mut().zip(ids) {
+        t.id = tid;
     }
     let copier = Copier::new(&src, &dst, stop, &state.replication.transfers);
     let copier = &copier;
@@ -769,36 +773,22 @@ async fn plan(
         Scope::All => {
             let mut out = Vec::new();
             let repos = source_repositories(rule, src).await?;
-            for repo in repos.iter().filter(|r| filter_match(&rule.repositories, r)) {
-                let img = src.image(repo, &Reference::Tag("latest".into()));
-                let tags = match src.client.list_tags(&img).await {
-                    Ok(t) => t,
-                    Err(e) if e.is_not_found() => Vec::new(),
-                    Err(e) => return Err(e),
-                };
-                let tags: Vec<String> = tags
+            // One repository's plan (tags at the source, labels, tags at the destination)
+            // is a few round trips and a token of its own; several repositories are
+            // planned at once, their results kept in catalog order.
+            let wanted: Vec<String> = repos
+                .iter()
+                .filter(|r| filter_match(&rule.repositories, r))
+                .cloned()
+                .collect();
+            let mut per_repo = futures_util::stream::iter(
+                wanted
                     .into_iter()
-                    .filter(|t| !is_fallback_tag(t) && filter_match(&rule.tags, t))
-                    .collect();
-                for t in &tags {
-                    if has_labels(rule, src, repo, t).await? {
-                        out.push(planned("copy", repo, t));
-                    }
-                }
-                if rule.replicate_deletions {
-                    let dst_repo = rule.mapping.apply(repo);
-                    let dimg = dst.image(&dst_repo, &Reference::Tag("latest".into()));
-                    let there = match dst.client.list_tags(&dimg).await {
-                        Ok(t) => t,
-                        Err(e) if e.is_not_found() => Vec::new(),
-                        Err(e) => return Err(e),
-                    };
-                    for t in there.iter().filter(|t| {
-                        !is_fallback_tag(t) && filter_match(&rule.tags, t) && !tags.contains(t)
-                    }) {
-                        out.push(planned("delete", repo, t));
-                    }
-                }
+                    .map(|repo| plan_repository(rule, src, dst, repo)),
+            )
+            .buffered(REPOSITORIES_AT_ONCE);
+            while let Some(planned_repo) = per_repo.next().await {
+                out.extend(planned_repo?);
                 if out.len() > MAX_TASKS {
                     return Err(berth_client::ClientError::Config(format!(
                         "rule {} matches more than {MAX_TASKS} artifacts; narrow its repository or tag filter",
@@ -832,6 +822,55 @@ async fn plan(
             Ok(out)
         }
     }
+}
+
+/// The tasks of one source repository in a full run: a copy of each tag that passes the
+/// filters and, with deletions replicated, a delete of each destination tag gone at the
+/// source.
+async fn plan_repository(
+    rule: &ReplicationRule,
+    src: &Side,
+    dst: &Side,
+    repo: String,
+) -> berth_client::Result<Vec<Planned>> {
+    let planned = |op: &'static str, reference: &str| Planned {
+        op,
+        source: repo.clone(),
+        destination: rule.mapping.apply(&repo),
+        reference: reference.to_string(),
+    };
+    let mut out = Vec::new();
+    let img = src.image(&repo, &Reference::Tag("latest".into()));
+    let tags = match src.client.list_tags(&img).await {
+        Ok(t) => t,
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let tags: Vec<String> = tags
+        .into_iter()
+        .filter(|t| !is_fallback_tag(t) && filter_match(&rule.tags, t))
+        .take(MAX_TASKS + 1)
+        .collect();
+    for t in &tags {
+        if has_labels(rule, src, &repo, t).await? {
+            out.push(planned("copy", t));
+        }
+    }
+    if rule.replicate_deletions {
+        let dimg = dst.image(&rule.mapping.apply(&repo), &Reference::Tag("latest".into()));
+        let there = match dst.client.list_tags(&dimg).await {
+            Ok(t) => t,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for t in there
+            .iter()
+            .filter(|t| !is_fallback_tag(t) && filter_match(&rule.tags, t) && !tags.contains(t))
+        {
+            out.push(planned("delete", t));
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `repo:reference` at the source has the rule's labels (always without a labels
