@@ -8,9 +8,8 @@
 mod common;
 mod fixtures;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::distribution::{Distribution, PASSWORD, USER};

@@ -14,11 +14,9 @@
 mod common;
 mod fixtures;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use berth_storage::pg_fixture::PgCluster;

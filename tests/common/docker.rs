@@ -15,11 +15,10 @@
 //! namespace, veth pair and temporary directories are removed too.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // ---------------------------------------------------------------------------------------
@@ -483,7 +482,7 @@ impl NsBerth {
         for f in ["ca.crt", "ca.key", "server.crt", "server.key"] {
             assert!(certs.join(f).is_file(), "berth cert init did not write {f}");
         }
-        let mut child = ns
+        let child = ns
             .command(bin)
             .args(["serve", "--listen", &host, "--data"])
             .arg(&data)

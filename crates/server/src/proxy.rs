@@ -1231,20 +1231,26 @@ async fn keep_blob(
         })
         .await?;
     let result = async {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(StorageError::Io)?;
-        let stream =
-            tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK).map_err(io::Error::other);
-        state
-            .blobs
-            .append(&id, Some(0), Box::pin(stream), state.limits.max_blob_bytes)
-            .await?;
         state
             .lifecycle
             .before_commit(name, &id, digest, size)
             .await?;
-        let size = state.blobs.finish_upload(&id, digest).await?;
+        // The download was hashed as it was written: a store that can take the file as it
+        // is (a hard link on the embedded default) neither copies nor hashes it again.
+        if state.blobs.adopt_file(path, digest, size).await? {
+            state.blobs.cancel_upload(&id).await?;
+        } else {
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(StorageError::Io)?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
+                .map_err(io::Error::other);
+            state
+                .blobs
+                .append(&id, Some(0), Box::pin(stream), state.limits.max_blob_bytes)
+                .await?;
+            state.blobs.finish_upload(&id, digest).await?;
+        }
         state.meta.link_blob(name, digest, size).await?;
         Ok::<_, StorageError>(())
     }

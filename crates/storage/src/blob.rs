@@ -103,6 +103,21 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Returns the size of the committed blob.
     async fn finish_upload(&self, id: &str, expected: &Digest) -> StorageResult<u64>;
 
+    /// Store the file at `path` as blob `digest` of `size` bytes without copying it, when
+    /// the backend can (`Ok(false)` when it cannot: the caller then uploads the bytes).
+    /// The caller vouches that the file holds exactly the blob — it hashed the bytes as it
+    /// wrote them (the proxy cache's verified download) — and never writes it again; the
+    /// store makes it durable and checks its size. An existing blob is kept.
+    async fn adopt_file(
+        &self,
+        path: &std::path::Path,
+        digest: &Digest,
+        size: u64,
+    ) -> StorageResult<bool> {
+        let _ = (path, digest, size);
+        Ok(false)
+    }
+
     /// Abandon an upload and delete its bytes; `UploadUnknown` if there is none.
     async fn cancel_upload(&self, id: &str) -> StorageResult<()>;
 

@@ -179,7 +179,11 @@ impl RegistryClient {
                 // A short tail rides with the chunk before it: one request less (a layer
                 // of 2 MiB that gzip made a little larger would otherwise take two).
                 let left = desc.size - offset;
-                let len = if left <= chunk + chunk / 2 { left } else { chunk };
+                let len = if left <= chunk + chunk / 2 {
+                    left
+                } else {
+                    chunk
+                };
                 let body = Counted {
                     inner: take(src, len),
                     left: len,
