@@ -381,6 +381,22 @@ fn registry_add(b: &Berth, name: &str, url: &str, user: &str, password: &str, ex
     assert!(out.status.success(), "berth registry add: {}", text(&out));
 }
 
+/// A rule with no other setting than its direction, registry and repository filter.
+fn rule(b: &Berth, name: &str, direction: &str, registry: &str, repositories: &str) {
+    rule_add(
+        b,
+        &[
+            name,
+            "--direction",
+            direction,
+            "--registry",
+            registry,
+            "--repositories",
+            repositories,
+        ],
+    );
+}
+
 fn rule_add(b: &Berth, args: &[&str]) {
     let mut cmd = Command::new(berth_bin());
     cmd.args(["replication", "rule", "add"])
@@ -861,18 +877,7 @@ async fn a_connection_cut_mid_blob_is_resumed_and_the_execution_succeeds() {
         PASSWORD,
         &d.ca_pem,
     );
-    rule_add(
-        &a,
-        &[
-            "cut",
-            "--direction",
-            "push",
-            "--registry",
-            "dist-cut",
-            "--repositories",
-            "library/big",
-        ],
-    );
+    rule(&a, "cut", "push", "dist-cut", "library/big");
     let ra = Reg::berth(&a);
     let img = push_image(&ra, "library/big", "v1", 8 << 20, 40).await;
     let e = run_rule(&a, "cut", 120).await;
@@ -902,18 +907,7 @@ async fn a_blob_upload_cut_midway_continues_from_the_acknowledged_offset() {
         common::ADMIN_PASSWORD,
         &b.ca_pem(),
     );
-    rule_add(
-        &a,
-        &[
-            "cut-b",
-            "--direction",
-            "push",
-            "--registry",
-            "b-cut",
-            "--repositories",
-            "library/big",
-        ],
-    );
+    rule(&a, "cut-b", "push", "b-cut", "library/big");
     let ra = Reg::berth(&a);
     let img = push_image(&ra, "library/big", "v1", 8 << 20, 41).await;
     let e = run_rule(&a, "cut-b", 120).await;
@@ -1064,18 +1058,7 @@ async fn a_running_execution_can_be_stopped() {
         PASSWORD,
         &d.ca_pem,
     );
-    rule_add(
-        &a,
-        &[
-            "slow",
-            "--direction",
-            "push",
-            "--registry",
-            "dist-slow",
-            "--repositories",
-            "library/slow",
-        ],
-    );
+    rule(&a, "slow", "push", "dist-slow", "library/slow");
     let ra = Reg::berth(&a);
     push_image(&ra, "library/slow", "v1", 8 << 20, 50).await;
     let id = start_run(&a, "slow").await;
@@ -1353,31 +1336,9 @@ async fn a_pull_rule_naming_its_repositories_needs_no_catalog() {
         &["--insecure", "true"],
     );
     // Named repositories (a list, and a brace group): no catalog needed.
-    rule_add(
-        &a,
-        &[
-            "named",
-            "--direction",
-            "pull",
-            "--registry",
-            "hub-like",
-            "--repositories",
-            "named/one, named/{two}",
-        ],
-    );
+    rule(&a, "named", "pull", "hub-like", "named/one, named/{two}");
     // A pattern needs the catalog, which this registry refuses.
-    rule_add(
-        &a,
-        &[
-            "pattern",
-            "--direction",
-            "pull",
-            "--registry",
-            "hub-like",
-            "--repositories",
-            "named/*",
-        ],
-    );
+    rule(&a, "pattern", "pull", "hub-like", "named/*");
     for rule in ["named", "pattern"] {
         start_run(&a, rule).await;
     }

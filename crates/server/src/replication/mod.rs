@@ -348,17 +348,8 @@ fn spawn_event(state: &AppState, repository: &str, reference: String, deleted: b
                 gather(&st, &rule.name, &repository, &reference);
                 continue;
             }
-            let id = match st
-                .replication
-                .store
-                .start_execution(&rule.name, "deletion", now())
-                .await
-            {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::warn!(rule = %rule.name, error = %e, "replication: cannot start");
-                    continue;
-                }
+            let Some(id) = start_execution(&st, &rule.name, "deletion").await else {
+                continue;
             };
             let scope = Scope::Deleted {
                 repository: repository.clone(),
@@ -368,6 +359,23 @@ fn spawn_event(state: &AppState, repository: &str, reference: String, deleted: b
             tokio::spawn(async move { execute(&st2, id, &rule, scope).await });
         }
     });
+}
+
+/// Record a new execution of `rule` started by `trigger`: its id, or `None` (logged) when
+/// the store refused.
+async fn start_execution(state: &AppState, rule: &str, trigger: &str) -> Option<i64> {
+    match state
+        .replication
+        .store
+        .start_execution(rule, trigger, now())
+        .await
+    {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::warn!(rule, error = %e, "replication: cannot start");
+            None
+        }
+    }
 }
 
 /// Add a pushed `reference` to the on-push batch of `rule` and `repository`. The first
@@ -417,17 +425,8 @@ fn gather(state: &AppState, rule: &str, repository: &str, reference: &str) {
                     continue;
                 }
             };
-            let id = match st
-                .replication
-                .store
-                .start_execution(&rule.name, "on-push", now())
-                .await
-            {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::warn!(rule = %rule.name, error = %e, "replication: cannot start");
-                    continue;
-                }
+            let Some(id) = start_execution(&st, &rule.name, "on-push").await else {
+                continue;
             };
             let scope = Scope::Pushed {
                 repository: key.1.clone(),
