@@ -408,37 +408,32 @@ fn rule_add(b: &Berth, args: &[&str]) {
 
 /// Wait until `rule` has an execution matching `done`; returns it with its tasks.
 async fn wait_execution(b: &Berth, rule: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let (s, list) = api(
-            b,
-            reqwest::Method::GET,
-            &format!("/api/v1/replication/executions?rule={rule}"),
-            None,
-        )
-        .await;
-        assert_eq!(s, 200, "{list}");
-        if let Some(e) = list.as_array().unwrap().iter().find(|e| done(e)) {
-            let (_, detail) = api(
-                b,
-                reqwest::Method::GET,
-                &format!("/api/v1/replication/executions/{}", e["id"]),
-                None,
-            )
-            .await;
-            return detail;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no finished execution of {rule} within {secs} s: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_detail(b, rule, secs, done, |_| true, "matching").await
 }
 
 /// Wait until an execution of `rule` with a task for `reference` has finished; returns
 /// it with its tasks.
 async fn wait_task_execution(b: &Berth, rule: &str, reference: &str, secs: u64) -> Value {
+    let copies = |detail: &Value| {
+        detail["task_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["reference"] == reference)
+    };
+    wait_detail(b, rule, secs, finished, copies, reference).await
+}
+
+/// Poll `rule`'s executions until one listed as `listed` has a detail (with its tasks)
+/// that is `wanted`; returns that detail. `what` names it in the timeout message.
+async fn wait_detail(
+    b: &Berth,
+    rule: &str,
+    secs: u64,
+    listed: impl Fn(&Value) -> bool,
+    wanted: impl Fn(&Value) -> bool,
+    what: &str,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let (s, list) = api(
@@ -449,7 +444,7 @@ async fn wait_task_execution(b: &Berth, rule: &str, reference: &str, secs: u64) 
         )
         .await;
         assert_eq!(s, 200, "{list}");
-        for e in list.as_array().unwrap().iter().filter(|e| finished(e)) {
+        for e in list.as_array().unwrap().iter().filter(|e| listed(e)) {
             let (_, detail) = api(
                 b,
                 reqwest::Method::GET,
@@ -457,14 +452,13 @@ async fn wait_task_execution(b: &Berth, rule: &str, reference: &str, secs: u64) 
                 None,
             )
             .await;
-            let tasks = detail["task_list"].as_array().unwrap();
-            if tasks.iter().any(|t| t["reference"] == reference) {
+            if wanted(&detail) {
                 return detail;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "no finished execution of {rule} copying {reference} within {secs} s: {list}"
+            "no execution of {rule} ({what}) within {secs} s: {list}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -802,13 +802,7 @@ async fn plan(
                     .iter()
                     .filter(|r| !repos.contains(*r) && filter_match(&rule.repositories, r))
                 {
-                    let dimg =
-                        dst.image(&rule.mapping.apply(repo), &Reference::Tag("latest".into()));
-                    let there = match dst.client.list_tags(&dimg).await {
-                        Ok(t) => t,
-                        Err(e) if e.is_not_found() => Vec::new(),
-                        Err(e) => return Err(e),
-                    };
+                    let there = tags_of(dst, &rule.mapping.apply(repo)).await?;
                     for t in there
                         .iter()
                         .filter(|t| !is_fallback_tag(t) && filter_match(&rule.tags, t))
@@ -839,13 +833,8 @@ async fn plan_repository(
         reference: reference.to_string(),
     };
     let mut out = Vec::new();
-    let img = src.image(&repo, &Reference::Tag("latest".into()));
-    let tags = match src.client.list_tags(&img).await {
-        Ok(t) => t,
-        Err(e) if e.is_not_found() => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    let tags: Vec<String> = tags
+    let tags: Vec<String> = tags_of(src, &repo)
+        .await?
         .into_iter()
         .filter(|t| !is_fallback_tag(t) && filter_match(&rule.tags, t))
         .take(MAX_TASKS + 1)
@@ -856,12 +845,7 @@ async fn plan_repository(
         }
     }
     if rule.replicate_deletions {
-        let dimg = dst.image(&rule.mapping.apply(&repo), &Reference::Tag("latest".into()));
-        let there = match dst.client.list_tags(&dimg).await {
-            Ok(t) => t,
-            Err(e) if e.is_not_found() => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let there = tags_of(dst, &rule.mapping.apply(&repo)).await?;
         for t in there
             .iter()
             .filter(|t| !is_fallback_tag(t) && filter_match(&rule.tags, t) && !tags.contains(t))
@@ -870,6 +854,16 @@ async fn plan_repository(
         }
     }
     Ok(out)
+}
+
+/// The tags of `repo` at `side`; none for a repository it does not have.
+async fn tags_of(side: &Side, repo: &str) -> berth_client::Result<Vec<String>> {
+    let img = side.image(repo, &Reference::Tag("latest".into()));
+    match side.client.list_tags(&img).await {
+        Ok(t) => Ok(t),
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `repo:reference` at the source has the rule's labels (always without a labels
