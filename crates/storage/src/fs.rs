@@ -57,9 +57,7 @@ const HASH_BUFFER: usize = 1 << 20;
 /// Bytes of a blob mapped at a time when sending it (see `open_chunks`).
 const MAP_WINDOW: u64 = 2 << 20;
 /// Bytes asked of the device at a time, aligned, when a fresh push is read back into the
-/// page cache and ahead of a pull. Measured on ext4 after direct writes: pages read back
-/// in 8 MiB requests were copied by the first pull at 3-4 times the speed of pages read
-/// back 1 MiB at a time (the kernel builds larger folios for larger requests).
+/// page cache and ahead of a pull: one request per 8 MiB rather than per 1 MiB write.
 const READ_BACK: u64 = 8 << 20;
 /// Below this, a window is read with `pread` rather than mapped.
 const MIN_MAP: u64 = 256 << 10;
