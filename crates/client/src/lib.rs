@@ -65,6 +65,7 @@ pub use image::{Descriptor, FetchedManifest, Platform};
 pub use layout::OciLayout;
 pub use reference::ImageRef;
 pub use registry::{
-    BlobDownload, BlobPush, ByteStream, ClientOptions, DownloadObserver, RegistryClient, Resolved,
+    BlobDownload, BlobPush, ByteStream, ClientOptions, DownloadObserver, Durability,
+    RegistryClient, Resolved,
 };
 pub use trust::TrustOptions;

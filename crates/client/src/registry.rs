@@ -74,6 +74,18 @@ pub trait DownloadObserver: Send + Sync {
     fn written(&self, len: u64);
 }
 
+/// Whether [`RegistryClient::fetch_blob_to_file_observed`] syncs the file before the
+/// download counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk when the call returns (a download kept as it is).
+    Synced,
+    /// A scratch file the caller stores elsewhere, durably, once verified: not synced, so
+    /// the verdict on the last byte does not wait for the device (the proxy cache's
+    /// followers are sent that byte only then).
+    Scratch,
+}
+
 /// What [`RegistryClient::fetch_blob_to_file_observed`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BlobDownload {
@@ -1203,7 +1215,7 @@ impl RegistryClient {
         desc: &Descriptor,
         dest: &Path,
     ) -> Result<()> {
-        self.fetch_blob_to_file_observed(image, desc, dest, None)
+        self.fetch_blob_to_file_observed(image, desc, dest, None, Durability::Synced)
             .await
             .map(|_| ())
     }
@@ -1211,39 +1223,17 @@ impl RegistryClient {
     /// [`fetch_blob_to_file`](Self::fetch_blob_to_file), telling `observer` how far `dest`
     /// has been written (so a reader can consume the file while it grows), and reporting
     /// how many bytes were reused from an earlier partial file or interrupted attempt.
-    /// The file is synced to disk before the download counts as done.
+    /// `durability` says whether the file is synced to disk before the download counts as
+    /// done.
     pub async fn fetch_blob_to_file_observed(
         &self,
         image: &ImageRef,
         desc: &Descriptor,
         dest: &Path,
         observer: Option<&dyn DownloadObserver>,
+        durability: Durability,
     ) -> Result<BlobDownload> {
-        self.fetch_blob_to(image, desc, dest, observer, true).await
-    }
-
-    /// [`fetch_blob_to_file_observed`](Self::fetch_blob_to_file_observed) into a scratch
-    /// file that the caller copies elsewhere (durably) once it is verified: not synced, so
-    /// the verdict on the last byte does not wait for the device (the proxy cache's
-    /// followers are sent that byte only then).
-    pub async fn fetch_blob_to_scratch_observed(
-        &self,
-        image: &ImageRef,
-        desc: &Descriptor,
-        dest: &Path,
-        observer: Option<&dyn DownloadObserver>,
-    ) -> Result<BlobDownload> {
-        self.fetch_blob_to(image, desc, dest, observer, false).await
-    }
-
-    async fn fetch_blob_to(
-        &self,
-        image: &ImageRef,
-        desc: &Descriptor,
-        dest: &Path,
-        observer: Option<&dyn DownloadObserver>,
-        sync: bool,
-    ) -> Result<BlobDownload> {
+        let sync = durability == Durability::Synced;
         let what = format!("blob {} from {}", desc.digest, image.name());
         let mut attempt = 0;
         let mut report = BlobDownload::default();

@@ -150,7 +150,13 @@ impl BlobCache {
         }
         let partial = self.partial_path(&desc.digest);
         let download = client
-            .fetch_blob_to_file_observed(image, desc, &partial, observer)
+            .fetch_blob_to_file_observed(
+                image,
+                desc,
+                &partial,
+                observer,
+                berth_client::Durability::Synced,
+            )
             .await
             .map_err(anyhow::Error::new)?;
         let resumed_from = download.resumed_from.min(desc.size);

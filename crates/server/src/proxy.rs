@@ -1175,7 +1175,13 @@ fn start_fetch(
         let got = up
             .remote
             .client
-            .fetch_blob_to_scratch_observed(&image, &desc, &path, Some(&observer))
+            .fetch_blob_to_file_observed(
+                &image,
+                &desc,
+                &path,
+                Some(&observer),
+                berth_client::Durability::Scratch,
+            )
             .await;
         match got {
             Ok(_) => {
