@@ -682,10 +682,10 @@ impl SessionWriter {
 }
 
 /// Ask the kernel to read a range into the page cache, asynchronously: a range just written
-/// with direct I/O, and the range ahead of a pull (see `open_chunks`). Direct writes skip the page cache (its copy was half the push CPU), so
-/// the first pull of a fresh push — the seed's "push, then the cluster pulls" — would
-/// otherwise fault every page in from the device through the memory maps, at a third of
-/// the speed of a warm pull. The read-back runs in the background while the client is
+/// with direct I/O, and the range ahead of a pull (see `open_chunks`). Direct writes skip
+/// the page cache (its copy was half the push CPU), so the first pull of a fresh push —
+/// the seed's "push, then the cluster pulls" — would otherwise fault every page in from
+/// the device through the memory maps, at a third of the speed of a warm pull. The read-back runs in the background while the client is
 /// still sending, and costs the device bandwidth a buffered write would have cost.
 fn read_back_soon(file: &std::fs::File, offset: u64, len: usize) {
     #[cfg(target_os = "linux")]
