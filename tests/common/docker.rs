@@ -15,7 +15,6 @@
 //! namespace, veth pair and temporary directories are removed too.
 
 use std::fs;
-use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -48,8 +47,7 @@ fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    // Writer and readers on threads of their own: a child that fills one pipe while we
-    // block on another would otherwise deadlock.
+    // The writer on a thread of its own too (see `drain`).
     let t_in = input.map(|input| {
         let mut stdin = child.stdin.take().unwrap();
         let input = input.to_vec();
@@ -57,18 +55,7 @@ fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
             let _ = stdin.write_all(&input);
         })
     });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let (t_out, t_err) = super::drain(&mut child);
     let deadline = Instant::now() + timeout;
     let status: ExitStatus = loop {
         match child.try_wait().expect("try_wait") {

@@ -311,7 +311,6 @@ pub fn need(cmd: &str) {
 /// Run `cmd` to completion with stdin closed, capturing stdout and stderr. If it is still
 /// running after `timeout` it is killed by PID and the call panics.
 pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> CmdOutput {
-    use std::io::Read;
     let cmdline = format!(
         "{} {}",
         cmd.get_program().to_string_lossy(),
@@ -327,18 +326,7 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> CmdOutput {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    let mut out = guard.child.stdout.take().unwrap();
-    let mut err = guard.child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
+    let (t_out, t_err) = drain(&mut guard.child);
     let deadline = std::time::Instant::now() + timeout;
     let status = loop {
         match guard.child.try_wait() {
@@ -361,6 +349,28 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> CmdOutput {
         stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
         cmdline,
     }
+}
+
+/// Read `child`'s piped stdout and stderr to their ends on threads of their own (a child
+/// that fills one pipe while the caller waits on the other would otherwise deadlock).
+pub fn drain(
+    child: &mut Child,
+) -> (
+    std::thread::JoinHandle<Vec<u8>>,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    use std::io::Read;
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    (
+        read_all(Box::new(child.stdout.take().expect("stdout is piped"))),
+        read_all(Box::new(child.stderr.take().expect("stderr is piped"))),
+    )
 }
 
 /// `sha256:HEX` of `bytes`.
