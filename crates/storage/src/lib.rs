@@ -41,6 +41,7 @@ pub mod conformance_remotes;
 pub mod error;
 pub mod fs;
 pub mod lifecycle;
+pub mod manifest_cache;
 pub mod metadata;
 pub mod migrate;
 pub mod pg_fixture;

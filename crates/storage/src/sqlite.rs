@@ -12,6 +12,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::manifest_cache::{self, ManifestCache};
 use crate::metadata::{
     ManifestRecord, MetadataStore, NewManifest, Referrer, RepositorySummary, TagDetail,
     UntaggedManifest, UploadSession, Usage,
@@ -122,6 +124,8 @@ macro_rules! manifest_bytes {
 pub struct SqliteMetadata {
     pub(crate) reader: SqlitePool,
     pub(crate) writer: SqlitePool,
+    /// Hot manifests; every write that can change a manifest lookup invalidates it.
+    pub(crate) manifests: Arc<ManifestCache>,
 }
 
 impl SqliteMetadata {
@@ -151,7 +155,11 @@ impl SqliteMetadata {
             .max_connections(READERS)
             .connect_with(options)
             .await?;
-        Ok(SqliteMetadata { reader, writer })
+        Ok(SqliteMetadata {
+            reader,
+            writer,
+            manifests: Arc::default(),
+        })
     }
 
     /// Open for a bulk load (benchmarks, imports): `synchronous=OFF`, so a power loss may
@@ -179,6 +187,7 @@ impl SqliteMetadata {
         Ok(SqliteMetadata {
             reader: pool.clone(),
             writer: pool,
+            manifests: Arc::default(),
         })
     }
 
@@ -197,6 +206,7 @@ impl SqliteMetadata {
         Ok(SqliteMetadata {
             reader: pool.clone(),
             writer: pool,
+            manifests: Arc::default(),
         })
     }
 
@@ -391,6 +401,7 @@ impl SqliteMetadata {
             .await?;
         }
         tx.commit().await?;
+        self.manifests.invalidate();
         Ok(())
     }
 }
@@ -501,18 +512,28 @@ impl MetadataStore for SqliteMetadata {
         repository: &str,
         digest: &Digest,
     ) -> StorageResult<Option<ManifestRecord>> {
+        let digest_text = digest.to_string();
+        let key = manifest_cache::digest_key(repository, &digest_text);
+        if let Some(hit) = self.manifests.get(&key) {
+            return Ok(Some(hit));
+        }
+        let generation = self.manifests.generation();
         let row = sqlx::query_as::<_, (String, Vec<u8>)>(
             "SELECT media_type, content FROM manifests WHERE repository = ?1 AND digest = ?2",
         )
         .bind(repository)
-        .bind(digest.to_string())
+        .bind(digest_text)
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|(media_type, content)| ManifestRecord {
+        let record = row.map(|(media_type, content)| ManifestRecord {
             digest: digest.clone(),
             media_type,
             content,
-        }))
+        });
+        if let Some(record) = &record {
+            self.manifests.store(key, record, generation);
+        }
+        Ok(record)
     }
 
     async fn manifest_by_tag(
@@ -520,6 +541,11 @@ impl MetadataStore for SqliteMetadata {
         repository: &str,
         tag: &str,
     ) -> StorageResult<Option<ManifestRecord>> {
+        let key = manifest_cache::tag_key(repository, tag);
+        if let Some(hit) = self.manifests.get(&key) {
+            return Ok(Some(hit));
+        }
+        let generation = self.manifests.generation();
         let row = sqlx::query_as::<_, (String, String, Vec<u8>)>(
             "SELECT m.digest, m.media_type, m.content
              FROM tags t
@@ -530,14 +556,16 @@ impl MetadataStore for SqliteMetadata {
         .bind(tag)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|(digest, media_type, content)| {
-            Ok(ManifestRecord {
-                digest: parse_digest(&digest)?,
-                media_type,
-                content,
-            })
-        })
-        .transpose()
+        let Some((digest, media_type, content)) = row else {
+            return Ok(None);
+        };
+        let record = ManifestRecord {
+            digest: parse_digest(&digest)?,
+            media_type,
+            content,
+        };
+        self.manifests.store(key, &record, generation);
+        Ok(Some(record))
     }
 
     async fn manifest_exists(&self, repository: &str, digest: &Digest) -> StorageResult<bool> {
@@ -578,6 +606,7 @@ impl MetadataStore for SqliteMetadata {
             )));
         }
         tx.commit().await?;
+        self.manifests.invalidate();
         Ok(())
     }
 
@@ -588,6 +617,7 @@ impl MetadataStore for SqliteMetadata {
             .execute(&self.writer)
             .await?
             .rows_affected();
+        self.manifests.invalidate();
         if deleted == 0 {
             return Err(StorageError::NotFound(format!(
                 "tag {tag} in repository {repository}"
@@ -1234,6 +1264,66 @@ mod tests {
         for (_, _, _, detail) in &plan {
             assert!(!detail.starts_with("SCAN"), "full scan in {plan:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn hot_manifests_follow_writes_here_and_in_another_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let server = SqliteMetadata::open(&path).await.expect("open");
+        let put = |n: u32| {
+            let content = format!("{{\"n\":{n}}}");
+            NewManifest {
+                repository: "r".to_owned(),
+                digest: Digest::sha256(content.as_bytes()),
+                media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+                content: content.into_bytes(),
+                tag: Some("t".to_owned()),
+                blobs: Vec::new(),
+                children: Vec::new(),
+                subject: None,
+                artifact_type: None,
+                annotations_json: None,
+            }
+        };
+        let digest_of = |m: Option<ManifestRecord>| m.map(|m| m.digest);
+        let (one, two) = (put(1), put(2));
+        server.put_manifest(one.clone()).await.expect("put");
+        let got = server.manifest_by_tag("r", "t").await.expect("get");
+        assert_eq!(digest_of(got), Some(one.digest.clone()));
+        // A write of this process is seen at once: the tag moved, then was deleted.
+        server.put_manifest(two.clone()).await.expect("put");
+        let got = server.manifest_by_tag("r", "t").await.expect("get");
+        assert_eq!(digest_of(got), Some(two.digest.clone()));
+        server.delete_tag("r", "t").await.expect("delete");
+        assert_eq!(server.manifest_by_tag("r", "t").await.expect("get"), None);
+        server
+            .delete_manifest("r", &two.digest)
+            .await
+            .expect("delete");
+        assert_eq!(
+            server
+                .manifest_by_digest("r", &two.digest)
+                .await
+                .expect("get"),
+            None
+        );
+        // Another process (the CLI on the same data directory) moves the tag: seen within
+        // the cache's lifetime.
+        let cli = SqliteMetadata::open(&path).await.expect("open");
+        let three = NewManifest {
+            tag: Some("t".to_owned()),
+            ..put(3)
+        };
+        server.put_manifest(one.clone()).await.expect("put");
+        let got = server.manifest_by_tag("r", "t").await.expect("get");
+        assert_eq!(digest_of(got), Some(one.digest.clone()));
+        cli.put_manifest(three.clone()).await.expect("put");
+        tokio::time::sleep(crate::manifest_cache::TIME_TO_LIVE).await;
+        let got = server.manifest_by_tag("r", "t").await.expect("get");
+        assert_eq!(digest_of(got), Some(three.digest));
+        cli.close().await;
+        server.close().await;
     }
 
     #[tokio::test]

@@ -585,6 +585,7 @@ impl LifecycleStore for SqliteMetadata {
                 .await?;
         }
         tx.commit().await?;
+        self.manifests.invalidate();
         Ok(ManifestVerdict::Removed(to_u64(size)?))
     }
 
@@ -930,6 +931,7 @@ impl LifecycleStore for SqliteMetadata {
             return Err(StorageError::NotFound(format!("repository {repository}")));
         }
         tx.commit().await?;
+        self.manifests.invalidate();
         Ok(())
     }
 
