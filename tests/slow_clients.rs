@@ -51,12 +51,17 @@ fn digest_of(bytes: &[u8]) -> String {
     common::sha256_digest(bytes)
 }
 
-fn tls_config(reg: &Berth, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+fn ca_roots(reg: &Berth) -> rustls::RootCertStore {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&reg.ca_pem()) {
         roots.add(cert.unwrap()).unwrap();
     }
+    roots
+}
+
+fn tls_config(reg: &Berth, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let roots = ca_roots(reg);
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -83,6 +88,38 @@ fn tls_connect(reg: &Berth) -> Tls {
         tls.conn.complete_io(&mut tls.sock).unwrap();
     }
     tls
+}
+
+/// The server chooses AES-128-GCM (as Go's TLS stack does) even when the client lists
+/// AES-256-GCM first, and still serves a client that offers only other suites.
+#[test]
+fn server_prefers_aes_128_gcm() {
+    use rustls::CipherSuite;
+    let reg = start();
+    let tls = tls_connect(&reg);
+    assert_eq!(
+        tls.conn.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| s.suite() == CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(ca_roots(&reg))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(reg.addr.ip().into());
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(reg.addr).unwrap());
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    assert_eq!(
+        tls.conn.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256)
+    );
 }
 
 /// Read until the server closes (EOF, reset or TLS error); returns what arrived.
