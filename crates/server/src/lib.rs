@@ -32,6 +32,7 @@ pub mod console;
 pub mod error;
 pub mod gc;
 pub mod limits;
+pub mod memory;
 pub mod ops;
 pub mod proxy;
 pub mod remotes;

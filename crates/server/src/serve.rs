@@ -525,7 +525,10 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let state = open_state(&config).await?;
     let tls = tls_config(&config)?;
-    release_startup_memory();
+    crate::memory::tune();
+    // Hand back what start-up used only once (password hashing, certificate generation,
+    // schema set-up), so that an idle server stays small.
+    crate::memory::release();
     let listener = TcpListener::bind(config.listen).map_err(|source| ServeError::Bind {
         addr: config.listen,
         source,
@@ -602,15 +605,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
-    }
-}
-
-/// Hand back to the system what start-up used only once (password hashing, certificate
-/// generation, schema set-up), so that an idle server stays small.
-fn release_startup_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

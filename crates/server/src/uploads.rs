@@ -78,6 +78,7 @@ fn now() -> i64 {
 }
 
 pub(crate) async fn start(ctx: Ctx, body: Body, name: &str) -> ApiResult<Response> {
+    let _transfer = crate::memory::Transfer::begin();
     let state = ctx.state.clone();
 
     if let Some(mount) = ctx.query("mount") {
@@ -305,6 +306,7 @@ pub(crate) async fn status(ctx: Ctx, name: &str, id: &str) -> ApiResult<Response
 }
 
 pub(crate) async fn patch(ctx: Ctx, body: Body, name: &str, id: &str) -> ApiResult<Response> {
+    let _transfer = crate::memory::Transfer::begin();
     let st = session(&ctx, name, id).await?;
     let offset = match ctx.header("content-range") {
         Some(h) => {
@@ -359,6 +361,7 @@ fn content_length(ctx: &Ctx) -> Option<u64> {
 }
 
 pub(crate) async fn finish(ctx: Ctx, body: Body, name: &str, id: &str) -> ApiResult<Response> {
+    let _transfer = crate::memory::Transfer::begin();
     let digest = ctx
         .query("digest")
         .ok_or_else(|| {
