@@ -10,7 +10,7 @@
 //! kept (up to [`KEEP_FREE`] per heap) while transfers run, and given back by an explicit
 //! trim when the last one ends, so an idle server holds no more than before.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Free memory a heap keeps before returning it to the kernel while transfers run.
 pub const KEEP_FREE: usize = 32 << 20;
@@ -18,7 +18,13 @@ pub const KEEP_FREE: usize = 32 << 20;
 /// raised dynamically; setting the trim threshold turns that adjustment off).
 const OWN_MAPPING: usize = 8 << 20;
 
+/// How long no transfer must have run before the kept memory is released: the requests of a
+/// chunked upload, and a client's next layer, follow each other closely.
+const RELEASE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+/// Transfers begun so far, so a pending release sees whether another began meanwhile.
+static BEGUN: AtomicU64 = AtomicU64::new(0);
 
 /// Apply the allocator settings (at start, before serving).
 pub fn tune() {
@@ -39,12 +45,13 @@ pub fn release() {
     }
 }
 
-/// A transfer in progress: held while a request body streams in. When the last one ends,
-/// the memory kept for transfers is released.
+/// A transfer in progress: held while a request body streams in. When none has run for
+/// [`RELEASE_AFTER`], the memory kept for transfers is released.
 pub struct Transfer(());
 
 impl Transfer {
     pub fn begin() -> Transfer {
+        BEGUN.fetch_add(1, Ordering::AcqRel);
         ACTIVE.fetch_add(1, Ordering::AcqRel);
         Transfer(())
     }
@@ -52,13 +59,25 @@ impl Transfer {
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        if ACTIVE.fetch_sub(1, Ordering::AcqRel) == 1 {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(release)),
-                Err(_) => release(),
-            }
+        if ACTIVE.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
         }
+        let begun = BEGUN.load(Ordering::Acquire);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return release();
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(RELEASE_AFTER).await;
+            if quiet_since(begun) {
+                let _ = tokio::task::spawn_blocking(release).await;
+            }
+        });
     }
+}
+
+/// No transfer runs and none began since `begun` was read.
+fn quiet_since(begun: u64) -> bool {
+    ACTIVE.load(Ordering::Acquire) == 0 && BEGUN.load(Ordering::Acquire) == begun
 }
 
 #[cfg(test)]
@@ -66,13 +85,19 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_last_transfer_to_end_releases() {
+    async fn released_only_once_no_transfer_began_for_a_while() {
         tune();
-        let before = ACTIVE.load(Ordering::Acquire);
         let (a, b) = (Transfer::begin(), Transfer::begin());
-        assert_eq!(ACTIVE.load(Ordering::Acquire), before + 2);
         drop(a);
+        let begun = BEGUN.load(Ordering::Acquire);
+        assert!(!quiet_since(begun), "one transfer still runs");
         drop(b);
-        assert_eq!(ACTIVE.load(Ordering::Acquire), before);
+        assert!(quiet_since(begun));
+        let c = Transfer::begin();
+        drop(c);
+        assert!(
+            !quiet_since(begun),
+            "a transfer began after the first release was planned"
+        );
     }
 }
