@@ -474,7 +474,8 @@ pub async fn blob_store_suite(store: &dyn BlobStore, leftovers: &(dyn Fn() -> Ve
     assert!(left.is_empty(), "upload artifacts left behind: {left:?}");
 }
 
-fn manifest(
+/// An image manifest whose bytes are `content`, as the server would store it.
+pub fn manifest(
     repository: &str,
     content: &str,
     tag: Option<&str>,

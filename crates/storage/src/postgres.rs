@@ -1412,18 +1412,7 @@ mod tests {
 
     fn pushed_manifest(i: usize) -> NewManifest {
         let content = format!("{{\"move\":{i}}}");
-        NewManifest {
-            repository: "library/race".to_owned(),
-            digest: Digest::sha256(content.as_bytes()),
-            media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
-            content: content.into_bytes(),
-            tag: None,
-            blobs: Vec::new(),
-            children: Vec::new(),
-            subject: None,
-            artifact_type: None,
-            annotations_json: None,
-        }
+        crate::conformance::manifest("library/race", &content, None, &[], None, None)
     }
 
     #[tokio::test]

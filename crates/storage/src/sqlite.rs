@@ -1266,28 +1266,14 @@ mod tests {
         }
     }
 
-    /// An image manifest with `content` as its bytes, pushed by `tag`, referencing nothing.
-    fn tagged_manifest(repository: &str, tag: &str, content: String) -> NewManifest {
-        NewManifest {
-            repository: repository.to_owned(),
-            digest: Digest::sha256(content.as_bytes()),
-            media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
-            content: content.into_bytes(),
-            tag: Some(tag.to_owned()),
-            blobs: Vec::new(),
-            children: Vec::new(),
-            subject: None,
-            artifact_type: None,
-            annotations_json: None,
-        }
-    }
-
     #[tokio::test]
     async fn hot_manifests_follow_writes_here_and_in_another_process() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db");
         let server = SqliteMetadata::open(&path).await.expect("open");
-        let put = |n: u32| tagged_manifest("r", "t", format!("{{\"n\":{n}}}"));
+        let put = |n: u32| {
+            crate::conformance::manifest("r", &format!("{{\"n\":{n}}}"), Some("t"), &[], None, None)
+        };
         let digest_of = |m: Option<ManifestRecord>| m.map(|m| m.digest);
         let (one, two) = (put(1), put(2));
         server.put_manifest(one.clone()).await.expect("put");
@@ -1336,8 +1322,14 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 let content = format!("{{\"n\":{i}}}");
-                let manifest =
-                    tagged_manifest(&format!("repo{}", i % 3), &format!("t{i}"), content);
+                let manifest = crate::conformance::manifest(
+                    &format!("repo{}", i % 3),
+                    &content,
+                    Some(&format!("t{i}")),
+                    &[],
+                    None,
+                    None,
+                );
                 store.put_manifest(manifest.clone()).await.expect("put");
                 let got = store
                     .manifest_by_tag(&manifest.repository, &format!("t{i}"))
