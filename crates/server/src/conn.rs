@@ -271,12 +271,13 @@ impl ConnThreads {
         stop: watch::Receiver<bool>,
         shared: &Arc<Shared>,
     ) {
-        let n = self.threads.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let chosen = (0..n)
-            .map(|k| &self.threads[(start + k) % n])
-            .min_by_key(|t| t.open.load(Ordering::Acquire))
-            .expect("at least one connection thread");
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let open: Vec<usize> = self
+            .threads
+            .iter()
+            .map(|t| t.open.load(Ordering::Acquire))
+            .collect();
+        let chosen = &self.threads[least_loaded(&open, start)];
         // Leaves this runtime's I/O driver; the chosen thread registers it with its own.
         let tcp = match tcp.into_std() {
             Ok(tcp) => tcp,
@@ -298,6 +299,16 @@ impl ConnThreads {
             tracing::warn!(client = %lost.peer, "connection thread gone; connection closed");
         }
     }
+}
+
+/// The index of the smallest of `open` (connections per thread), the first such counting
+/// from `turn % open.len()`, so that ties go to each thread in turn.
+fn least_loaded(open: &[usize], turn: usize) -> usize {
+    let n = open.len().max(1);
+    (0..n)
+        .map(|k| (turn + k) % n)
+        .min_by_key(|&i| open.get(i).copied().unwrap_or(usize::MAX))
+        .unwrap_or(0)
 }
 
 struct Shared {
@@ -799,5 +810,21 @@ async fn plain_http_reply(mut tcp: TcpStream, deadline: tokio::time::Instant) {
         .is_ok()
     {
         linger(tcp).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_loaded;
+
+    #[test]
+    fn ties_rotate_and_the_least_loaded_wins() {
+        assert_eq!(least_loaded(&[0, 0], 0), 0);
+        assert_eq!(least_loaded(&[0, 0], 1), 1);
+        assert_eq!(least_loaded(&[0, 0, 0], 5), 2);
+        assert_eq!(least_loaded(&[3, 1, 2], 0), 1);
+        assert_eq!(least_loaded(&[3, 1, 1], 0), 1);
+        assert_eq!(least_loaded(&[3, 1, 1], 2), 2);
+        assert_eq!(least_loaded(&[7], 9), 0);
     }
 }
