@@ -200,9 +200,11 @@ struct Job {
 /// Why not tokio's work-stealing runtime: it moved a connection's tasks between its worker
 /// threads as they woke (socket readiness, the blocking pool's hash-and-write completions,
 /// the HTTP/2 stream task woken by its connection task), and every move is a thread wake-up
-/// plus the connection's buffers changing CPU cache. An HTTP/2 push of 1 GiB cost ~14%
-/// more server CPU on 2 cores that way than on one thread (A/B by hand, 12 pushes each);
-/// HTTP/1.1 pushes, pulls and manifest GETs lost nothing with one thread per connection.
+/// plus the connection's buffers changing CPU cache. An HTTP/2 push of 1 GiB by curl cost
+/// 2.02 server CPU-s that way on 2 cores against 1.76 with these threads (12 pushes each);
+/// HTTP/1.1 pushes and pulls cost the same. A request that asks PostgreSQL pays a wake-up
+/// across threads instead (the pool's sockets are watched by the runtime that opened them):
+/// manifest GETs on PostgreSQL ran ~10% slower (BENCHMARKS.md, session 9).
 /// Work that is not a connection's (the collector, replication, webhooks) stays on the
 /// main runtime; what a request spawns runs on its connection's thread.
 struct ConnThreads {
