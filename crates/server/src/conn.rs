@@ -207,6 +207,10 @@ struct Job {
 /// manifest GETs on PostgreSQL ran ~10% slower (BENCHMARKS.md, session 9).
 /// Work that is not a connection's (the collector, replication, webhooks) stays on the
 /// main runtime; what a request spawns runs on its connection's thread.
+/// Blocking threads (hashing, disk writes, memory-map faults) of all connection threads
+/// together: tokio's default for one runtime.
+const BLOCKING_THREADS: usize = 512;
+
 struct ConnThreads {
     threads: Vec<ConnThread>,
     next: AtomicUsize,
@@ -225,6 +229,8 @@ impl ConnThreads {
         for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // The process as a whole keeps tokio's default bound on blocking threads.
+                .max_blocking_threads((BLOCKING_THREADS / n).max(8))
                 .thread_name(format!("berth-conn-{i}-blocking"))
                 .build()?;
             let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
