@@ -312,10 +312,10 @@ impl ConnThreads {
 /// The index of the smallest of `open` (connections per thread), the first such counting
 /// from `turn % open.len()`, so that ties go to each thread in turn.
 fn least_loaded(open: &[usize], turn: usize) -> usize {
-    let n = open.len().max(1);
+    let n = open.len();
     (0..n)
         .map(|k| (turn + k) % n)
-        .min_by_key(|&i| open.get(i).copied().unwrap_or(usize::MAX))
+        .min_by_key(|&i| open[i])
         .unwrap_or(0)
 }
 
