@@ -56,8 +56,8 @@ const ALIGN: usize = 4096;
 const HASH_BUFFER: usize = 1 << 20;
 /// Bytes of a blob mapped at a time when sending it (see `open_chunks`).
 const MAP_WINDOW: u64 = 2 << 20;
-/// Bytes asked of the device at a time, aligned, when a fresh push is read back into the
-/// page cache and ahead of a pull: one request per 8 MiB rather than per 1 MiB write.
+/// Bytes asked of the device at a time when a fresh push is read back into the page cache
+/// and ahead of a pull.
 const READ_BACK: u64 = 8 << 20;
 /// Below this, a window is read with `pread` rather than mapped.
 const MIN_MAP: u64 = 256 << 10;
@@ -560,7 +560,12 @@ impl BlobStore for FsBlobStore {
         let upload = self.upload_path(id);
         let blob = self.blob_path(expected);
         let expected = expected.clone();
+        let committed = blob.clone();
         let result = blocking(move || commit(&upload, &blob, progress, &expected)).await;
+        if result.is_ok() {
+            // After the answer, not during the push: see `read_back_soon`.
+            tokio::task::spawn_blocking(move || read_back_file(&committed));
+        }
         match result {
             Ok(_) | Err(StorageError::DigestMismatch { .. }) => {
                 // The session is over either way (its file is gone).
@@ -661,16 +666,7 @@ impl SessionWriter {
             && is_aligned(offset, data)
         {
             match direct.write_all_at(data, offset) {
-                Ok(()) => {
-                    // Read back whole READ_BACK blocks as the writes complete them.
-                    let end = offset + data.len() as u64;
-                    let (first, last) = (offset / READ_BACK, end / READ_BACK);
-                    if last > first {
-                        let from = first * READ_BACK;
-                        read_back_soon(direct, from, (last * READ_BACK - from) as usize);
-                    }
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 // The filesystem refused direct I/O after all (or a short write left the
                 // rest unaligned): rewrite the whole range through the page cache.
                 Err(e) if e.raw_os_error() == Some(EINVAL) => self.file.direct = None,
@@ -681,12 +677,30 @@ impl SessionWriter {
     }
 }
 
-/// Ask the kernel to read a range into the page cache, asynchronously: a range just written
-/// with direct I/O, and the range ahead of a pull (see `open_chunks`). Direct writes skip
-/// the page cache (its copy was half the push CPU), so the first pull of a fresh push —
-/// the seed's "push, then the cluster pulls" — would otherwise fault every page in from
-/// the device through the memory maps, at a third of the speed of a warm pull. The read-back runs in the background while the client is
-/// still sending, and costs the device bandwidth a buffered write would have cost.
+/// Read a blob just committed back into the page cache, in the background (one request
+/// per `READ_BACK` block). Direct writes skip the page cache (its copy was half the push
+/// CPU), so the first pull of a fresh push — the seed's "push, then the cluster pulls" —
+/// would otherwise fault every page in from the device through the memory maps, at a third
+/// of the speed of a warm pull. It starts once the push is answered: read back while the
+/// client was still sending (each 8 MiB block as its writes completed), it shared the
+/// device with the push's own writes and held the push to the device's pace (the write
+/// stage busy 1.4–2.0 s per GiB instead of 0.8–1.1; BENCHMARKS.md, session 10). A pull
+/// that starts at once reads right behind it.
+fn read_back_file(path: &Path) {
+    let Ok(file) = std::fs::File::open(path) else {
+        return; // collected meanwhile
+    };
+    let size = file.metadata().map_or(0, |m| m.len());
+    let mut from = 0;
+    while from < size {
+        let len = READ_BACK.min(size - from);
+        read_back_soon(&file, from, len as usize);
+        from += len;
+    }
+}
+
+/// Ask the kernel to read a range into the page cache, asynchronously (best effort: the
+/// kernel may drop readahead when memory or the device is short).
 fn read_back_soon(file: &std::fs::File, offset: u64, len: usize) {
     #[cfg(target_os = "linux")]
     {
@@ -942,15 +956,6 @@ fn open_direct(path: &Path) -> Option<std::fs::File> {
 fn commit(upload: &Path, blob: &Path, progress: Progress, expected: &Digest) -> StorageResult<u64> {
     let file = std::fs::File::open(upload)?;
     file.sync_all()?;
-    // The read-back asked for after each direct write is best effort (the kernel drops
-    // readahead when the device is busy); ask once more for whatever is not yet resident,
-    // so that the pull that follows this push finds it in memory.
-    let mut from = 0;
-    while from < progress.size {
-        let len = READ_BACK.min(progress.size - from);
-        read_back_soon(&file, from, len as usize);
-        from += len;
-    }
     let actual = match expected.algorithm() {
         Algorithm::Sha256 => progress.hasher.finish(),
         alg => hash_reader(file, alg)?.1.finish(),
