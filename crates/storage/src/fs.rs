@@ -563,7 +563,7 @@ impl BlobStore for FsBlobStore {
         let committed = blob.clone();
         let result = blocking(move || commit(&upload, &blob, progress, &expected)).await;
         if result.is_ok() {
-            // After the answer, not during the push: see `read_back_soon`.
+            // After the answer, not during the push: see `read_back_file`.
             tokio::task::spawn_blocking(move || read_back_file(&committed));
         }
         match result {
